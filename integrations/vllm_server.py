@@ -52,11 +52,14 @@ class ServerConfig:
     max_lora_rank: int = field(default=16, metadata={"help": "Largest LoRA rank the server accepts."})
     max_loras: int = field(default=2, metadata={"help": "Adapters held in one batch at once."})
     max_cpu_loras: int = field(default=8, metadata={"help": "Adapters kept loaded in memory (LRU beyond)."})
-    dtype: str = field(default="auto", metadata={"help": "Model dtype for the engine (auto, float32, bfloat16)."})
+    dtype: str = field(default="auto", metadata={"help": "Engine dtype (float32, bfloat16, ...). auto: float32 on a "
+                       "CPU (exact log-prob parity with the fp32 trainer; vLLM would pick bfloat16), the model's own on a GPU."})
     max_model_len: int = field(default=4096, metadata={"help": "Longest prompt + completion in tokens."})
     kv_cache_gib: int = field(default=2, metadata={"help": "KV cache size on the CPU backend (VLLM_CPU_KVCACHE_SPACE)."})
     gpu_memory_utilization: float | None = field(default=None, metadata={"help": "Fraction of GPU memory vLLM may take (GPU only)."})
     startup_timeout: float = field(default=300.0, metadata={"help": "Seconds to wait for a healthy server."})
+    weight_reload: bool = field(default=False, metadata={"help": "Allow replacing the served base weights in place "
+                                "(merged-policy sampling; turns on vLLM's dev endpoints, so only on loopback)."})
     seed: int = field(default=0, metadata={"help": "Engine seed."})
     log_path: str | None = field(default=None, metadata={"help": "Server log file; default under the cache dir."})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "More vLLM command-line arguments."})
@@ -120,6 +123,7 @@ class VLLMServer:
         self.model_path: str | None = None
         self.adapters: dict[str, str] = {}
         self._owned = True
+        self.policy_version: str | None = None
         self._base_url: str | None = None
         self._log_file = None
 
@@ -151,6 +155,14 @@ class VLLMServer:
             return Path(self.config.log_path)
         return cache_dir() / "logs" / f"vllm-{self.port}.log"
 
+    @property
+    def dtype(self) -> str:
+        if self.config.dtype != "auto":
+            return self.config.dtype
+        import torch
+
+        return "auto" if torch.cuda.is_available() else "float32"
+
     def command(self) -> list[str]:
         from stratagem.models import resolve
 
@@ -163,7 +175,7 @@ class VLLMServer:
             "--host", c.host, "--port", str(self.port),
             "--enable-lora", "--max-lora-rank", str(c.max_lora_rank), "--max-loras", str(c.max_loras),
             "--max-cpu-loras", str(c.max_cpu_loras),
-            "--dtype", c.dtype, "--max-model-len", str(c.max_model_len), "--seed", str(c.seed),
+            "--dtype", self.dtype, "--max-model-len", str(c.max_model_len), "--seed", str(c.seed),
             "--disable-uvicorn-access-log",
         ]
         if c.api_key:
@@ -191,6 +203,8 @@ class VLLMServer:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib))
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if c.weight_reload:
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(("\n$ " + " ".join(cmd) + "\n").encode())
@@ -307,6 +321,25 @@ class VLLMServer:
             raise AdapterError(f"vLLM could not unload adapter {name!r}: HTTP {r.status_code} {r.text[:300]}")
         self.adapters.pop(name, None)
 
+    def load_policy_weights(self, adapter_path: str | os.PathLike, version: str) -> None:
+        """Sample from a LoRA policy at base-model speed: merge the adapter into the base weights and reload the
+        engine's weights in place (no restart). Afterwards the name `base` serves the merged policy, so adapters
+        loaded on this server no longer mean what they did: use a server of its own for this."""
+        if not self.config.weight_reload:
+            raise ServerError("this server was started without weight_reload=True; it cannot replace its weights")
+        if self.model_path is None:
+            raise ServerError("the server's model path is unknown")
+        read_adapter_config(adapter_path)
+        merged = cache_dir() / "merged" / f"{self.port}"
+        merge_adapter(self.model_path, adapter_path, merged)
+        r = self._request("POST", "/collective_rpc", timeout=600,
+                          json={"method": "reload_weights", "kwargs": {"weights_path": str(merged)}})
+        if r.status_code != 200:
+            raise ServerError(f"reloading merged weights for {version!r} failed: HTTP {r.status_code} {r.text[:300]}")
+        # cached KV blocks were computed with the old weights
+        self._request("POST", "/reset_prefix_cache")
+        self.policy_version = version
+
     def prompt_logprobs(self, model: str, token_ids: list[int]) -> list[float]:
         """Log-probs the server assigns to token_ids[1:] given their prefixes (teacher forcing)."""
         r = self._request("POST", "/v1/completions", json={
@@ -320,12 +353,30 @@ class VLLMServer:
             out.append(float(entry[str(tok)]["logprob"]))
         return out
 
-    def verify_adapter(self, name: str, path: str | os.PathLike | None = None, *, tolerance: float = 0.05,
+    def verify_adapter(self, name: str, path: str | os.PathLike | None = None, *, tolerance: float | None = None,
                        probe: tuple[str, str] | None = None) -> dict[str, float]:
-        """Prove that `name` on the server is the adapter at `path` (see stratagem.integrations.adapter_check)."""
+        """Prove that `name` on the server is the adapter at `path` (see stratagem.integrations.adapter_check).
+        The default tolerance is tight for an fp32 engine and looser for reduced precision."""
         from stratagem.integrations.adapter_check import verify_adapter
+
+        if tolerance is None:
+            tolerance = 1e-3 if self.dtype == "float32" else 0.05
 
         path = path or self.adapters.get(name)
         if path is None:
             raise AdapterError(f"no path known for adapter {name!r}; pass it")
         return verify_adapter(self, name, path, tolerance=tolerance, probe=probe)
+
+
+def merge_adapter(model_path: str, adapter_path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write base + LoRA merged into one fp32 safetensors checkpoint (the weights only; the tokenizer stays)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out, safe_serialization=True)
+    return out
