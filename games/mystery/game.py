@@ -1,0 +1,435 @@
+"""The murder-mystery rules without any model: the state, whose act comes next, what each character sees, how a
+reply is parsed into an action and applied.
+
+Flow (MIRAGE's): every character gets a summary of their own script -> self-introductions in speaking order ->
+per stage, `rounds` conversation rounds in which each character either asks another character a question (the target
+answers next) or investigates a location (the first remaining clue there is revealed publicly and removed; an emptied
+location disappears) -> every character votes -> the judge scores and ranks (see judge.py, metrics.py).
+Multi-stage scripts add each stage's script text (privately, to each character's summary) and clues (publicly) when
+the stage begins.
+
+A reply that does not parse into a valid action with a known target is a failed action: it is recorded as a Turn with
+`illegal_reason` and the penalty as its reward, the character is asked again with the reason (at most `max_reasks`
+times), then the turn passes (an unanswered question gets no answer, a failed vote is an abstention).
+
+Budgets are counted in words (whitespace-separated; SmolLM2's tokenizer gives about 1.3 tokens per English word),
+which keeps the summaries deterministic and independent of any tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from stratagem.games.core import Observation, Reply, Turn
+from stratagem.games.mystery.schema import Script
+
+GAME = "mystery"
+CULPRIT, CIVILIAN = "culprit", "civilian"
+INTRODUCTION, CONVERSE, ASK, INVESTIGATE, ANSWER, VOTE, JUDGE, DONE = (
+    "introduction", "converse", "ask", "investigate", "answer", "vote", "judge", "done")
+PLAYER_PHASES = (INTRODUCTION, CONVERSE, ANSWER, VOTE)
+
+# Share of the summary budget per script field, in the order they are shown: what a character may do and wants
+# comes first, so a tight budget cuts background before it cuts the rules of play.
+SUMMARY_SHARES = {"Ability": 0.1, "Purpose": 0.1, "Script": 0.35, "Relationship": 0.15, "Performance": 0.1,
+                  "Story": 0.1}
+STAGE_SHARE = 0.3  # of the summary budget, for the text a later stage adds
+
+
+@dataclass
+class MysteryConfig:
+    rounds: int = field(default=5, metadata={"help": "Conversation rounds per stage (each character acts once a round)."})
+    max_reasks: int = field(default=1, metadata={"help": "Times a character is asked again after a failed action before the turn passes."})
+    failed_action_penalty: float = field(default=-1.0, metadata={"help": "Reward recorded on the Turn of a failed action."})
+    vote_weight: float | None = field(default=None, metadata={"help": "N in doubt = suspicion - trust + N x votes; None: the number of characters (MIRAGE)."})
+    summary_words: int = field(default=160, metadata={"help": "Word budget of a character's script summary in the prompt."})
+    history_words: int = field(default=220, metadata={"help": "Word budget of the public history in the prompt; older entries are summarised past it."})
+    history_entry_words: int = field(default=10, metadata={"help": "Words an older history entry keeps once the budget is exceeded."})
+    shuffle_order: bool = field(default=True, metadata={"help": "Shuffle the speaking order with the episode seed (else script order)."})
+    response_prefix: str = field(default="", metadata={"help": "Forced start of every conversation reply (e.g. 'Ask'); parsed as part of the reply."})
+    player_max_tokens: int = field(default=64, metadata={"help": "Max new tokens per player act."})
+    judge_temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the judge (0: its most likely scores; players sample at the agent's own temperature)."})
+    judge_max_tokens: int = field(default=64, metadata={"help": "Max new tokens per judge call."})
+    judge_context_words: int = field(default=80, metadata={"help": "Words of preceding public history the judge sees with an utterance."})
+    judge_concurrency: int = field(default=4, metadata={"help": "Judge calls in flight at once per game."})
+    human_seats: list[str] = field(default_factory=list, metadata={"help": "Characters played by a human through a LangGraph interrupt."})
+    win_return: float = field(default=1.0, metadata={"help": "Outcome reward of every seat of the winning faction (the losers get minus this), credited to the seat's last turn."})
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0 or self.max_reasks < 0:
+            raise ValueError(f"rounds and max_reasks must be >= 0, got {self.rounds}, {self.max_reasks}")
+        if self.summary_words < 10 or self.history_words < 10:
+            raise ValueError("summary_words and history_words must be at least 10")
+
+
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+def clip(text: str, n: int) -> str:
+    w = words(text)
+    return text.strip() if len(w) <= n else " ".join(w[:n]) + " ..."
+
+
+def summarise_history(entries: list[str], budget: int, entry_words: int) -> str:
+    """The public history within `budget` words, deterministically: the newest entries are kept whole while they fit;
+    older ones are shortened to their first `entry_words` words while those fit; the rest is replaced by a count
+    ("(N earlier entries omitted)"). Order is preserved."""
+    kept: list[str] = []
+    used = 0
+    i = len(entries) - 1
+    while i >= 0 and used + len(words(entries[i])) <= budget:
+        kept.append(entries[i])
+        used += len(words(entries[i]))
+        i -= 1
+    while i >= 0:
+        short = clip(entries[i], entry_words)
+        if used + len(words(short)) > budget:
+            break
+        kept.append(short)
+        used += len(words(short))
+        i -= 1
+    out = list(reversed(kept))
+    if i >= 0:
+        out.insert(0, f"({i + 1} earlier entries omitted)")
+    return "\n".join(out) if out else "(nothing yet)"
+
+
+def character_summary(script: Script, name: str, stage: int, budget: int) -> str:
+    """A character's own script, compacted to about `budget` words: each field clipped to its share
+    (SUMMARY_SHARES) of stage 1's text, plus the text later stages up to `stage` add, clipped to STAGE_SHARE."""
+    first = script.stages[0].characters[name]
+    lines = [f"{f}: {clip(first[f], max(3, int(budget * s)))}" for f, s in SUMMARY_SHARES.items() if first.get(f)]
+    if name in script.notes:
+        lines.append(f"Note: {clip(script.notes[name], max(3, int(budget * 0.1)))}")
+    later = " ".join(t for st in script.stages[1: stage + 1] for t in st.characters.get(name, {}).values() if t)
+    if later:
+        lines.append(f"New in this stage: {clip(later, max(3, int(budget * STAGE_SHARE)))}")
+    return "\n".join(lines)
+
+
+# ---- parsing ------------------------------------------------------------------------------------------------------
+_DECOR = re.compile(r"[*_`#\[\]【】<>]")
+
+
+def _clean(text: str) -> str:
+    return _DECOR.sub(" ", text)
+
+
+def _aliases(names: list[str]) -> list[tuple[str, str]]:
+    """(alias, name) pairs, longest alias first: every full name, and a first word that belongs to one name only."""
+    out = [(n.lower(), n) for n in names]
+    first: dict[str, list[str]] = {}
+    for n in names:
+        first.setdefault(n.split()[0].lower(), []).append(n)
+    out += [(a, ns[0]) for a, ns in first.items() if len(ns) == 1 and a != ns[0].lower()]
+    return sorted(out, key=lambda p: -len(p[0]))
+
+
+def match_name_at(text: str, names: list[str]) -> tuple[str | None, int]:
+    """The known name `text` starts with (case-insensitive, an optional leading 'the '), and where it ends."""
+    low = text.lower()
+    skip = 4 if low.startswith("the ") else 0
+    for alias, name in _aliases(names):
+        for s in ({0, skip}):
+            end = s + len(alias)
+            if low.startswith(alias, s) and (end == len(low) or not low[end].isalnum()):
+                return name, end
+    return None, 0
+
+
+def find_first_name(text: str, names: list[str]) -> str | None:
+    """The known name mentioned first in `text` (whole words, case-insensitive)."""
+    best: tuple[int, int, str] | None = None
+    low = text.lower()
+    for alias, name in _aliases(names):
+        for m in re.finditer(r"(?<![a-z0-9])" + re.escape(alias) + r"(?![a-z0-9])", low):
+            key = (m.start(), -len(alias), name)
+            best = key if best is None or key < best else best
+            break
+    return best[2] if best else None
+
+
+_ACTION = re.compile(r"\b(ask|investigate)\b", re.IGNORECASE)
+
+
+def parse_converse(text: str, me: str, characters: list[str], locations: list[str]) -> tuple[dict | None, str | None]:
+    """Parse a conversation reply. Rule: the first word 'Ask' or 'Investigate' (any case, markdown and brackets
+    ignored) must be followed by a known target: a character other than oneself (full name, or a first name no
+    one else has) and then the question, or a location that still has clues. Returns (action, None) or
+    (None, reason)."""
+    t = _clean(text)
+    m = _ACTION.search(t)
+    if not m:
+        return None, "no action: expected 'Ask NAME: QUESTION' or 'Investigate PLACE'"
+    verb = m.group(1).lower()
+    rest = t[m.end():].lstrip(" \t:,-\"'")
+    if verb == "ask":
+        others = [c for c in characters if c != me]
+        target, end = match_name_at(rest, others)
+        if target is None:
+            if match_name_at(rest, [me])[0]:
+                return None, "a character cannot ask themselves"
+            return None, f"Ask needs a character ({', '.join(others)}), got {clip(rest, 4)!r}"
+        question = rest[end:].strip().lstrip(":,-?!. \"'").strip().strip("\"'")
+        if not question:
+            return None, "Ask without a question"
+        return {"kind": ASK, "target": target, "question": question}, None
+    loc, _ = match_name_at(rest, locations)
+    if loc is None:
+        where = ", ".join(locations) if locations else "none left"
+        return None, f"Investigate needs a place with clues ({where}), got {clip(rest, 4)!r}"
+    return {"kind": INVESTIGATE, "location": loc}, None
+
+
+def parse_vote(text: str, me: str, characters: list[str]) -> tuple[str | None, str | None]:
+    """A vote is the first other character named in the reply."""
+    target = find_first_name(_clean(text), [c for c in characters if c != me])
+    return (target, None) if target else (None, "the vote names no other character")
+
+
+# ---- state --------------------------------------------------------------------------------------------------------
+@dataclass
+class MysteryState:
+    """Everything that changes during a game; plain data so that a LangGraph checkpointer can store it."""
+
+    script_path: str
+    seed: int
+    order: list[str]
+    clues: dict[str, list[str]]
+    stage: int = 0
+    round: int = 0
+    phase: str = INTRODUCTION
+    cursor: int = 0
+    attempts: int = 0
+    question: dict[str, str] | None = None
+    revealed: list[dict[str, Any]] = field(default_factory=list)
+    public: list[str] = field(default_factory=list)
+    votes: dict[str, str] = field(default_factory=dict)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MysteryState":
+        return cls(**d)
+
+
+class MysteryGame:
+    """Rules over a `MysteryState` (mutated in place)."""
+
+    def __init__(self, script: Script, state: MysteryState, config: MysteryConfig):
+        self.script, self.state, self.config = script, state, config
+
+    @classmethod
+    def new(cls, script: Script, seed: int, config: MysteryConfig) -> "MysteryGame":
+        order = list(script.characters)
+        if config.shuffle_order:
+            random.Random(seed).shuffle(order)
+        st = MysteryState(script_path=script.path, seed=seed, order=order,
+                          clues={k: list(v) for k, v in script.stages[0].clues.items()})
+        game = cls(script, st, config)
+        st.public.append(f"[Case] {script.title}. {script.description}".strip())
+        return game
+
+    # -- who and what ------------------------------------------------------------------------------------------
+    def faction(self, name: str) -> str:
+        return CULPRIT if name in self.script.culprits else CIVILIAN
+
+    def seat(self, name: str) -> int:
+        return self.script.characters.index(name)
+
+    def actor(self) -> str | None:
+        st = self.state
+        if st.phase == ANSWER:
+            return st.question["target"]
+        if st.phase in (INTRODUCTION, CONVERSE, VOTE):
+            return st.order[st.cursor]
+        return None
+
+    def locations(self) -> list[str]:
+        return [k for k, v in self.state.clues.items() if v]
+
+    def legal_actions(self, name: str) -> list[str]:
+        st = self.state
+        others = [c for c in st.order if c != name]
+        if st.phase == CONVERSE:
+            return [f"Ask {c}: QUESTION" for c in others] + [f"Investigate {loc}" for loc in self.locations()]
+        if st.phase == VOTE:
+            return list(others)
+        return []
+
+    def instruction(self, name: str) -> str:
+        st = self.state
+        others = ", ".join(c for c in st.order if c != name)
+        if st.phase == INTRODUCTION:
+            return f"Introduce yourself to the others as {name} in two or three sentences."
+        if st.phase == CONVERSE:
+            places = ", ".join(self.locations()) or "none"
+            stage = f"stage {st.stage + 1}, " if self.script.multi_stage else ""
+            return (f"Your move ({stage}round {st.round + 1}). Ask one character a question, or investigate one place.\n"
+                    f"Characters: {others}\nPlaces: {places}\n"
+                    "Reply with one line: 'Ask NAME: QUESTION' or 'Investigate PLACE'.")
+        if st.phase == ANSWER:
+            q = st.question
+            return f"{q['asker']} asks you: {q['question']}\nAnswer as {name} in one to three sentences."
+        return f"Vote for the murderer. Reply with one name: {others}."
+
+    def observation(self, retry_reason: str | None = None) -> Observation:
+        name = self.actor()
+        st, cfg = self.state, self.config
+        system = (f"You are {name} in a murder mystery game: {self.script.title}. {self.script.description}\n"
+                  f"Your character:\n{character_summary(self.script, name, st.stage, cfg.summary_words)}\n"
+                  "Stay in character and keep replies short.")
+        user = (f"What happened so far:\n{summarise_history(st.public, cfg.history_words, cfg.history_entry_words)}"
+                f"\n\n{self.instruction(name)}")
+        if retry_reason:
+            user += f"\nYour last reply was not accepted ({retry_reason}). Try again."
+        return Observation(game=GAME, seat=self.seat(name), role=name, phase=st.phase,
+                           messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                           legal_actions=self.legal_actions(name),
+                           response_prefix=cfg.response_prefix if st.phase == CONVERSE else "")
+
+    def retry_reason(self) -> str | None:
+        """The reason of the previous failed attempt at the current act, shown when asking again."""
+        if self.state.attempts and self.state.turns:
+            return self.state.turns[-1].get("illegal_reason")
+        return None
+
+    # -- applying a reply --------------------------------------------------------------------------------------
+    def apply(self, obs: Observation, reply: Reply, adapter: str | None = None) -> Turn:
+        """Record the reply as a Turn and advance the game."""
+        st, name = self.state, self.actor()
+        text = reply.action if reply.action is not None else obs.response_prefix + (reply.text or "")
+        info: dict[str, Any] = {"stage": st.stage, "round": st.round, "attempt": st.attempts}
+        if reply.finish_reason is not None:
+            info["finish_reason"] = reply.finish_reason  # 'length': cut at max_tokens (still parsed as given)
+        action = reason = None
+        phase = st.phase
+        if st.phase in (INTRODUCTION, ANSWER):
+            if text.strip():
+                action = "Introduce" if st.phase == INTRODUCTION else "Answer"
+            else:
+                reason = "empty reply"
+            if st.phase == ANSWER:
+                info["asker"] = st.question["asker"]
+        elif st.phase == CONVERSE:
+            parsed, reason = parse_converse(text, name, st.order, self.locations())
+            if parsed:
+                phase = parsed["kind"]
+                if phase == ASK:
+                    action = f"Ask {parsed['target']}: {parsed['question']}"
+                    info.update(target=parsed["target"], question=parsed["question"])
+                else:
+                    action = f"Investigate {parsed['location']}"
+                    info["location"] = parsed["location"]
+        else:
+            target, reason = parse_vote(text, name, st.order)
+            if target:
+                action = f"Vote {target}"
+                info["target"] = target
+        turn = Turn(seat=self.seat(name), role=name, phase=phase, messages=obs.messages, response=reply.text or "",
+                    action=action, illegal_reason=reason, prompt_token_ids=reply.prompt_token_ids,
+                    completion_token_ids=reply.completion_token_ids, logprobs=reply.logprobs,
+                    reward=self.config.failed_action_penalty if reason else 0.0,
+                    adapter=adapter or reply.model, faction=self.faction(name), info=info)
+        if reason is None:
+            self._succeed(name, turn, text)
+        elif st.attempts < self.config.max_reasks:
+            st.attempts += 1
+        else:
+            self._give_up(name, turn)
+        st.turns.append(dataclasses.asdict(turn))
+        return turn
+
+    def _succeed(self, name: str, turn: Turn, text: str) -> None:
+        st = self.state
+        if st.phase == INTRODUCTION:
+            st.public.append(f"{name} (introduction): {text.strip()}")
+            self._next_introduction()
+        elif st.phase == ANSWER:
+            st.public.append(f"{name} answers {st.question['asker']}: {text.strip()}")
+            st.question = None
+            st.phase = CONVERSE
+            self._next_conversation_turn()
+        elif st.phase == CONVERSE and turn.phase == ASK:
+            st.public.append(f"{name} asks {turn.info['target']}: {turn.info['question']}")
+            st.question = {"asker": name, "target": turn.info["target"], "question": turn.info["question"]}
+            st.phase, st.attempts = ANSWER, 0
+        elif st.phase == CONVERSE:
+            loc = turn.info["location"]
+            clue = st.clues[loc].pop(0)
+            if not st.clues[loc]:
+                del st.clues[loc]
+            turn.info["clue"] = clue
+            st.revealed.append({"stage": st.stage, "round": st.round, "by": name, "location": loc, "clue": clue})
+            st.public.append(f"[Clue] {name} investigates {loc}: {clue}")
+            self._next_conversation_turn()
+        else:
+            st.votes[name] = turn.info["target"]
+            self._next_vote()
+
+    def _give_up(self, name: str, turn: Turn) -> None:
+        st = self.state
+        turn.info["passed"] = True
+        if st.phase == INTRODUCTION:
+            st.public.append(f"{name} (introduction): (says nothing)")
+            self._next_introduction()
+        elif st.phase == ANSWER:
+            st.public.append(f"{name} does not answer {st.question['asker']}.")
+            st.question, st.phase = None, CONVERSE
+            self._next_conversation_turn()
+        elif st.phase == CONVERSE:
+            st.public.append(f"{name} does nothing this round.")
+            self._next_conversation_turn()
+        else:
+            self._next_vote()
+
+    def _next_introduction(self) -> None:
+        st = self.state
+        st.cursor, st.attempts = st.cursor + 1, 0
+        if st.cursor == len(st.order):
+            st.cursor = 0
+            self._start_stage(0)
+
+    def _start_stage(self, stage: int) -> None:
+        st = self.state
+        st.stage, st.round, st.cursor = stage, 0, 0
+        if stage > 0:
+            new = self.script.stages[stage].clues
+            for loc, clues in new.items():
+                st.clues.setdefault(loc, []).extend(clues)
+            where = ", ".join(new) or "no new places"
+            st.public.append(f"[Stage {stage + 1}] The story moves on; each of you learns more. New clues at: {where}.")
+        st.phase = CONVERSE if self.config.rounds > 0 else VOTE
+        if st.phase == VOTE and stage + 1 < len(self.script.stages):
+            self._start_stage(stage + 1)
+
+    def _next_conversation_turn(self) -> None:
+        st = self.state
+        st.cursor, st.attempts = st.cursor + 1, 0
+        if st.cursor < len(st.order):
+            return
+        st.cursor, st.round = 0, st.round + 1
+        if st.round < self.config.rounds:
+            return
+        if st.stage + 1 < len(self.script.stages):
+            self._start_stage(st.stage + 1)
+        else:
+            st.phase = VOTE
+
+    def _next_vote(self) -> None:
+        st = self.state
+        st.cursor, st.attempts = st.cursor + 1, 0
+        if st.cursor == len(st.order):
+            st.cursor, st.phase = 0, JUDGE
+
+    def max_acts(self) -> int:
+        """An upper bound on the acts of a game (for LangGraph's recursion limit)."""
+        n, tries = len(self.state.order), self.config.max_reasks + 1
+        return tries * n * (2 + 2 * self.config.rounds * len(self.script.stages))

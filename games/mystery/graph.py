@@ -1,0 +1,176 @@
+"""The murder mystery as a LangGraph graph.
+
+    START -> setup -> introduction* -> (converse -> answer?)* -> vote* -> judge -> END
+
+`setup` loads the script and deals the seats; each phase node performs exactly ONE act of one character (so a
+human seat's `interrupt()` re-runs nothing but its own act on resume) and a conditional edge routes to the node of
+the next act's phase; `judge` scores the game and writes the finished Episode into the state (`episode`).
+
+Input: `{"script": NAME_OR_PATH, "seed": int, "human_seats": [character, ...]}` (all optional). A human seat needs
+a checkpointer: the graph stops with an interrupt carrying the character's observation and resumes with
+`Command(resume=TEXT)`.
+
+`app` is the graph for `langgraph.json` (no checkpointer; `langgraph dev` brings its own): its players and judge
+are language models at `$STRATAGEM_BASE_URL` (default http://127.0.0.1:8000/v1) served as `$STRATAGEM_PLAYER_MODEL`
+and `$STRATAGEM_JUDGE_MODEL` (default `base`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Callable, Mapping, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+
+from stratagem.agents.base import Agent
+from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
+from stratagem.games.mystery.game import (ANSWER, CIVILIAN, CONVERSE, CULPRIT, GAME, INTRODUCTION, JUDGE, VOTE,
+                                          MysteryConfig, MysteryGame, MysteryState)
+from stratagem.games.mystery.judge import judge_game
+from stratagem.games.mystery.library import load_script
+
+DEFAULT_SCRIPT = "lighthouse"
+HUMAN = "human"
+PHASE_NODES = {INTRODUCTION: "introduction", CONVERSE: "converse", ANSWER: "answer", VOTE: "vote", JUDGE: "judge"}
+
+
+class MysteryGraphState(TypedDict, total=False):
+    script: str
+    seed: int
+    human_seats: list[str]
+    game: dict[str, Any]
+    episode: dict[str, Any]
+
+
+Players = Agent | Mapping[str, Agent]
+
+
+def _agent_for(players: Players, name: str) -> Agent:
+    if isinstance(players, Mapping):
+        if name not in players:
+            raise KeyError(f"no agent for character {name!r}; given: {', '.join(players)}")
+        return players[name]
+    return players
+
+
+def human_reply(value: Any) -> Reply:
+    """The resume value of a human seat: the reply text, or a mapping with `text`."""
+    text = value.get("text", "") if isinstance(value, Mapping) else str(value)
+    return Reply(text=text, model=HUMAN)
+
+
+def build_episode(game: MysteryGame, verdict_metrics: dict[str, Any], utterance_scores: list[dict[str, Any]],
+                  players: Players, config: MysteryConfig, humans: list[str]) -> Episode:
+    script, st = game.script, game.state
+    turns = [Turn(**t) for t in st.turns]
+    for u in utterance_scores:
+        turns[u["turn"]].info["judge"] = {k: u[k] for k in ("suspicion", "trust", "ok", "raw")}
+    civilians_win = verdict_metrics["civilians_win"]
+    winner = CIVILIAN if civilians_win else CULPRIT
+    seats = [Seat(index=i, role=n, agent=HUMAN if n in humans else getattr(_agent_for(players, n), "name", "agent"),
+                  faction=game.faction(n), name=n) for i, n in enumerate(script.characters)]
+    outcome = [config.win_return if s.faction == winner else -config.win_return for s in seats]
+    # as in every game: the outcome is credited to each seat's last turn, on top of its failed-action penalties;
+    # a seat's return is the sum of its turn rewards
+    for seat, i in {t.seat: i for i, t in enumerate(turns)}.items():
+        turns[i].reward += outcome[seat]
+    returns = [sum(t.reward for t in turns if t.seat == s.index) for s in seats]
+    return Episode(
+        game=GAME, seed=st.seed, seats=seats, turns=turns, returns=returns,
+        winners=[s.index for s in seats if s.faction == winner], end_reason="vote", winning_faction=winner,
+        id=f"mystery-{script.name}-{st.seed}-{uuid.uuid4().hex[:8]}", metrics=verdict_metrics,
+        params={"script": script.name, "title": script.title, "stages": len(script.stages),
+                "rounds": config.rounds, "order": st.order, "culprits": script.culprits,
+                "max_reasks": config.max_reasks, "revealed": st.revealed, "human_seats": humans},
+    )
+
+
+def build_graph(players: Players, judge: Agent, config: MysteryConfig | None = None, *, checkpointer: Any = None,
+                on_turn: Callable[[Turn], None] | None = None):
+    """Compile the game graph. `players`: one agent for every seat, or character name -> agent; `judge`: the
+    agent that scores (see judge.py); `on_turn` is called after every act (progress bars)."""
+    cfg = config or MysteryConfig()
+
+    def setup(state: MysteryGraphState) -> dict[str, Any]:
+        script = load_script(state.get("script") or DEFAULT_SCRIPT)
+        humans = list(state.get("human_seats") or cfg.human_seats)
+        unknown = [h for h in humans if h not in script.characters]
+        if unknown:
+            raise ValueError(f"human_seats {unknown} are not characters of {script.name} "
+                             f"({', '.join(script.characters)})")
+        game = MysteryGame.new(script, int(state.get("seed", 0)), cfg)
+        return {"game": game.state.to_dict(), "human_seats": humans}
+
+    def restore(state: MysteryGraphState) -> MysteryGame:
+        st = MysteryState.from_dict(state["game"])
+        return MysteryGame(load_script(st.script_path), st, cfg)
+
+    async def act(state: MysteryGraphState) -> dict[str, Any]:
+        game = restore(state)
+        name = game.actor()
+        obs: Observation = game.observation(game.retry_reason())
+        if name in state.get("human_seats", []):
+            reply = human_reply(interrupt({"character": name, "phase": obs.phase, "messages": obs.messages,
+                                           "legal_actions": obs.legal_actions}))
+            adapter = HUMAN
+        else:
+            agent = _agent_for(players, name)
+            reply = await agent.act(obs)
+            adapter = reply.model or getattr(agent, "name", None)
+        turn = game.apply(obs, reply, adapter)
+        if on_turn is not None:
+            on_turn(turn)
+        return {"game": game.state.to_dict()}
+
+    async def judge_node(state: MysteryGraphState) -> dict[str, Any]:
+        game = restore(state)
+        verdict = await judge_game(judge, game.script, game.state, cfg)
+        ep = build_episode(game, verdict.metrics, verdict.utterance_scores, players, cfg,
+                           state.get("human_seats", []))
+        return {"episode": ep.to_dict()}
+
+    def route(state: MysteryGraphState) -> str:
+        return PHASE_NODES[state["game"]["phase"]]
+
+    g = StateGraph(MysteryGraphState)
+    g.add_node("setup", setup)
+    for phase in (INTRODUCTION, CONVERSE, ANSWER, VOTE):
+        g.add_node(PHASE_NODES[phase], act)
+    g.add_node("judge", judge_node)
+    g.add_edge(START, "setup")
+    for node in ("setup", "introduction", "converse", "answer", "vote"):
+        g.add_conditional_edges(node, route, list(PHASE_NODES.values()))
+    g.add_edge("judge", END)
+    return g.compile(checkpointer=checkpointer, name="mystery")
+
+
+def recursion_limit(script_name_or_path: str, config: MysteryConfig) -> int:
+    """Enough LangGraph steps for the longest possible game (every act failing every re-ask)."""
+    script = load_script(script_name_or_path)
+    game = MysteryGame.new(script, 0, config)
+    return game.max_acts() + 10
+
+
+class _EndpointAgent:
+    """An LLM agent configured from the environment, created on first use (so importing this module, as
+    `langgraph dev` does, needs no server)."""
+
+    def __init__(self, model_var: str, max_tokens: int, temperature: float | None = None):
+        self.name = os.environ.get(model_var, "base")
+        self._max_tokens, self._temperature, self._agent = max_tokens, temperature, None
+
+    async def act(self, observation: Observation) -> Reply:
+        if self._agent is None:
+            from stratagem.games.mystery.rollout import make_llm_agent
+
+            self._agent = make_llm_agent(os.environ.get("STRATAGEM_BASE_URL", "http://127.0.0.1:8000/v1"),
+                                         self.name, self._max_tokens, os.environ.get("STRATAGEM_API_KEY"),
+                                         self._temperature)
+        return await self._agent.act(observation)
+
+
+app = build_graph(_EndpointAgent("STRATAGEM_PLAYER_MODEL", MysteryConfig().player_max_tokens),
+                  _EndpointAgent("STRATAGEM_JUDGE_MODEL", MysteryConfig().judge_max_tokens,
+                                 MysteryConfig().judge_temperature))

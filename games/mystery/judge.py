@@ -1,0 +1,183 @@
+"""The judge: a model (any Agent; an LLM over the OpenAI-compatible endpoint in real games) that scores every
+utterance for suspicion and trust, and every character for intelligence (ICI), role-play and a reconstruction of
+their script (SCI). Replies are parsed leniently (JSON, `key: number` text, or bare numbers in order); a reply that
+yields no number gets the default 0 for each missing score and is counted in `judge_parse_failures`. Numbers out
+of range are clamped into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from stratagem.agents.base import Agent
+from stratagem.games.core import Observation
+from stratagem.games.mystery import metrics as M
+from stratagem.games.mystery.game import ANSWER, ASK, GAME, INTRODUCTION, MysteryConfig, MysteryState, clip
+from stratagem.games.mystery.schema import Script
+
+JUDGE_UTTERANCE, JUDGE_ICI, JUDGE_ROLEPLAY, JUDGE_RECONSTRUCT = (
+    "judge_utterance", "judge_ici", "judge_roleplay", "judge_reconstruct")
+JUDGE_SYSTEM = "You are the impartial judge of a murder mystery game. Follow the reply format exactly."
+_NUM = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class Parsed:
+    values: dict[str, float]
+    ok: bool  # False when at least one value fell back to the default
+
+
+def parse_scores(text: str, keys: tuple[str, ...], lo: float, hi: float, default: float = 0.0) -> Parsed:
+    """Scores named `keys` from a judge reply. Tried in order: a JSON object (keys matched by prefix, any case);
+    `key ... number` in the text; the bare numbers of the reply in the order of `keys`."""
+    found: dict[str, float] = {}
+    m = re.search(r"\{.*?\}", text, re.DOTALL)
+    if m:
+        try:
+            obj = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                key = next((x for x in keys if str(k).lower().startswith(x[:5])), None)
+                if key and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    found.setdefault(key, float(v))
+    for key in keys:
+        if key not in found:
+            km = re.search(re.escape(key[:5]) + r"[a-z ]*\W{0,3}\s*(-?\d+(?:\.\d+)?)", text, re.IGNORECASE)
+            if km:
+                found[key] = float(km.group(1))
+    if not found:
+        nums = [float(x) for x in _NUM.findall(text)]
+        found = dict(zip(keys, nums))
+    ok = all(k in found for k in keys)
+    return Parsed({k: min(hi, max(lo, found.get(k, default))) for k in keys}, ok)
+
+
+def _obs(phase: str, user: str) -> Observation:
+    return Observation(game=GAME, seat=-1, role="judge", phase=phase, legal_actions=[],
+                       messages=[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}])
+
+
+def utterance_prompt(speaker: str, text: str, context: str) -> Observation:
+    return _obs(JUDGE_UTTERANCE,
+                f"Conversation before:\n{context}\n\nStatement by {speaker}: \"{text}\"\n"
+                f"How suspicious does this statement make {speaker} look (0 = not, 2 = very), and how trustworthy "
+                f"(0 = not, 2 = very)? Reply only with JSON: {{\"suspicion\": 0, \"trust\": 0}}")
+
+
+def behaviour(state: MysteryState, name: str, words: int) -> str:
+    """What a character said and did, as the judge reads it (their legal acts, in order, clipped)."""
+    lines = []
+    for t in state.turns:
+        if t["role"] == name and t["illegal_reason"] is None:
+            said = t["response"] if t["phase"] in (INTRODUCTION, ANSWER) else t["action"]
+            lines.append(f"- {t['phase']}: {said}")
+    return clip("\n".join(lines), words) if lines else "(did nothing)"
+
+
+def ici_prompt(name: str, acts: str) -> Observation:
+    return _obs(JUDGE_ICI,
+                f"Everything {name} said and did in the game:\n{acts}\n\nScore {name} from 0 to 20 on reasoning, "
+                "communication, detail observation and creative thinking. Reply only with JSON: "
+                "{\"reasoning\": 0, \"communication\": 0, \"detail\": 0, \"creativity\": 0}")
+
+
+def roleplay_prompt(name: str, role: str, acts: str) -> Observation:
+    return _obs(JUDGE_ROLEPLAY,
+                f"The role of {name}:\n{role}\n\nWhat {name} said and did:\n{acts}\n\nHow faithfully did {name} "
+                "play this role, from 0 to 20? Reply only with JSON: {\"roleplay\": 0}")
+
+
+def reconstruct_prompt(name: str, acts: str) -> Observation:
+    return _obs(JUDGE_RECONSTRUCT,
+                f"What {name} said and did in a murder mystery game:\n{acts}\n\nWrite {name}'s secret script: "
+                f"who {name} is and what {name} did, in two to four sentences.")
+
+
+@dataclass
+class JudgeVerdict:
+    metrics: dict[str, Any]
+    utterance_scores: list[dict[str, Any]]  # per judged turn: index, speaker, suspicion, trust, ok, raw
+
+
+async def judge_game(judge: Agent, script: Script, state: MysteryState, config: MysteryConfig) -> JudgeVerdict:
+    """Score every legal utterance and every character, then compute the metrics (see metrics.py)."""
+    sem = asyncio.Semaphore(max(1, config.judge_concurrency))
+
+    async def ask(obs: Observation) -> str:
+        async with sem:
+            return (await judge.act(obs)).text or ""
+
+    utter = [(i, t) for i, t in enumerate(state.turns)
+             if t["illegal_reason"] is None and t["phase"] in (INTRODUCTION, ASK, ANSWER)]
+
+    def utter_text(t: dict[str, Any]) -> str:
+        return t["info"]["question"] if t["phase"] == ASK else t["response"]
+
+    def context(i: int) -> str:
+        before = [f"{t['role']}: {utter_text(t)}" for _, t in utter if _ < i][-6:]
+        return clip("\n".join(before), config.judge_context_words) if before else "(none)"
+
+    names = list(state.order)
+    acts = {n: behaviour(state, n, 160) for n in names}
+    roles = {n: clip(script.field_text(n, "Script"), 120) for n in names}
+    jobs = [ask(utterance_prompt(t["role"], clip(utter_text(t), 80), context(i))) for i, t in utter]
+    for n in names:
+        jobs += [ask(ici_prompt(n, acts[n])), ask(roleplay_prompt(n, roles[n], acts[n])),
+                 ask(reconstruct_prompt(n, acts[n]))]
+    replies = await asyncio.gather(*jobs)
+
+    failures = 0
+    scored: list[dict[str, Any]] = []
+    for (i, t), raw in zip(utter, replies):
+        p = parse_scores(raw, ("suspicion", "trust"), 0, 2)
+        failures += not p.ok
+        scored.append({"turn": i, "speaker": t["role"], "suspicion": int(round(p.values["suspicion"])),
+                       "trust": int(round(p.values["trust"])), "ok": p.ok, "raw": raw})
+    per_char: dict[str, dict[str, Any]] = {}
+    rest = replies[len(utter):]
+    for k, n in enumerate(names):
+        ici_raw, rp_raw, rec_raw = rest[3 * k: 3 * k + 3]
+        pi = parse_scores(ici_raw, M.ICI_KEYS, 0, 20)
+        pr = parse_scores(rp_raw, ("roleplay",), 0, 20)
+        failures += (not pi.ok) + (not pr.ok)
+        per_char[n] = {**pi.values, "roleplay": pr.values["roleplay"],
+                       "rouge_l": M.rouge_l(script.field_text(n, "Script"), rec_raw),
+                       "raw": {"ici": ici_raw, "roleplay": rp_raw, "reconstruction": rec_raw}}
+
+    triples = [(u["speaker"], u["suspicion"], u["trust"]) for u in scored]
+    n_vote = config.vote_weight if config.vote_weight is not None else float(len(names))
+    doubt = M.doubt_scores(names, triples, state.votes, n_vote)
+    rank = M.ranking(names, doubt, state.votes)
+    accused = rank[0]
+    m: dict[str, Any] = {
+        "victory": M.victory(rank, script.culprits),
+        "tii": M.tii(names, triples),
+        "cic": M.cic(len(state.revealed), script.total_clues),
+        "ici": M.ici({n: {k: per_char[n][k] for k in M.ICI_KEYS} for n in names}),
+        "sci": M.sci({n: per_char[n]["roleplay"] for n in names}, {n: per_char[n]["rouge_l"] for n in names}),
+    }
+    m["overall"] = M.overall(m)
+    failed = sum(1 for t in state.turns if t["illegal_reason"] is not None)
+    m.update({
+        "civilians_win": accused in script.culprits,
+        "culprit_rank": rank.index(min(script.culprits, key=rank.index)) + 1,
+        "clues_revealed": len(state.revealed),
+        "acts": len(state.turns),
+        "failed_actions": failed,
+        "failed_action_rate": failed / len(state.turns) if state.turns else 0.0,
+        "judge_calls": len(jobs),
+        "judge_parse_failures": failures,
+        "accused": accused,
+        "ranking": rank,
+        "doubt": doubt,
+        "votes": dict(state.votes),
+        "vote_weight": n_vote,
+        "characters": per_char,
+    })
+    return JudgeVerdict(metrics=m, utterance_scores=scored)

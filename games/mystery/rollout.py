@@ -1,0 +1,65 @@
+"""Playing murder-mystery episodes: one game with any agents (`play_episode`), or many games with language-model
+players and judge over an OpenAI-compatible endpoint (`collect_mystery_episodes`, what the training loop calls)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from stratagem.agents.base import Agent
+from stratagem.games.core import Episode, Turn
+from stratagem.games.mystery.game import MysteryConfig
+from stratagem.games.mystery.graph import Players, build_graph, recursion_limit
+from stratagem.games.mystery.library import load_script, shipped_scripts
+
+__all__ = ["collect_mystery_episodes", "load_script", "make_llm_agent", "play_episode", "shipped_scripts"]
+
+
+def make_llm_agent(base_url: str, model: str, max_tokens: int, api_key: str | None = None,
+                   temperature: float | None = None) -> Agent:
+    from stratagem.agents.llm import LLMAgent, LLMAgentConfig
+
+    kw: dict[str, Any] = {"base_url": base_url, "model": model, "max_tokens": max_tokens}
+    if api_key is not None:
+        kw["api_key"] = api_key
+    if temperature is not None:
+        kw["temperature"] = temperature
+    return LLMAgent(LLMAgentConfig(**kw))
+
+
+async def play_episode(script: str, players: Players, judge: Agent, config: MysteryConfig | None = None,
+                       seed: int = 0, on_turn: Callable[[Turn], None] | None = None) -> Episode:
+    """Play one game to the end (no human seats: those need a checkpointer, see graph.py)."""
+    cfg = config or MysteryConfig()
+    if cfg.human_seats:
+        raise ValueError("play_episode cannot seat humans; build the graph with a checkpointer instead")
+    graph = build_graph(players, judge, cfg, on_turn=on_turn)
+    out = await graph.ainvoke({"script": str(script), "seed": seed},
+                              config={"recursion_limit": recursion_limit(str(script), cfg)})
+    return Episode.from_dict(out["episode"])
+
+
+async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player_model: str = "base",
+                                   judge_model: str = "base", config: MysteryConfig | None = None,
+                                   concurrency: int = 4, seed: int = 0, api_key: str | None = None,
+                                   on_turn: Callable[[Turn], None] | None = None,
+                                   on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
+    """Play `n` games of `script` (a shipped name or a folder) with every seat played by `player_model` and the
+    judge `judge_model`, both served at `base_url`; game i uses seed `seed + i`. At most `concurrency` games run
+    at once (the server batches their requests). Returns the episodes in seed order."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    cfg = config or MysteryConfig()
+    load_script(script)  # fail on a bad script before any request
+    players = make_llm_agent(base_url, player_model, cfg.player_max_tokens, api_key)
+    judge = make_llm_agent(base_url, judge_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature)
+    sem = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(i: int) -> Episode:
+        async with sem:
+            ep = await play_episode(script, players, judge, cfg, seed + i, on_turn)
+        if on_episode is not None:
+            on_episode(ep)
+        return ep
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))

@@ -1,0 +1,42 @@
+"""One short murder-mystery game end to end with the real vLLM server: the default model plays every seat and
+judges, through `play_mystery` (what `stratagem play mystery` runs), which writes metrics, episodes and a transcript.
+Kept short for a slow CPU server: the 4-character script, 2 rounds, few tokens per act."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stratagem.games.core import read_jsonl
+from stratagem.games.mystery.cli import play_mystery
+from stratagem.games.mystery.metrics import HEADLINE
+
+pytestmark = pytest.mark.vllm
+
+
+def test_play_one_short_game(vllm_server, tmp_path):
+    md = tmp_path / "game.md"
+    result = play_mystery("lighthouse", players="llm:base", judge="base", episodes=1, rounds=2, json_out=True,
+                          transcript=str(md), base_url=vllm_server.base_url, player_max_tokens=24,
+                          judge_max_tokens=16)
+    saved = json.loads((tmp_path / "game.metrics.json").read_text())
+    assert saved["metrics"] == result["metrics"] and saved["metrics"]["games"] == 1
+    for k in HEADLINE:
+        assert 0.0 <= saved["metrics"][k] <= 1.0, k
+
+    [ep] = list(read_jsonl(tmp_path / "game.jsonl"))
+    assert ep.winning_faction in ("culprit", "civilian") and ep.metrics["accused"] == ep.metrics["ranking"][0]
+    phases = [t.phase for t in ep.turns]
+    last_intro = max(i for i, p in enumerate(phases) if p == "introduction")
+    assert set(phases[:last_intro + 1]) == {"introduction"} and last_intro >= 3
+    assert set(phases[last_intro + 1:phases.index("vote")]) <= {"ask", "answer", "investigate", "converse"}
+    assert set(phases[phases.index("vote"):]) == {"vote"}
+    assert sum(p == "vote" for p in phases) >= 4  # every character votes (a failed vote is re-asked)
+    # every act is a training sample: faction, prompt messages and the sampled tokens with their log-probs
+    for t in ep.turns:
+        assert t.faction in ("culprit", "civilian") and t.messages[0]["role"] == "system"
+        assert t.prompt_token_ids and t.completion_token_ids and len(t.logprobs) == len(t.completion_token_ids)
+        assert t.adapter == "base"
+    assert ep.metrics["judge_calls"] >= 3 * 4
+    assert "Verdict" in md.read_text()
