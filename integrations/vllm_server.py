@@ -80,6 +80,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a live process is left in the process group (a zombie has exited and only awaits reaping)."""
+    import psutil
+
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
 def _new_group() -> None:
     os.setsid()  # the guard leads a process group of its own; see process_guard
 
@@ -256,6 +267,9 @@ class VLLMServer:
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+        deadline = time.monotonic() + 10
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if self._log_file:
             self._log_file.close()
             self._log_file = None

@@ -11,12 +11,11 @@ import textwrap
 import time
 
 import httpx
-import psutil
 import pytest
 
 from helpers_lora import make_adapter
 from stratagem.integrations.vllm_server import (AdapterError, AdapterVerificationError, ServerError, VLLMServer,
-                                                port_in_use)
+                                                group_alive, port_in_use)
 
 pytestmark = pytest.mark.vllm
 
@@ -76,17 +75,6 @@ def test_bad_adapters_get_clear_errors_and_the_server_keeps_serving(vllm_server,
     assert isinstance(_complete(vllm_server, "base"), str)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is left in the group: a zombie has exited and only awaits reaping."""
-    for p in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
-
-
 @pytest.mark.slow
 def test_a_killed_server_is_reported_and_restarts(model_path, tmp_path):
     srv = VLLMServer(model=model_path, log_path=str(tmp_path / "vllm.log"))
@@ -100,7 +88,7 @@ def test_a_killed_server_is_reported_and_restarts(model_path, tmp_path):
         srv.restart()
         assert "base" in srv.models()
         pgid = srv.proc.pid
-    assert not _group_alive(pgid)
+    assert not group_alive(pgid)
     assert not port_in_use("127.0.0.1", srv.port)
 
 
@@ -115,13 +103,13 @@ def test_no_orphan_server_when_the_parent_is_killed(model_path, tmp_path):
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     pgid, port = map(int, parent.stdout.readline().split())
-    assert _group_alive(pgid)
+    assert group_alive(pgid)
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 60
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(1)
-    assert not _group_alive(pgid), "vLLM outlived its parent"
+    assert not group_alive(pgid), "vLLM outlived its parent"
     deadline = time.monotonic() + 30
     while port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
         time.sleep(1)
