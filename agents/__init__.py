@@ -1,5 +1,62 @@
-"""Who acts: language-model agents over an OpenAI-compatible endpoint, bots, humans."""
+"""Who acts: language-model agents over an OpenAI-compatible endpoint, bots, humans. `make_agent(spec)` builds one
+from its command-line spec."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from stratagem.agents.base import Agent
 
-__all__ = ["Agent"]
+AGENT_SPECS = "llm:MODEL, random, mcts:N, cfr, human"
+
+
+def make_agent(spec: str, *, base_url: str | None = None, seed: int = 0, game: str | None = None,
+               **llm_overrides: Any) -> Agent:
+    """An agent from `spec`: `llm:MODEL` (a served model or adapter name, e.g. llm:base, llm:iter-2; needs
+    `base_url`; `llm_overrides` fill LLMAgentConfig), `random`, `mcts:N` (N simulations), `cfr` (needs `game`),
+    `human`."""
+    kind, _, arg = spec.strip().partition(":")
+    if kind == "llm":
+        from stratagem.agents.llm import LLMAgent, LLMAgentConfig
+
+        if not arg:
+            raise ValueError(f"agent spec {spec!r}: expected llm:MODEL, e.g. llm:base")
+        if base_url is None:
+            raise ValueError(f"agent spec {spec!r} needs a base_url (an OpenAI-compatible endpoint)")
+        return LLMAgent(LLMAgentConfig(base_url=base_url, model=arg, **llm_overrides))
+    if llm_overrides:
+        raise ValueError(f"agent spec {spec!r}: LLM options {sorted(llm_overrides)} apply to llm:MODEL only")
+    if kind == "random" and not arg:
+        from stratagem.agents.bots import RandomAgent
+
+        return RandomAgent(seed=seed)
+    if kind == "mcts":
+        from stratagem.agents.bots import MCTSAgent, MCTSConfig
+
+        try:
+            n = int(arg) if arg else MCTSConfig().simulations
+        except ValueError:
+            raise ValueError(f"agent spec {spec!r}: expected mcts:N with N an integer") from None
+        if n < 1:
+            raise ValueError(f"agent spec {spec!r}: N must be >= 1")
+        if game is not None:
+            from stratagem.games.registry import make_game
+
+            if not make_game(game).info.perfect_information:
+                raise ValueError(f"agent spec {spec!r}: MCTS would search {game}'s hidden information; "
+                                 "use cfr (poker) or random")
+        return MCTSAgent(MCTSConfig(simulations=n), seed=seed)
+    if kind == "cfr":
+        from stratagem.agents.bots import CFRAgent, CFRConfig
+
+        if game is None:
+            raise ValueError("agent spec 'cfr' needs the game (kuhn_poker or leduc_poker)")
+        return CFRAgent(game, CFRConfig(iterations=int(arg)) if arg else None, seed=seed)
+    if kind == "human" and not arg:
+        from stratagem.agents.human import HumanAgent
+
+        return HumanAgent()
+    raise ValueError(f"unknown agent spec {spec!r}; expected one of {AGENT_SPECS}")
+
+
+__all__ = ["AGENT_SPECS", "Agent", "make_agent"]

@@ -1,0 +1,203 @@
+"""`SpielGame`: a Stratagem game whose rules are an OpenSpiel game; subclasses supply only the words (rules text,
+action labels, what a seat sees) — OpenSpiel decides legality, chance, termination and returns.
+
+Each seat keeps its own chat: a system line, a first user message (rules, the seat's information, the response
+instructions, the first state), then alternately its own replies and a user message per turn (the moves made since
+its last turn, the state it may see, the legal actions). The opponent's replies (and reasoning) are never shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyspiel
+
+from stratagem.games.base import Game, GameConfig, GameInfo, parse_answer
+from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
+
+
+class SpielGame(Game):
+    """Subclasses set `name`, `title`, `spiel_name`, `default_params`, `roles`, and implement `rules`,
+    `action_label` and `state_text`."""
+
+    name: str
+    title: str
+    spiel_name: str
+    default_params: dict[str, Any] = {}
+    roles: tuple[str, ...]
+
+    def __init__(self, config: GameConfig | None = None, **params: Any):
+        self.config = config or GameConfig()
+        unknown = set(params) - set(self.default_params) if self.default_params else set(params)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; expected some of "
+                             f"{sorted(self.default_params) or 'none'}")
+        self.params = {**self.default_params, **params}
+        self.spiel = pyspiel.load_game(self.spiel_name, self.params)
+        gtype = self.spiel.get_type()
+        self.info = GameInfo(
+            name=self.name, num_players=self.spiel.num_players(), roles=self.roles,
+            max_turns=self.spiel.max_game_length(), zero_sum=gtype.utility == pyspiel.GameType.Utility.ZERO_SUM,
+            cooperative=gtype.utility == pyspiel.GameType.Utility.IDENTICAL,
+            perfect_information=gtype.information == pyspiel.GameType.Information.PERFECT_INFORMATION)
+        self.reset(0)
+
+    # --- words, supplied per game -------------------------------------------------------------------------------
+    def rules(self) -> str:
+        raise NotImplementedError
+
+    def seat_info(self, seat: int) -> str:
+        """The seat's standing information (who it is, who moves first)."""
+        return f"You are {self.roles[seat]} (player {seat}); player 0 moves first."
+
+    def action_label(self, state: pyspiel.State, player: int, action: int) -> str:
+        """The exact string of `action` (with its angle brackets) shown to and expected from the model."""
+        raise NotImplementedError
+
+    def state_text(self, state: pyspiel.State, seat: int) -> str:
+        """What `seat` may see of `state`. Must depend only on that seat's information (checked by check_game)."""
+        raise NotImplementedError
+
+    def system_line(self, seat: int) -> str:
+        return f"You are an expert player of {self.title}. Think about your opponent and play to win."
+
+    # --- the state protocol -------------------------------------------------------------------------------------
+    def reset(self, seed: int) -> None:
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.state = self.spiel.new_initial_state()
+        self.turns: list[Turn] = []
+        self.forfeit: int | None = None
+        self._credited = False
+        self._history: list[list[dict[str, str]]] = [[] for _ in range(self.info.num_players)]
+        self._events: list[list[str]] = [[] for _ in range(self.info.num_players)]
+        self._advance_chance()
+
+    def _advance_chance(self) -> None:
+        while self.state.is_chance_node():
+            outcomes, probs = zip(*self.state.chance_outcomes())
+            self.state.apply_action(int(self._rng.choice(outcomes, p=np.asarray(probs) / sum(probs))))
+
+    def current_seat(self) -> int | None:
+        if self.is_over():
+            return None
+        return self.state.current_player()
+
+    def is_over(self) -> bool:
+        return self.forfeit is not None or self.state.is_terminal()
+
+    def legal_actions(self, seat: int) -> dict[str, int]:
+        """Label -> OpenSpiel action id, in OpenSpiel's order."""
+        return {self.action_label(self.state, seat, a): a for a in self.state.legal_actions(seat)}
+
+    def instructions(self) -> str:
+        if self.config.reply.think:
+            return ("Think step by step inside <think>...</think>, then give exactly one legal action inside "
+                    "<answer>...</answer>, e.g. <think>...</think><answer>ACTION</answer>.")
+        return "Reply with exactly one legal action inside <answer>...</answer>, e.g. <answer>ACTION</answer>."
+
+    def turn_text(self, seat: int) -> str:
+        legal = ", ".join(self.legal_actions(seat))
+        parts = list(self._events[seat])
+        parts.append(self.state_text(self.state, seat))
+        parts.append(f"Legal actions: {legal}")
+        return "\n".join(parts)
+
+    def observe(self, seat: int) -> Observation:
+        if seat != self.current_seat():
+            raise ValueError(f"{self.name}: seat {seat} asked to act but seat {self.current_seat()} is to move")
+        if not self._history[seat]:
+            first = (f"{self.rules()}\n\n{self.seat_info(seat)}\n\n{self.instructions()}\n\n{self.turn_text(seat)}")
+            messages = [{"role": "system", "content": self.system_line(seat)}, {"role": "user", "content": first}]
+        else:
+            messages = [*self._history[seat], {"role": "user", "content": self.turn_text(seat)}]
+        return Observation(game=self.name, seat=seat, role=self.roles[seat], phase="play", messages=messages,
+                           legal_actions=list(self.legal_actions(seat)),
+                           response_prefix=self.config.reply.response_prefix,
+                           private={"state": self.state.clone(), "spiel": self.spiel, "seed": self.seed,
+                                    "turn": len(self.turns)})
+
+    def _judge(self, reply: Reply, legal: list[str]) -> tuple[str | None, str | None]:
+        if reply.finish_reason == "length":
+            return None, "over-long: cut off at max_tokens"
+        if reply.action is not None:
+            return (reply.action, None) if reply.action in legal else (None, f"illegal: {reply.action!r}")
+        return parse_answer(self.config.reply.response_prefix + reply.text, legal, self.config.reply)
+
+    def step(self, seat: int, reply: Reply) -> Turn:
+        obs = self.observe(seat)
+        legal = self.legal_actions(seat)
+        action, why = self._judge(reply, list(legal))
+        rewards = self.config.rewards
+        response = (self.config.reply.response_prefix + reply.text) if reply.action is None else reply.text
+        reward = rewards.format_bonus if why is None else 0.0
+        n_tokens = len(reply.completion_token_ids) if reply.completion_token_ids is not None else 0
+        reward -= rewards.length_penalty * max(0, n_tokens - rewards.length_free_tokens)
+        turn = Turn(seat=seat, role=self.roles[seat], phase="play", messages=obs.messages, response=response,
+                    action=action, illegal_reason=why, prompt_token_ids=reply.prompt_token_ids,
+                    completion_token_ids=reply.completion_token_ids, logprobs=reply.logprobs, reward=reward,
+                    adapter=reply.model, info={"finish_reason": reply.finish_reason} if reply.finish_reason else {})
+        self.turns.append(turn)
+        self._history[seat] = [*obs.messages, {"role": "assistant", "content": response}]
+        self._events[seat] = []
+        if why is not None:
+            self.forfeit = seat
+            return turn
+        self.state.apply_action(legal[action])
+        for other in range(self.info.num_players):
+            if other != seat:
+                self._events[other].append(f"{self.roles[seat]} (player {seat}) chose {action}.")
+        self._advance_chance()
+        return turn
+
+    def information_key(self, seat: int) -> str | None:
+        if self.info.perfect_information:
+            return None
+        if self.spiel.get_type().provides_information_state_string:
+            return self.state.information_state_string(seat)
+        return self.state.observation_string(seat)
+
+    def visible_state(self, seat: int) -> str:
+        return self.state_text(self.state, seat) + "\n" + ", ".join(self.legal_actions(seat))
+
+    def raw_returns(self) -> list[float]:
+        return [float(r) for r in self.state.returns()]
+
+    def outcomes(self) -> list[float]:
+        r = self.config.rewards
+        n = self.info.num_players
+        if self.forfeit is not None:
+            normal = [r.win] * n if self.info.zero_sum else [0.0] * n
+            normal[self.forfeit] = (r.loss if self.info.zero_sum else 0.0) - r.illegal_penalty
+            return normal
+        raw = self.raw_returns()
+        if self.info.cooperative:
+            return [x * r.card_played for x in raw]
+        if all(x == raw[0] for x in raw):
+            return [r.draw] * n
+        return [r.win if x > 0 else r.loss for x in raw]
+
+    def winners(self) -> list[int]:
+        n = self.info.num_players
+        if self.forfeit is not None:
+            return [] if self.info.cooperative else [s for s in range(n) if s != self.forfeit]
+        raw = self.raw_returns()
+        if self.info.cooperative:
+            return list(range(n)) if raw[0] >= self.spiel.max_utility() else []
+        return [s for s in range(n) if raw[s] > 0]
+
+    def episode(self, seats: list[Seat]) -> Episode:
+        if not self.is_over():
+            raise ValueError(f"{self.name}: episode() called before the game ended")
+        outcomes = self.outcomes()
+        last: dict[int, Turn] = {t.seat: t for t in self.turns}
+        if not self._credited:  # credit the outcome once, however often the episode is asked for
+            for seat, turn in last.items():
+                turn.reward += outcomes[seat]
+            self._credited = True
+        returns = [sum(t.reward for t in self.turns if t.seat == s) if s in last else outcomes[s]
+                   for s in range(self.info.num_players)]
+        return Episode(game=self.name, seed=self.seed, seats=seats, turns=list(self.turns), returns=returns,
+                       winners=self.winners(), end_reason="terminal" if self.forfeit is None else "illegal",
+                       params=dict(self.params), metrics={"outcomes": outcomes, "raw_returns": self.raw_returns()})

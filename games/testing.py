@@ -1,0 +1,126 @@
+"""`check_game`: the conformance check every game passes (after PettingZoo's api_test). Raises
+`ConformanceError` listing every failure; returns a small report otherwise."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stratagem.games.base import Game
+from stratagem.games.core import Episode, Reply, Seat, read_jsonl, write_jsonl
+from stratagem.games.registry import make_game
+
+BAD_REPLIES = {
+    "illegal string": Reply(text="<answer><NOT A MOVE></answer>"),
+    "empty reply": Reply(text=""),
+    "two answers": Reply(text="<answer>a</answer><answer>b</answer>"),
+    "over-long reply": Reply(text="<answer>", finish_reason="length"),
+}
+
+
+class ConformanceError(AssertionError):
+    pass
+
+
+@dataclass
+class CheckReport:
+    game: str
+    episodes: int
+    max_turns_seen: int
+    hidden_info_keys: int
+    failures: list[str] = field(default_factory=list)
+
+
+def _seats(game: Game, agent: str = "random") -> list[Seat]:
+    return [Seat(index=i, role=r, agent=agent) for i, r in enumerate(game.info.roles)]
+
+
+def _random_episode(game: Game, seed: int, seen: dict[tuple[int, str], str], failures: list[str]) -> Episode:
+    rng = random.Random(seed)
+    game.reset(seed)
+    while not game.is_over():
+        seat = game.current_seat()
+        obs = game.observe(seat)
+        key = game.information_key(seat)
+        if key is not None:
+            visible = game.visible_state(seat)
+            if seen.setdefault((seat, key), visible) != visible:
+                failures.append(f"seat {seat} sees different states for one information state {key!r}: hidden "
+                                f"information leaks:\n{seen[(seat, key)]}\n---\n{visible}")
+        action = rng.choice(obs.legal_actions)
+        turn = game.step(seat, Reply(text=f"<answer>{action}</answer>"))
+        if turn.illegal_reason is not None:
+            failures.append(f"seed {seed}: the legal action {action!r} was judged {turn.illegal_reason!r}")
+            break
+        if len(game.turns) > game.info.max_turns:
+            failures.append(f"seed {seed}: more than max_turns={game.info.max_turns} turns")
+            break
+    return game.episode(_seats(game))
+
+
+def _check_returns(game: Game, ep: Episode, failures: list[str]) -> None:
+    raw, out, r = game.raw_returns(), game.outcomes(), game.config.rewards
+    if game.info.zero_sum and abs(sum(raw)) > 1e-9:
+        failures.append(f"seed {ep.seed}: zero-sum game returns {raw} do not sum to 0")
+    if game.info.cooperative and len(set(raw)) != 1:
+        failures.append(f"seed {ep.seed}: cooperative game returns {raw} differ between seats")
+    if game.info.zero_sum:
+        expected = ([r.draw] * len(raw) if len(set(raw)) == 1 else [r.win if x > 0 else r.loss for x in raw])
+        if out != expected:
+            failures.append(f"seed {ep.seed}: outcomes {out} for raw returns {raw}, expected {expected}")
+    bonus = [sum(t.reward for t in ep.turns if t.seat == s) - out[s] for s in range(len(raw))]
+    for s, b in enumerate(bonus):
+        n = len(ep.seat_turns(s))
+        if abs(b - n * r.format_bonus) > 1e-9:
+            failures.append(f"seed {ep.seed}: seat {s} has per-turn rewards {b}, expected {n} x {r.format_bonus}")
+
+
+def _check_penalties(game: Game, failures: list[str]) -> None:
+    r = game.config.rewards
+    for what, reply in BAD_REPLIES.items():
+        game.reset(0)
+        seat = game.current_seat()
+        turn = game.step(seat, reply)
+        ep = game.episode(_seats(game))
+        normal_loss = r.loss if game.info.zero_sum else 0.0
+        if turn.illegal_reason is None or not game.is_over() or ep.end_reason != "illegal":
+            failures.append(f"{what}: not judged illegal or did not end the game ({turn.illegal_reason!r})")
+            continue
+        if abs(ep.returns[seat] - (normal_loss - r.illegal_penalty)) > 1e-9:
+            failures.append(f"{what}: offender return {ep.returns[seat]}, expected {normal_loss - r.illegal_penalty}")
+        for other in range(game.info.num_players):
+            expected = (r.win if game.info.zero_sum else 0.0)
+            if other != seat and abs(ep.returns[other] - expected) > 1e-9:
+                failures.append(f"{what}: seat {other} return {ep.returns[other]}, expected {expected}")
+
+
+def check_game(game: str | Game, episodes: int = 200, seed: int = 0, workdir: str | Path | None = None) -> CheckReport:
+    """Play `episodes` random games and check termination, returns, hidden information, penalties and the JSONL
+    round trip (through a file in `workdir` when given, else through `to_json`/`from_json`)."""
+    g = make_game(game) if isinstance(game, str) else game
+    failures: list[str] = []
+    seen: dict[tuple[int, str], str] = {}
+    eps: list[Episode] = []
+    longest = 0
+    for i in range(episodes):
+        ep = _random_episode(g, seed + i, seen, failures)
+        _check_returns(g, ep, failures)
+        longest = max(longest, len(ep.turns))
+        eps.append(ep)
+        if len(failures) > 20:
+            break
+    _check_penalties(g, failures)
+    if workdir is not None:
+        path = Path(workdir) / f"{g.info.name}.jsonl"
+        write_jsonl(eps, path)
+        back = list(read_jsonl(path))
+    else:
+        back = [Episode.from_json(ep.to_json()) for ep in eps]
+    if [e.to_dict() for e in back] != [e.to_dict() for e in eps]:
+        failures.append("episodes changed in the JSONL round trip")
+    report = CheckReport(game=g.info.name, episodes=len(eps), max_turns_seen=longest,
+                         hidden_info_keys=len(seen), failures=failures)
+    if failures:
+        raise ConformanceError(f"{g.info.name}: {len(failures)} failure(s):\n" + "\n".join(failures[:20]))
+    return report

@@ -1,0 +1,76 @@
+"""Strategic games against the real vLLM server: LLM vs bot and LLM vs LLM on each training game; the recorded
+token ids decode to the recorded text. Short replies, one game each: mechanisms, never the model's skill."""
+
+from __future__ import annotations
+
+import pytest
+
+from stratagem.agents import make_agent
+from stratagem.games.core import Episode
+from stratagem.training.rollout import collect_episodes
+
+pytestmark = pytest.mark.vllm
+
+MAX_TOKENS = 32
+# The small model rarely writes a well-formed answer unaided, which would end every game on its first turn; a
+# grammar that allows any well-formed answer (legal or not) lets the games run several turns for both seats.
+ANSWER_GRAMMAR = {
+    "tictactoe": r"<answer><[XO]\([0-2],[0-2]\)></answer>",
+    "kuhn_poker": r"<answer><(PASS|BET|FOLD|CALL)></answer>",
+    "mini_hanabi": r"<answer><(Play card [0-2]|Discard card [0-2]|Reveal player \+1 (color [RY]|rank [12]))></answer>",
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(vllm_server):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(vllm_server.model_path)
+
+
+def _llm(vllm_server, game):
+    return make_agent("llm:base", base_url=vllm_server.base_url, max_tokens=MAX_TOKENS, seed=0,
+                      extra_body={"structured_outputs": {"regex": ANSWER_GRAMMAR[game]}})
+
+
+def _check_llm_turns(ep: Episode, llm_seats: set[int], tokenizer) -> None:
+    assert ep.turns, "an episode has at least one turn"
+    for t in ep.turns:
+        if t.seat not in llm_seats:
+            assert t.prompt_token_ids is None and t.adapter is None
+            continue
+        assert t.adapter == "base"
+        assert t.prompt_token_ids and t.completion_token_ids
+        assert len(t.logprobs) == len(t.completion_token_ids) <= MAX_TOKENS
+        assert all(lp <= 0.0 for lp in t.logprobs)
+        assert tokenizer.decode(t.completion_token_ids, skip_special_tokens=True) == t.response
+        # the prompt is the chat template applied to the messages the turn saw
+        expected = tokenizer.apply_chat_template(t.messages, add_generation_prompt=True, tokenize=True)
+        expected = expected if isinstance(expected, list) else expected["input_ids"]
+        assert t.prompt_token_ids == list(expected)
+    assert sum(t.reward for t in ep.turns if t.seat == 0) == pytest.approx(ep.returns[0])
+
+
+@pytest.mark.parametrize("game", ["tictactoe", "kuhn_poker", "mini_hanabi"])
+async def test_llm_against_a_bot(vllm_server, tokenizer, game):
+    (ep,) = await collect_episodes(game, [_llm(vllm_server, game), make_agent("random")], 1, seed=1)
+    _check_llm_turns(ep, {0}, tokenizer)
+    assert len(ep.turns) >= 2 and ep.turns[0].illegal_reason is None
+
+
+async def test_llm_self_play_on_tictactoe(vllm_server, tokenizer):
+    llm = _llm(vllm_server, "tictactoe")
+    (ep,) = await collect_episodes("tictactoe", [llm, llm], 1, seed=2)
+    _check_llm_turns(ep, {0, 1}, tokenizer)
+    assert {t.seat for t in ep.turns} == {0, 1}
+    # a seat's later prompt holds its own earlier reply, never the other seat's
+    later = ep.seat_turns(0)[-1].messages
+    own = [m["content"] for m in later if m["role"] == "assistant"]
+    assert own == [t.response for t in ep.seat_turns(0)[:-1]]
+
+
+async def test_an_unconstrained_over_long_reply_ends_the_game(vllm_server):
+    llm = make_agent("llm:base", base_url=vllm_server.base_url, max_tokens=4, seed=0)
+    (ep,) = await collect_episodes("kuhn_poker", [llm, make_agent("random")], 1)
+    assert ep.turns[0].info["finish_reason"] == "length" and ep.turns[0].illegal_reason.startswith("over-long")
+    assert ep.returns[0] == -11.0 and ep.end_reason == "illegal"

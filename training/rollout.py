@@ -1,0 +1,62 @@
+"""Self-play rollouts: many games at once against the vLLM server, recorded as Episodes training can read.
+
+Games run as asyncio tasks, at most `concurrency` in flight, so the server's continuous batching sees many requests
+at once. A server error mid-game retries that game from the start with the same seed; a partial game is never
+returned or saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Sequence
+
+import httpx
+import openai
+
+from stratagem.agents.base import Agent
+from stratagem.games.base import GameConfig
+from stratagem.games.core import Episode
+from stratagem.games.graph import play
+from stratagem.games.registry import make_game
+
+# what a failing or restarting server raises; anything else is a bug and propagates at once
+SERVER_ERRORS = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, httpx.HTTPError)
+
+
+class RolloutError(RuntimeError):
+    pass
+
+
+async def play_with_retries(game: str, agents: Sequence[Agent], seed: int, config: GameConfig | None = None,
+                            retries: int = 2, params: dict[str, Any] | None = None) -> Episode:
+    """One complete game; on a server error the whole game is replayed (up to `retries` times)."""
+    for attempt in range(retries + 1):
+        try:
+            return await play(make_game(game, config, **(params or {})), agents, seed=seed)
+        except SERVER_ERRORS as e:
+            if attempt == retries:
+                raise RolloutError(f"{game} seed {seed}: server error on every one of {retries + 1} tries: {e}") from e
+            await asyncio.sleep(min(2.0 ** attempt, 10.0))
+    raise AssertionError("unreachable")
+
+
+async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: int = 8, *, seed: int = 0,
+                           config: GameConfig | None = None, on_episode: Callable[[Episode], Any] | None = None,
+                           retries: int = 2, params: dict[str, Any] | None = None) -> list[Episode]:
+    """Play `n` games of `game` (game i with seed `seed + i`), at most `concurrency` at once; returns them in seed
+    order. `on_episode(ep)` is called as each finishes (in finishing order), e.g. to append it to a JSONL file.
+    Every turn of an LLM seat carries prompt / completion token ids, log-probs, its reward and `adapter` (the served
+    model name that sampled it)."""
+    if n < 0 or concurrency < 1:
+        raise ValueError(f"collect_episodes: need n >= 0 and concurrency >= 1, got n={n}, concurrency={concurrency}")
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> Episode:
+        async with sem:
+            ep = await play_with_retries(game, agents, seed + i, config, retries, params)
+        ep.id = ep.id or f"{game}-{seed + i}"
+        if on_episode is not None:
+            on_episode(ep)
+        return ep
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
