@@ -1,0 +1,112 @@
+"""The downstream systems against the real vLLM server: every system on two GSM8K questions, the `eval mas` command,
+and both example notebooks. The model is tiny: these assert mechanisms (transcripts, call counts, files, JSON),
+never that an answer is right. Replies are kept short to stay within the suite's time budget on a CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stratagem.integrations.benchmarks import load_benchmark
+from stratagem.integrations.mas_eval import EvalConfig, run_eval
+
+pytestmark = pytest.mark.vllm
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = REPO / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def gsm8k_two():
+    if not GSM8K.exists():
+        pytest.skip(f"GSM8K test file not found at {GSM8K.resolve()} (the shared data folder beside the repository)")
+    return load_benchmark("gsm8k", GSM8K, limit=2)
+
+
+SYSTEMS = {
+    "single": dict(),
+    "mad": dict(rounds=1),
+    "debate": dict(agents=2, rounds=1),
+    "autogen": dict(team="two_agent"),
+}
+
+
+async def test_every_system_on_two_gsm8k_questions(vllm_server, gsm8k_two, tmp_path):
+    configs = {s: EvalConfig(system=s, models=["base"], base_url=vllm_server.base_url, max_tokens=MAX_TOKENS,
+                             out=str(tmp_path / s), seed=0, **kw) for s, kw in SYSTEMS.items()}
+    # all four at once: the server batches them
+    summaries = dict(zip(configs, await asyncio.gather(*(run_eval(c, gsm8k_two) for c in configs.values()))))
+    for system, summary in summaries.items():
+        m = summary["models"]["base"]
+        recs = [json.loads(line) for line in (tmp_path / system / "base.jsonl").read_text().splitlines()]
+        assert m["n"] == 2 and m["errors"] == 0, (system, m, [r["error"] for r in recs])
+        lo, hi = m["ci95"]
+        assert 0.0 <= lo <= m["accuracy"] <= hi <= 1.0
+        assert sorted(r["id"] for r in recs) == sorted(q.id for q in gsm8k_two)
+        for r in recs:
+            assert r["gold"] == next(q.gold for q in gsm8k_two if q.id == r["id"])
+            said = [t for t in r["transcript"] if t["role"] == "assistant"]
+            assert said, (system, r) and all(isinstance(t["content"], str) for t in said)
+            if system == "single":
+                assert r["calls"] == 1 and len(said) == 1
+            elif system == "mad":  # one round: affirmative, negative, moderator (+ 2 judge calls if undecided)
+                agents = [t["agent"] for t in said]
+                assert agents[:3] == ["affirmative", "negative", "moderator"]
+                assert r["calls"] == (3 if r["meta"]["decided_by"] == "moderator" else 5) == len(said), r["meta"]
+            elif system == "debate":  # two agents, first answers and one revision each
+                assert r["calls"] == 4 == len(said) and len(r["meta"]["votes"]) == 2
+            else:  # the MARS two-agent team: the solver speaks first, at most three times
+                agents = [t["agent"] for t in r["transcript"]]
+                assert agents[0] == "user" and agents[1] == "assistant" and 1 <= agents.count("assistant") <= 3, agents
+                assert r["calls"] == len(agents) - 1, (agents, r["calls"])
+
+
+def test_cli_eval_mas_mad_json(vllm_server, gsm8k_two, tmp_path):
+    out = tmp_path / "mad"
+    cmd = [sys.executable, "-m", "stratagem.cli", "eval", "mas", "--system", "mad", "--benchmark", "gsm8k",
+           "--data", str(GSM8K), "--limit", "2", "--models", "base", "--json", "--base-url", vllm_server.base_url,
+           "--rounds", "1", "--max-tokens", str(MAX_TOKENS), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    m = summary["models"]["base"]
+    assert summary["system"] == "mad" and summary["benchmark"] == "gsm8k" and m["n"] == 2
+    assert 0.0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1.0
+    assert len((out / "base.jsonl").read_text().splitlines()) == 2
+    # a second run resumes: nothing is asked again
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["resumed"] == 2
+
+
+@pytest.mark.parametrize("name", ["debate.ipynb", "autogen_team.ipynb"])
+def test_notebook_runs(vllm_server, name):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "examples" / name, as_version=4)
+    env = {k: v for k, v in os.environ.items() if k != "STRATAGEM_ADAPTER"}
+    env["STRATAGEM_BASE_URL"] = vllm_server.base_url
+    NotebookClient(nb, timeout=240, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "examples")}}).execute(env=env)
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert vllm_server.base_url in outputs and "gold" in outputs
+
+
+def test_cli_eval_games_json(vllm_server, tmp_path):
+    cmd = [sys.executable, "-m", "stratagem.cli", "eval", "games", "--models", "base", "--games", "leduc_poker",
+           "--opponent", "random", "--episodes", "1", "--max-tokens", "16", "--json", "--base-url",
+           vllm_server.base_url, "--out", str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seats = json.loads(r.stdout.strip().splitlines()[-1])["models"]["base"]["leduc_poker"]
+    assert set(seats) == {"first", "second"} and all(s["n"] == 1 for s in seats.values())
+    ep = json.loads((tmp_path / "base" / "leduc_poker-first.jsonl").read_text().splitlines()[0])
+    llm_turns = [t for t in ep["turns"] if t["seat"] == 0]
+    assert llm_turns and llm_turns[0]["adapter"] == "base"
