@@ -9,6 +9,7 @@ penalty); it is game data, never an exception. `episode(seats)` packs the finish
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -42,7 +43,17 @@ class ReplyFormat:
     think: bool = field(default=False, metadata={"help": "Require `<think>...</think><answer>...</answer>` (thinking "
                         "models) instead of plain `<answer>ACTION</answer>`."})
     response_prefix: str = field(default="", metadata={"help": "Forced start of every model reply, e.g. '<answer>' "
-                                 "(sent as a partial assistant turn; recorded as part of the response)."})
+                                 "(sent as a partial assistant turn; recorded as part of the response). "
+                                 "'{legal_prefix}' stands for the longest common start of the legal actions, "
+                                 "e.g. '<X(' for tic-tac-toe's X."})
+
+
+def response_prefix(fmt: ReplyFormat, legal: list[str]) -> str:
+    """The forced reply start for one turn. A small model rarely writes a well-formed action on its own; forcing
+    the part every legal action shares (`{legal_prefix}`) leaves it only the choice between them."""
+    if "{legal_prefix}" not in fmt.response_prefix:
+        return fmt.response_prefix
+    return fmt.response_prefix.replace("{legal_prefix}", os.path.commonprefix(legal) if legal else "")
 
 
 @dataclass

@@ -211,3 +211,19 @@ def test_make_agent_rejects_bad_specs():
         make_agent("llm:base")
     with pytest.raises(ValueError, match="unknown game"):
         make_game("chess")
+
+
+def test_legal_prefix_forces_the_start_every_legal_action_shares():
+    from stratagem.games.base import ReplyFormat, response_prefix
+
+    fmt = ReplyFormat(response_prefix="<answer>{legal_prefix}")
+    assert response_prefix(fmt, ["<X(0,0)>", "<X(0,1)>", "<X(2,2)>"]) == "<answer><X("
+    assert response_prefix(fmt, ["<PASS>", "<BET>"]) == "<answer><"
+    assert response_prefix(fmt, ["<X(2,2)>"]) == "<answer><X(2,2)>"
+    assert response_prefix(ReplyFormat(response_prefix="<answer>"), ["<PASS>"]) == "<answer>"
+    game = make_game("tictactoe", config=GameConfig(reply=fmt))
+    game.reset(0)
+    obs = game.observe(0)
+    assert obs.response_prefix == "<answer><X("
+    turn = game.step(0, Reply(text="1,1)></answer>"))
+    assert (turn.action, turn.response) == ("<X(1,1)>", "<answer><X(1,1)></answer>")

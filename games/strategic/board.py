@@ -16,6 +16,7 @@ class TicTacToe(SpielGame):
     name = "tictactoe"
     title = "Tic-Tac-Toe"
     spiel_name = "tic_tac_toe"
+    example_action = "<X(1,1)>"  # a concrete action in the right format: small models copy the example
     roles = ("X", "O")
 
     def rules(self) -> str:
@@ -39,6 +40,7 @@ class ConnectFour(SpielGame):
     name = "connect_four"
     title = "Connect Four"
     spiel_name = "connect_four"
+    example_action = "<X(3)>"  # a concrete action in the right format: small models copy the example
     roles = ("X", "O")
 
     def rules(self) -> str:

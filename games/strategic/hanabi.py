@@ -12,6 +12,7 @@ COLOR_NAMES = {"R": "red", "Y": "yellow", "G": "green", "W": "white", "B": "blue
 
 class Hanabi(SpielGame):
     spiel_name = "hanabi"
+    example_action = "<Play card 0>"  # a concrete action in the right format: small models copy the example
     roles = ("player_0", "player_1")
 
     def system_line(self, seat: int) -> str:

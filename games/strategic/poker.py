@@ -18,6 +18,7 @@ class KuhnPoker(SpielGame):
     name = "kuhn_poker"
     title = "Kuhn Poker"
     spiel_name = "kuhn_poker"
+    example_action = "<PASS>"  # a concrete action in the right format: small models copy the example
     roles = ("player_0", "player_1")
 
     def rules(self) -> str:
@@ -47,6 +48,7 @@ class LeducPoker(SpielGame):
     name = "leduc_poker"
     title = "Leduc Hold'em"
     spiel_name = "leduc_poker"
+    example_action = "<CALL>"
     roles = ("player_0", "player_1")
 
     def rules(self) -> str:

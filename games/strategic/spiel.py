@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyspiel
 
-from stratagem.games.base import Game, GameConfig, GameInfo, parse_answer
+from stratagem.games.base import Game, GameConfig, GameInfo, parse_answer, response_prefix
 from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
 
 
@@ -24,6 +24,7 @@ class SpielGame(Game):
     name: str
     title: str
     spiel_name: str
+    example_action: str
     default_params: dict[str, Any] = {}
     roles: tuple[str, ...]
 
@@ -93,9 +94,9 @@ class SpielGame(Game):
 
     def instructions(self) -> str:
         if self.config.reply.think:
-            return ("Think step by step inside <think>...</think>, then give exactly one legal action inside "
-                    "<answer>...</answer>, e.g. <think>...</think><answer>ACTION</answer>.")
-        return "Reply with exactly one legal action inside <answer>...</answer>, e.g. <answer>ACTION</answer>."
+            return (f"Think step by step inside <think>...</think>, then give exactly one legal action inside "
+                    "<answer>...</answer>, e.g. <think>...</think><answer>{self.example_action}</answer>.")
+        return f"Reply with exactly one legal action inside <answer>...</answer>, e.g. <answer>{self.example_action}</answer>."
 
     def turn_text(self, seat: int) -> str:
         legal = ", ".join(self.legal_actions(seat))
@@ -112,9 +113,9 @@ class SpielGame(Game):
             messages = [{"role": "system", "content": self.system_line(seat)}, {"role": "user", "content": first}]
         else:
             messages = [*self._history[seat], {"role": "user", "content": self.turn_text(seat)}]
+        legal = list(self.legal_actions(seat))
         return Observation(game=self.name, seat=seat, role=self.roles[seat], phase="play", messages=messages,
-                           legal_actions=list(self.legal_actions(seat)),
-                           response_prefix=self.config.reply.response_prefix,
+                           legal_actions=legal, response_prefix=response_prefix(self.config.reply, legal),
                            private={"state": self.state.clone(), "spiel": self.spiel, "seed": self.seed,
                                     "turn": len(self.turns)})
 
@@ -123,14 +124,14 @@ class SpielGame(Game):
             return None, "over-long: cut off at max_tokens"
         if reply.action is not None:
             return (reply.action, None) if reply.action in legal else (None, f"illegal: {reply.action!r}")
-        return parse_answer(self.config.reply.response_prefix + reply.text, legal, self.config.reply)
+        return parse_answer(response_prefix(self.config.reply, legal) + reply.text, legal, self.config.reply)
 
     def step(self, seat: int, reply: Reply) -> Turn:
         obs = self.observe(seat)
         legal = self.legal_actions(seat)
         action, why = self._judge(reply, list(legal))
         rewards = self.config.rewards
-        response = (self.config.reply.response_prefix + reply.text) if reply.action is None else reply.text
+        response = (obs.response_prefix + reply.text) if reply.action is None else reply.text
         reward = rewards.format_bonus if why is None else 0.0
         n_tokens = len(reply.completion_token_ids) if reply.completion_token_ids is not None else 0
         reward -= rewards.length_penalty * max(0, n_tokens - rewards.length_free_tokens)

@@ -1,0 +1,80 @@
+"""Does training help? Tic-tac-toe against the `random` bot on the default model: illegal-move rate and win rate of
+the base model and of the adapter after a training run of a stated size (mars, against random), each with a 95%
+Wilson interval, plus wall times. Uses the server at --base-url (or STRATAGEM_BASE_URL), else starts one.
+Prints one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+
+
+def evaluate(base_url: str, model: str, n: int, cfg, seed: int) -> dict:
+    from stratagem.training.loop import default_rollout
+
+    t0 = time.perf_counter()
+    episodes = asyncio.run(default_rollout(cfg, base_url)("tictactoe", model, n, seed, lambda ep: None))
+    turns = [t for e in episodes for t in e.turns if t.seat == 0]
+    illegal = sum(not t.legal for t in turns)
+    wins = sum(0 in e.winners for e in episodes)
+    return {"model": model, "episodes": n, "win_rate": round(wins / n, 4), "win_rate_ci95": wilson(wins, n),
+            "illegal_move_rate": round(illegal / max(len(turns), 1), 4),
+            "illegal_move_rate_ci95": wilson(illegal, len(turns)), "model_turns": len(turns),
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--base-url", default=os.environ.get("STRATAGEM_BASE_URL"))
+    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--episodes-per-iteration", type=int, default=16)
+    ap.add_argument("--eval-episodes", type=int, default=100)
+    ap.add_argument("--algo", default="mars")
+    ap.add_argument("--out", default=None, help="Run directory (default: a temporary one).")
+    a = ap.parse_args()
+
+    from stratagem.integrations.vllm_server import VLLMServer
+    from stratagem.models import resolve
+    from stratagem.training.loop import RunConfig, run_training
+
+    model_path = resolve("default")
+    cfg = RunConfig.from_dict({"loop": {"algo": a.algo, "games": ["tictactoe"], "iterations": a.iterations,
+                                        "episodes_per_iteration": a.episodes_per_iteration, "opponents": ["random"],
+                                        "rewards": {"length_penalty": 0.05, "length_free_tokens": 4}}})
+    server = VLLMServer.attach(a.base_url, model_path=model_path) if a.base_url else \
+        VLLMServer(model=model_path, max_lora_rank=16).start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(a.out or Path(tmp) / "run")
+            before = evaluate(server.base_url, "base", a.eval_episodes, cfg.loop, seed=10_000_000)
+            t0 = time.perf_counter()
+            store = run_training(cfg, out, server=server, progress=False)
+            train_s = time.perf_counter() - t0
+            after = evaluate(server.base_url, f"iter-{a.iterations}", a.eval_episodes, cfg.loop, seed=10_000_000)
+    finally:
+        server.stop()
+    print(json.dumps({"game": "tictactoe", "opponent": "random", "algo": a.algo, "iterations": a.iterations,
+                      "episodes_per_iteration": a.episodes_per_iteration, "train_wall_s": round(train_s, 1),
+                      "trained_episodes": a.iterations * a.episodes_per_iteration, "base": before, "trained": after,
+                      "final_metrics": store.metrics()[-1]}))
+
+
+if __name__ == "__main__":
+    main()

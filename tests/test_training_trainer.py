@@ -1,0 +1,119 @@
+"""The LoRA trainer on the real default model (CPU), with tiny synthetic episodes built from real tokenizer ids."""
+
+import random
+
+import pytest
+import torch
+
+from stratagem.games.core import Episode, Seat, Turn
+from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels, mismatched_pairs
+from stratagem.training.samples import build_batch, mismatched_samples
+from stratagem.training.trainer import LoRATrainer, TrainerConfig
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def _episodes(tok):
+    """Two short tic-tac-toe-like games; the second seat's second prompt extends its first (a growing chat)."""
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt(text):
+        return ids(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=False))
+
+    eps = []
+    for g, (w, l) in enumerate([(0, 1), (1, 0)]):
+        p0, c0 = prompt(f"Game {g}. You are X. Move."), ids("<answer><X(1,1)></answer>") + [tok.eos_token_id]
+        p1, c1 = prompt(f"Game {g}. You are O. Move."), ids("<answer><O(0,0)></answer>") + [tok.eos_token_id]
+        p1b, c1b = p1 + c1 + ids("\nAgain."), ids("<answer><O(2,2)></answer>")
+        turns = [Turn(seat=0, role="x", phase="play", messages=[], response="", prompt_token_ids=p0,
+                      completion_token_ids=c0, logprobs=[-1.0] * len(c0), reward=1.0 if w == 0 else -1.0),
+                 Turn(seat=1, role="o", phase="play", messages=[], response="", prompt_token_ids=p1,
+                      completion_token_ids=c1, logprobs=[-1.0] * len(c1), reward=0.0),
+                 Turn(seat=1, role="o", phase="play", messages=[], response="", prompt_token_ids=p1b,
+                      completion_token_ids=c1b, logprobs=None, reward=1.0 if w == 1 else -1.0)]
+        eps.append(Episode(game="ttt", seed=g, seats=[Seat(0, "x", "m"), Seat(1, "o", "m")], turns=turns,
+                           returns=[t.reward for t in turns[:1]] + [turns[2].reward], winners=[w]))
+    return eps
+
+
+def _snapshot(trainer):
+    return {n: p.detach().clone() for n, p in trainer.lora_parameters().items()}
+
+
+def test_ppo_updates_every_lora_parameter(model_path, tokenizer):
+    eps = _episodes(tokenizer)
+    batch = build_batch(eps, lambda i, j: True)
+    assert len(batch.samples) == 4  # the O seat's two turns are packed into one sequence per game
+    trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-3), seed=0)
+    before = _snapshot(trainer)
+    assert len(before) == 30 * 4 * 2  # 30 layers x q,k,v,o x (A, B)
+    adv = [1.0 if eps[a.episode].turns[a.turn].reward > 0 else -1.0 for a in batch.acts]
+    s1 = trainer.ppo_step(batch, adv, PPOConfig())
+    assert s1["kl"] > 0  # B starts at zero (policy == reference) but the second mini-batch sees the first step
+    # two mini-batches = two optimizer steps: LoRA A gets its first gradient once the first step moved B
+    after = _snapshot(trainer)
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert unchanged == []
+    s2 = trainer.ppo_step(batch, adv, PPOConfig())
+    assert s2["kl"] > 0 and s2["trained_tokens"] == batch.n_trained_tokens
+
+
+def test_single_step_leaves_lora_a_untouched(model_path, tokenizer):
+    """Why minibatches defaults to 2: with B = 0, dL/dA = 0 on the first optimizer step."""
+    eps = _episodes(tokenizer)
+    batch = build_batch(eps, lambda i, j: True)
+    trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-3, minibatches=1), seed=0)
+    before = _snapshot(trainer)
+    trainer.ppo_step(batch, [1.0] * len(batch.acts), PPOConfig())
+    after = _snapshot(trainer)
+    changed = {n.split("lora_")[1].split(".")[0] for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {"B"}
+
+
+def _per_act(batch, logps):
+    out = {}
+    for s, lp in zip(batch.samples, logps):
+        for a, x in zip(s.acts, lp.tolist()):
+            out.setdefault((batch.acts[a].episode, batch.acts[a].turn), []).append(x)
+    return out
+
+
+def test_logits_at_loss_only_and_packing_match_full_scoring(model_path, tokenizer):
+    eps = _episodes(tokenizer)
+    trainer = LoRATrainer(model_path, TrainerConfig(), seed=0)
+    packed = build_batch(eps, lambda i, j: True)
+    flat = build_batch(eps, lambda i, j: True, pack=False)
+    assert len(flat.samples) == 6
+    a = _per_act(packed, trainer.score(packed.samples))
+    c = _per_act(flat, trainer.score(flat.samples))
+    trainer.config.logits_at_loss_only = False
+    b = _per_act(packed, trainer.score(packed.samples))
+    assert sorted(a) == sorted(b) == sorted(c) and len(a) == 6
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-4) and a[k] == pytest.approx(c[k], abs=1e-4)
+
+
+def test_maro_step_and_adapter_roundtrip(model_path, tokenizer, tmp_path):
+    eps = _episodes(tokenizer)
+    labels = maro_labels(eps, lambda e, s: True, MAROConfig(), random.Random(0))
+    batch = build_batch(eps, lambda i, j: (i, j) in labels)
+    desirable = [labels[(a.episode, a.turn)] for a in batch.acts]
+    mism = mismatched_samples(eps, batch, mismatched_pairs(len(batch.acts)))
+    trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-3, minibatches=1), seed=0)
+    s1 = trainer.maro_step(batch, desirable, mism, MAROConfig())
+    assert s1["loss"] == pytest.approx(0.5, abs=1e-6)  # r = z0 = 0 at the start: every act costs lambda (1 - 1/2)
+    s2 = trainer.maro_step(batch, desirable, mism, MAROConfig())
+    assert s2["reward_desirable"] > s2["reward_undesirable"]
+    path = trainer.save_adapter(tmp_path / "iter-1")
+    assert (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists()
+    again = LoRATrainer(model_path, TrainerConfig(), seed=1, adapter_path=path)
+    x = torch.cat(trainer.score(batch.samples))
+    y = torch.cat(again.score(batch.samples))
+    assert torch.allclose(x, y, atol=1e-5)

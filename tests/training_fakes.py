@@ -1,0 +1,104 @@
+"""Fakes for loop tests: a tiny random-weight Llama, a scripted rollout with token ids, and a server stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from stratagem.games.core import Episode, Seat, Turn
+
+VOCAB = 64
+
+
+def tiny_model(path: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (path / "config.json").exists():
+        return path
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def fake_episode(game: str, seed: int, model: str) -> Episode:
+    """Two seats, 2-3 turns each, growing-chat token ids, a random winner drawn from the seed."""
+    rng = random.Random(seed)
+    winner = rng.randrange(2)
+    seats = [Seat(0, "x", f"llm:{model}"), Seat(1, "o", f"llm:{model}")]
+    turns, history = [], {0: [1, 2, 3], 1: [1, 4, 5]}
+    for k in range(rng.choice([4, 5])):
+        s = k % 2
+        prompt = history[s] + [6 + k]
+        completion = [rng.randrange(10, VOCAB) for _ in range(3)]
+        legal = rng.random() < 0.7
+        turns.append(Turn(seat=s, role=seats[s].role, phase="play", messages=[], response="",
+                          illegal_reason=None if legal else "bad", prompt_token_ids=prompt,
+                          completion_token_ids=completion, logprobs=[-4.0] * 3, reward=0.1 if legal else -0.1,
+                          adapter=model))
+        history[s] = prompt + completion
+    last = {t.seat: i for i, t in enumerate(turns)}
+    for s, i in last.items():
+        turns[i].reward += 1.0 if s == winner else -1.0
+    returns = [sum(t.reward for t in turns if t.seat == s) for s in (0, 1)]
+    return Episode(game=game, seed=seed, seats=seats, turns=turns, returns=returns, winners=[winner])
+
+
+def make_fake_rollout(calls: list, delay: float = 0.0, fail_first: int = 0, server=None):
+    """A rollout that records (game, model, n, seed), fires on_episode per episode and can fail its first calls
+    after one episode, taking `server` down with it (a crash mid-rollout)."""
+    state = {"failures": fail_first}
+
+    async def rollout(game, model, n, seed, on_episode):
+        calls.append((game, model, n, seed))
+        out = []
+        for i in range(n):
+            if delay:
+                await asyncio.sleep(delay)
+            ep = fake_episode(game, seed + i, model)
+            on_episode(ep)
+            out.append(ep)
+            if state["failures"] and i == 0:
+                state["failures"] -= 1
+                if server is not None:
+                    server.up = False
+                raise ConnectionError("server went away")
+        return out
+
+    return rollout
+
+
+class FakeServer:
+    """Records adapter loads and verifications; `alive` can be switched off to simulate a crash."""
+
+    base_url = "http://127.0.0.1:9/v1"
+    _owned = True  # a server the loop manages: it may restart it
+
+    def __init__(self):
+        self.loaded: list[tuple[str, str]] = []
+        self.verified: list[str] = []
+        self.up = True
+        self.restarts = 0
+
+    def alive(self):
+        return self.up
+
+    def restart(self):
+        self.restarts += 1
+        self.up = True
+        return self
+
+    def stop(self):
+        pass
+
+    def load_adapter(self, name, path, replace=False):
+        assert Path(path, "adapter_model.safetensors").exists()
+        self.loaded.append((name, str(path)))
+        return name
+
+    def verify_adapter(self, name, path=None):
+        self.verified.append(name)
+        return {"max_abs_diff": 0.0}
