@@ -46,6 +46,8 @@ class ReplyFormat:
                                  "(sent as a partial assistant turn; recorded as part of the response). "
                                  "'{legal_prefix}' stands for the longest common start of the legal actions, "
                                  "e.g. '<X(' for tic-tac-toe's X."})
+    open_answer: bool = field(default=False, metadata={"help": "Also accept a reply that ends inside an unclosed "
+                              "<answer>: for replies cut at a stop string right after the action (stop '>')."})
 
 
 def response_prefix(fmt: ReplyFormat, legal: list[str]) -> str:
@@ -93,6 +95,8 @@ def normalize_action(text: str) -> str:
 def parse_answer(text: str, legal: list[str], fmt: ReplyFormat) -> tuple[str | None, str | None]:
     """(action, None) for a well-formed reply naming one legal action, else (None, why)."""
     answers = ANSWER_RE.findall(text)
+    if not answers and fmt.open_answer:
+        answers = text.split("<answer>")[1:]  # each opened answer; more than one is malformed as when closed
     if not answers:
         return None, "malformed: no <answer>...</answer>"
     if len(answers) > 1:

@@ -128,13 +128,13 @@ def write_jsonl(episodes: Iterable[Episode], path: str | os.PathLike, append: bo
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[Episode]:
-    """Read episodes; a torn last line (a write cut by a kill) is skipped, any other bad line is an error
-    naming the file and line."""
+    """Read episodes; a torn last line (a write cut by a kill) is skipped, and so are a training run's
+    `{"commit": k}` markers; any other bad line is an error naming the file and line."""
     path = Path(path)
     with open(path, encoding="utf-8") as f:
         lines = f.readlines()
     for i, line in enumerate(lines, 1):
-        if not line.strip():
+        if not line.strip() or line.startswith('{"commit":'):
             continue
         try:
             yield Episode.from_json(line)

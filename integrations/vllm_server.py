@@ -352,21 +352,20 @@ class VLLMServer:
         self.policy_version = version
         self.verify_adapter(BASE_NAME, adapter_path)
 
-    def prompt_logprobs(self, model: str, token_ids: list[int]) -> list[float]:
-        """Log-probs the server assigns to token_ids[1:] given their prefixes (teacher forcing)."""
+    def greedy_logprobs(self, model: str, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
+        """The tokens `model` generates greedily after `prompt_ids` (exactly max_tokens of them) and their
+        log-probs, as the sampler reports them."""
         r = self._request("POST", "/v1/completions", json={
-            "model": model, "prompt": token_ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
+            "model": model, "prompt": prompt_ids, "max_tokens": max_tokens, "temperature": 0.0, "logprobs": 0,
+            "ignore_eos": True, "return_token_ids": True,
         })
         if r.status_code != 200:
-            raise ServerError(f"prompt log-probs from {model!r} failed: HTTP {r.status_code} {r.text[:300]}")
-        plp = r.json()["choices"][0]["prompt_logprobs"]
-        out = []
-        for tok, entry in zip(token_ids[1:], plp[1:]):
-            out.append(float(entry[str(tok)]["logprob"]))
-        return out
+            raise ServerError(f"greedy log-probs from {model!r} failed: HTTP {r.status_code} {r.text[:300]}")
+        choice = r.json()["choices"][0]
+        return list(choice["token_ids"]), [float(x) for x in choice["logprobs"]["token_logprobs"]]
 
     def verify_adapter(self, name: str, path: str | os.PathLike | None = None, *, tolerance: float | None = None,
-                       probe: tuple[str, str] | None = None) -> dict[str, float]:
+                       probe: str | None = None) -> dict[str, float]:
         """Prove that `name` on the server is the adapter at `path` (see stratagem.integrations.adapter_check).
         The default tolerance is tight for an fp32 engine and looser for reduced precision."""
         from stratagem.integrations.adapter_check import verify_adapter

@@ -93,6 +93,8 @@ def test_episode_jsonl_round_trip_and_torn_tail(tmp_path):
     with open(path, "a") as f:
         f.write('{"game": "tictac')  # a write cut by a kill
     assert len(list(read_jsonl(path))) == 2
+    path.write_text(ep.to_json() + '\n{"commit": 1, "episodes": 1}\n' + ep.to_json() + "\n")
+    assert list(read_jsonl(path)) == [ep, ep]  # a training run's commit markers are not episodes
     path.write_text(ep.to_json() + "\n{broken}\n" + ep.to_json() + "\n")
     with pytest.raises(ValueError, match="eps.jsonl:2"):
         list(read_jsonl(path))

@@ -227,3 +227,13 @@ def test_legal_prefix_forces_the_start_every_legal_action_shares():
     assert obs.response_prefix == "<answer><X("
     turn = game.step(0, Reply(text="1,1)></answer>"))
     assert (turn.action, turn.response) == ("<X(1,1)>", "<answer><X(1,1)></answer>")
+
+
+def test_an_unclosed_answer_counts_only_when_open_answers_are_on():
+    legal = ["<X(0,0)>", "<X(1,1)>"]
+    assert parse_answer("<answer><X(1,1)>", legal, ReplyFormat()) == (None, "malformed: no <answer>...</answer>")
+    fmt = ReplyFormat(open_answer=True)
+    assert parse_answer("<answer><X(1,1)>", legal, fmt) == ("<X(1,1)>", None)
+    assert parse_answer("<answer><X(1,1)></answer>", legal, fmt) == ("<X(1,1)>", None)
+    assert parse_answer("<answer><X(0,0)> <answer><X(1,1)>", legal, fmt)[0] is None  # two answers stay malformed
+    assert parse_answer("<answer><X(2,2)>", legal, fmt)[1].startswith("illegal")

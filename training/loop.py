@@ -52,9 +52,11 @@ class LoopConfig:
     response_prefix: str = field(default="<answer>{legal_prefix}", metadata={"help": "Forced start of every "
                                  "strategic-game reply; {legal_prefix} is the start all legal actions share (the "
                                  "default model writes almost no well-formed answer without it)."})
-    stop: list[str] = field(default_factory=lambda: ["</answer>", "\n"], metadata={"help": "Stop strings of a "
-                            "strategic-game reply, kept in the reply: the answer is one line, so nothing after it is "
-                            "sampled or trained."})
+    stop: list[str] = field(default_factory=lambda: [">", "\n"], metadata={"help": "Stop strings of a "
+                            "strategic-game reply, kept in the reply. Every action ends with '>', so the reply ends "
+                            "with the action and nothing after it is sampled or trained (see open_answer)."})
+    open_answer: bool = field(default=True, metadata={"help": "Accept an answer left unclosed at the end of the "
+                              "reply (what the '>' stop string produces); off: require <answer>...</answer>."})
     rewards: dict[str, Any] = field(default_factory=dict, metadata={"help": "RewardConfig overrides of the strategic "
                                     "games, e.g. {length_penalty: 0.05, length_free_tokens: 4}."})
     opponents: list[str] = field(default_factory=list, metadata={"help": "Agent specs for seats 1.. (e.g. random, "
@@ -156,7 +158,8 @@ def default_rollout(cfg: LoopConfig, base_url: str) -> Rollout:
             seats = [policy] + [agent(spec, seed + 1 + i) for i, spec in enumerate(cfg.opponents)]
         else:
             seats = [policy] * make_game(game).info.num_players
-        game_cfg = GameConfig(rewards=RewardConfig(**cfg.rewards), reply=ReplyFormat(response_prefix=cfg.response_prefix))
+        game_cfg = GameConfig(rewards=RewardConfig(**cfg.rewards), reply=ReplyFormat(response_prefix=cfg.response_prefix,
+                                                                              open_answer=cfg.open_answer))
         return await collect_episodes(game, seats, n, concurrency=cfg.concurrency, seed=seed, config=game_cfg,
                                       on_episode=on_episode)
 
