@@ -8,22 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import tempfile
 import time
 from pathlib import Path
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """95% Wilson score interval of a proportion k / n."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+def wilson(k: int, n: int) -> list[float]:
+    from stratagem.integrations.mas_eval import wilson_interval
+
+    return [round(x, 4) for x in wilson_interval(k, n)]
 
 
 def evaluate(base_url: str, model: str, n: int, cfg, seed: int) -> dict:
@@ -52,16 +46,16 @@ def main() -> None:
 
     from stratagem.integrations.vllm_server import VLLMServer
     from stratagem.models import resolve
+    from stratagem.settings import cache_dir
     from stratagem.training.loop import RunConfig, run_training
 
     model_path = resolve("default")
     cfg = RunConfig.from_dict({"loop": {"algo": a.algo, "games": ["tictactoe"], "iterations": a.iterations,
-                                        "episodes_per_iteration": a.episodes_per_iteration, "opponents": ["random"],
-                                        "rewards": {"length_penalty": 0.05, "length_free_tokens": 4}}})
+                                        "episodes_per_iteration": a.episodes_per_iteration, "opponents": ["random"]}})
     server = VLLMServer.attach(a.base_url, model_path=model_path) if a.base_url else \
         VLLMServer(model=model_path, max_lora_rank=16).start()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
             out = Path(a.out or Path(tmp) / "run")
             before = evaluate(server.base_url, "base", a.eval_episodes, cfg.loop, seed=10_000_000)
             t0 = time.perf_counter()
