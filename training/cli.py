@@ -16,21 +16,21 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def train(
         out: Path = typer.Option(..., "--out", help="Run directory (created; with --resume, continued)."),
-        algo: Optional[str] = typer.Option(None, help="mars, grpo, rae or maro [default: mars]."),
-        games: Optional[str] = typer.Option(None, help="Comma-separated games, or 'mystery' [default: tictactoe]."),
-        iterations: Optional[int] = typer.Option(None, help="Iterations in total [default: 2]."),
-        episodes_per_iteration: Optional[int] = typer.Option(None, help="Episodes per iteration [default: 8]."),
-        model: Optional[str] = typer.Option(None, help="Base model: registered name or directory [default: default]."),
+        algo: Optional[str] = typer.Option(None, help="mars, grpo, rae or maro (default: mars)."),
+        games: Optional[str] = typer.Option(None, help="Comma-separated games, or 'mystery' (default: tictactoe)."),
+        iterations: Optional[int] = typer.Option(None, help="Iterations in total (default: 2)."),
+        episodes_per_iteration: Optional[int] = typer.Option(None, help="Episodes per iteration (default: 8)."),
+        model: Optional[str] = typer.Option(None, help="Base model: registered name or directory (default: default)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML file with sections loop, trainer, "
                                               "advantage, ppo, maro (see config.yaml of any run)."),
         base_url: Optional[str] = typer.Option(None, help="Use this running vLLM server instead of starting one."),
         opponents: Optional[str] = typer.Option(None, help="Comma-separated agent specs for seats 1.. (random, "
                                                 "mcts:50, llm:iter-2); default: self-play."),
-        seed: Optional[int] = typer.Option(None, help="Run seed [default: 0]."),
-        concurrency: Optional[int] = typer.Option(None, help="Games in flight [default: 8]."),
-        max_tokens: Optional[int] = typer.Option(None, help="Longest reply in a strategic game [default: 48]."),
-        lr: Optional[float] = typer.Option(None, help="Learning rate [default: 2e-4]."),
-        rank: Optional[int] = typer.Option(None, help="LoRA rank [default: 8]."),
+        seed: Optional[int] = typer.Option(None, help="Run seed (default: 0)."),
+        concurrency: Optional[int] = typer.Option(None, help="Games in flight (default: 8)."),
+        max_tokens: Optional[int] = typer.Option(None, help="Longest reply in a strategic game (default: 48)."),
+        lr: Optional[float] = typer.Option(None, help="Learning rate (default: 2e-4)."),
+        rank: Optional[int] = typer.Option(None, help="LoRA rank (default: 8)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last completed "
                                     "iteration (its saved config is used; --iterations may extend it)."),
     ) -> None:
