@@ -101,6 +101,9 @@ async def main_async(args, base_url: str, console: Console) -> dict:
     out: dict = {"game": "tictactoe", "model": args.model, "max_tokens": args.max_tokens}
     console.log("bots only: graph overhead")
     out["bots"] = await bot_overhead(args.bot_episodes)
+    # unmeasured warm-up: the engine's first requests and the answer grammar's compilation would land on
+    # whichever phase runs first
+    await self_play(base_url, args.model, 4, 4, args.max_tokens, args.seed + 10_000)
     for name, n, c in (("low", args.episodes_low, 1), ("high", args.episodes_high, args.concurrency_high)):
         console.log(f"self-play at concurrency {c} ({n} episodes)")
         sp = await self_play(base_url, args.model, n, c, args.max_tokens, args.seed)
@@ -116,7 +119,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base-url", default=os.environ.get("STRATAGEM_BASE_URL"))
     p.add_argument("--model", default="base")
-    p.add_argument("--episodes-low", type=int, default=4)
+    p.add_argument("--episodes-low", type=int, default=8)
     p.add_argument("--episodes-high", type=int, default=64)
     p.add_argument("--concurrency-high", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=32)

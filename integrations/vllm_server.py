@@ -332,10 +332,11 @@ class VLLMServer:
             raise AdapterError(f"vLLM could not unload adapter {name!r}: HTTP {r.status_code} {r.text[:300]}")
         self.adapters.pop(name, None)
 
-    def load_policy_weights(self, adapter_path: str | os.PathLike, version: str) -> None:
+    def load_policy_weights(self, adapter_path: str | os.PathLike, version: str) -> dict[str, float]:
         """Sample from a LoRA policy at base-model speed: merge the adapter into the base weights and reload the
         engine's weights in place (no restart). Afterwards the name `base` serves the merged policy, so adapters
-        loaded on this server no longer mean what they did: use a server of its own for this."""
+        loaded on this server no longer mean what they did: use a server of its own for this. Returns the
+        verification of the served weights against the adapter (see verify_adapter)."""
         if not self.config.weight_reload:
             raise ServerError("this server was started without weight_reload=True; it cannot replace its weights")
         if self.model_path is None:
@@ -350,7 +351,7 @@ class VLLMServer:
         # cached KV blocks were computed with the old weights
         self._request("POST", "/reset_prefix_cache")
         self.policy_version = version
-        self.verify_adapter(BASE_NAME, adapter_path)
+        return self.verify_adapter(BASE_NAME, adapter_path)
 
     def greedy_logprobs(self, model: str, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
         """The tokens `model` generates greedily after `prompt_ids` (exactly max_tokens of them) and their

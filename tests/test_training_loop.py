@@ -74,6 +74,27 @@ def test_two_iterations_train_every_parameter_and_hot_load(tiny, tmp_path):
         run_training(_cfg(tiny), tmp_path / "run", server=server, rollout=make_fake_rollout([]), progress=False)
 
 
+def test_merged_policy_is_reloaded_in_place_and_recorded_under_its_version(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto means merged when serving on a CPU
+    calls, server = [], FakeServer(weight_reload=True)
+    store = run_training(_cfg(tiny), tmp_path / "run", server=server, rollout=make_fake_rollout(calls),
+                         progress=False)
+    assert [c[1] for c in calls] == ["base", "base"]  # the merged policy is served as `base`
+    assert server.policy_loads == ["iter-1", "iter-2"] and server.loaded == []
+    assert {t.adapter for e in store.episodes() if e.iteration == 2 for t in e.turns} == {"iter-1"}
+    assert "verify/max_abs_diff" in store.metrics()[1]
+    # a server that cannot reload its weights falls back to LoRA under auto, and refuses an explicit merged
+    cfg = _cfg(tiny, iterations=1)
+    run_training(cfg, tmp_path / "lora", server=(plain := FakeServer()), rollout=make_fake_rollout([]),
+                 progress=False)
+    assert [n for n, _ in plain.loaded] == ["iter-1"] and plain.policy_loads == []
+    cfg.loop.policy_weights = "merged"
+    with pytest.raises(ValueError, match="cannot reload its weights"):
+        run_training(cfg, tmp_path / "refused", server=FakeServer(), rollout=make_fake_rollout([]), progress=False)
+    with pytest.raises(ValueError, match="judge is the base model"):
+        RunConfig.from_dict({"loop": {"games": ["mystery"], "policy_weights": "merged"}})
+
+
 def test_report_writes_plots(tiny, tmp_path):
     from stratagem.training.report import write_report
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers_lora import make_adapter
 from stratagem.training.loop import RunConfig, run_training
 from stratagem.training.report import write_report
 from stratagem.training.trainer import LoRATrainer
@@ -58,3 +59,20 @@ def test_maro_mystery_one_iteration(vllm_server, model_path, tmp_path):
     m = store.metrics()[0]
     assert m["desirable_acts"] > 0 and m["undesirable_acts"] > 0  # faction-balanced recipients on both sides
     assert "iter-1" in vllm_server.models() and "verify/mean_abs_diff" in m
+
+
+def test_merged_policy_rollouts(model_path, tmp_path):
+    # a server the run manages with weight reloading: `auto` samples each policy from merged weights on the CPU
+    from stratagem.integrations.vllm_server import AdapterVerificationError, VLLMServer
+
+    cfg = _cfg(algo="mars", games=["tictactoe"], model=model_path, episodes_per_iteration=2,
+               rewards={"length_penalty": 0.05, "length_free_tokens": 4})
+    with VLLMServer(model=model_path, weight_reload=True, log_path=str(tmp_path / "vllm.log")) as srv:
+        store = run_training(cfg, tmp_path / "run", server=srv, progress=False)
+        eps = list(store.episodes())
+        assert {t.adapter for e in eps for t in e.turns if e.iteration == 2} == {"iter-1"}
+        assert srv.policy_version == "iter-2" and not any(m.startswith("iter-") for m in srv.models())
+        assert all(m["verify/max_abs_diff"] < 1e-3 for m in store.metrics())
+        # the check is not vacuous: the served weights are not some other adapter merged in
+        with pytest.raises(AdapterVerificationError):
+            srv.verify_adapter("base", make_adapter(model_path, tmp_path / "other", seed=3))

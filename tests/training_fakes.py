@@ -77,7 +77,9 @@ class FakeServer:
     base_url = "http://127.0.0.1:9/v1"
     _owned = True  # a server the loop manages: it may restart it
 
-    def __init__(self):
+    def __init__(self, weight_reload: bool = False):
+        self.config = type("Config", (), {"weight_reload": weight_reload})()
+        self.policy_loads: list[str] = []
         self.loaded: list[tuple[str, str]] = []
         self.verified: list[str] = []
         self.up = True
@@ -98,6 +100,11 @@ class FakeServer:
         assert Path(path, "adapter_model.safetensors").exists()
         self.loaded.append((name, str(path)))
         return name
+
+    def load_policy_weights(self, path, version):
+        assert Path(path, "adapter_model.safetensors").exists()
+        self.policy_loads.append(version)
+        return {"max_abs_diff": 0.0}
 
     def verify_adapter(self, name, path=None):
         self.verified.append(name)

@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
         max_tokens: Optional[int] = typer.Option(None, help="Longest reply in a strategic game (default: 48)."),
         lr: Optional[float] = typer.Option(None, help="Learning rate (default: 2e-4)."),
         rank: Optional[int] = typer.Option(None, help="LoRA rank (default: 8)."),
+        policy_weights: Optional[str] = typer.Option(None, help="How the server samples the policy: lora, merged "
+                                                     "(into the base weights, base-model speed) or auto (default: "
+                                                     "auto, merged where possible on a CPU)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last completed "
                                     "iteration (its saved config is used; --iterations may extend it)."),
     ) -> None:
@@ -52,7 +55,7 @@ def register(app: typer.Typer) -> None:
             given = {"algo": algo, "games": _split(games), "iterations": iterations, "model": model,
                      "episodes_per_iteration": episodes_per_iteration, "base_url": base_url,
                      "opponents": _split(opponents), "seed": seed, "concurrency": concurrency,
-                     "max_tokens": max_tokens}
+                     "max_tokens": max_tokens, "policy_weights": policy_weights}
             if resume:
                 extra = [k for k, v in given.items() if v is not None and k not in ("iterations", "base_url")]
                 if extra or lr is not None or rank is not None:

@@ -69,6 +69,13 @@ class LoopConfig:
                                  "vLLM server died (restarted first when this run started it)."})
     max_lora_rank: int = field(default=16, metadata={"help": "--max-lora-rank of a server this run starts (raised "
                                "to the trainer's rank if smaller)."})
+    policy_weights: str = field(default="auto", metadata={"help": "How the server samples the current policy iter-k: "
+                                "'lora' hot-loads it as an adapter (vLLM's LoRA path, about a third of base speed on "
+                                "a CPU); 'merged' merges it into the base weights and reloads them in place (base "
+                                "speed, one merge + reload per iteration; needs a server this run starts, no frozen "
+                                "adapter opponents and no mystery, whose judge is the base model); 'auto': merged "
+                                "where allowed and serving runs on the CPU, else lora (a GPU serves LoRA fast). "
+                                "Either way the server's copy is verified."})
 
 
 @dataclass
@@ -107,6 +114,9 @@ class RunConfig:
             get_advantage(lc.algo)
         if not lc.games:
             raise ValueError("games must name at least one game")
+        if lc.policy_weights not in ("auto", "lora", "merged"):
+            raise ValueError(f"policy_weights must be auto, lora or merged; got {lc.policy_weights!r}")
+        merged_policy(lc, can_reload=True, on_cpu=True)  # merged with the mystery or adapter opponents: fail early
         if lc.iterations < 1 or lc.episodes_per_iteration < len(lc.games):
             raise ValueError(f"need iterations >= 1 and episodes_per_iteration >= number of games ({len(lc.games)}); "
                              f"got {lc.iterations} and {lc.episodes_per_iteration}")
@@ -115,6 +125,35 @@ class RunConfig:
 def adapter_name(iteration: int) -> str:
     """Served name of the policy after iteration k (`base` before the first update)."""
     return "base" if iteration == 0 else f"iter-{iteration}"
+
+
+def merged_policy(cfg: LoopConfig, can_reload: bool, on_cpu: bool) -> bool:
+    """Whether this run samples its policy from merged weights (see LoopConfig.policy_weights). `can_reload`: the
+    server is one this run manages and may replace its weights."""
+    blockers = ([] if can_reload else ["the server cannot reload its weights (let the run start it)"]) \
+        + (["the mystery's judge is the base model"] if MYSTERY in cfg.games else []) \
+        + (["an opponent is a served adapter"] if any(o.startswith("llm:") for o in cfg.opponents) else [])
+    if cfg.policy_weights == "merged" and blockers:
+        raise ValueError("policy_weights=merged is not possible here: " + "; ".join(blockers))
+    return cfg.policy_weights == "merged" or (cfg.policy_weights == "auto" and not blockers and on_cpu)
+
+
+class PolicyServer:
+    """Puts policy iter-k on the server and verifies it there: as a LoRA adapter named iter-k, or merged into the
+    weights the server serves as `base`. `served(k)` is the model name that samples iter-k."""
+
+    def __init__(self, server: Any, store: RunStore, merged: bool):
+        self.server, self.store, self.merged = server, store, merged
+
+    def served(self, k: int) -> str:
+        return "base" if self.merged else adapter_name(k)
+
+    def install(self, k: int) -> dict[str, Any]:
+        path = self.store.adapter_dir(k)
+        if self.merged:
+            return self.server.load_policy_weights(path, adapter_name(k))
+        name = self.server.load_adapter(adapter_name(k), path, replace=True)
+        return self.server.verify_adapter(name, path) or {}
 
 
 def episodes_per_game(cfg: LoopConfig) -> dict[str, int]:
@@ -252,6 +291,9 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
     lc = cfg.loop
     model_path = resolve(lc.model)
 
+    import torch
+
+    on_cpu = not torch.cuda.is_available()
     started = None
     if server is None:
         from stratagem.integrations.vllm_server import VLLMServer
@@ -259,9 +301,12 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
         if lc.base_url:
             server = VLLMServer.attach(lc.base_url, model_path=model_path)
         else:
-            started = server = VLLMServer(model=model_path, max_lora_rank=max(lc.max_lora_rank, cfg.trainer.rank))
+            started = server = VLLMServer(model=model_path, max_lora_rank=max(lc.max_lora_rank, cfg.trainer.rank),
+                                          weight_reload=merged_policy(lc, True, on_cpu))
             server.start()
     owned = server if getattr(server, "_owned", False) else None  # only a server we manage can be restarted
+    can_reload = owned is not None and getattr(getattr(server, "config", None), "weight_reload", False)
+    policies = PolicyServer(server, store, merged_policy(lc, can_reload, on_cpu))
     rollout = rollout or default_rollout(lc, server.base_url)
 
     trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed,
@@ -271,8 +316,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
         saved_state = store.load_state(done)
         trainer.load_state_dict(saved_state["trainer"])
         adv_state = saved_state["loop"]["advantage_state"]
-        server.load_adapter(adapter_name(done), store.adapter_dir(done), replace=True)
-        server.verify_adapter(adapter_name(done), store.adapter_dir(done))
+        policies.install(done)
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -283,7 +327,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
 
             # 1. rollout with the current policy (retried after a server crash)
             t0 = time.perf_counter()
-            episodes = _rollout_with_retries(rollout, lc, store, server, owned, policy, k, progress)
+            episodes = _rollout_with_retries(rollout, lc, store, server, owned, policies, k, progress)
             rollout_s = time.perf_counter() - t0
 
             # 2-3. advantages / labels and the update
@@ -291,10 +335,11 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
             stats = update(trainer, cfg, episodes, k, adv_state)
             update_s = time.perf_counter() - t1
 
-            # 4. save iter-k (adapter + optimizer + RNG), hot-load it, prove the server samples from it
-            path = store.save_iteration(k, trainer, {"advantage_state": adv_state})
-            name = server.load_adapter(adapter_name(k), path, replace=True)
-            check = server.verify_adapter(name, path)
+            # 4. save iter-k (adapter + optimizer + RNG), put it on the server, prove the server samples from it
+            store.save_iteration(k, trainer, {"advantage_state": adv_state})
+            t2 = time.perf_counter()
+            check = policies.install(k)
+            stats["install_s"] = time.perf_counter() - t2
 
             # 5. log and commit
             metrics = {"iteration": k, "policy": policy, "episodes": len(episodes), "rollout_s": rollout_s,
@@ -315,13 +360,14 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
 
 
 def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, store: RunStore, server: Any, owned: Any,
-                          policy: str, k: int, progress: bool) -> list[Episode]:
+                          policies: PolicyServer, k: int, progress: bool) -> list[Episode]:
     """All games of iteration k. Episodes are appended to the store as they finish (uncommitted until the
     iteration commits). If the server died, the partial rollout is dropped, the server restarted (when owned)
     with the current adapter, and the rollout tried again, at most lc.rollout_retries times."""
     for attempt in range(lc.rollout_retries + 1):
         try:
-            return asyncio.run(_rollout_all(rollout, lc, store, policy, k, progress))
+            return asyncio.run(_rollout_all(rollout, lc, store, policies.served(k - 1), adapter_name(k - 1), k,
+                                            progress))
         except Exception as e:  # noqa: BLE001  only a dead server is retried; anything else is re-raised below
             if server.alive() or attempt == lc.rollout_retries:
                 raise
@@ -330,15 +376,16 @@ def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, store: RunStore, ser
                                    "run did not start it; restart it and pass --resume") from e
             print(f"vLLM server died during iteration {k} ({e!r}); restarting and retrying the iteration")
             store.rollback()
-            owned.restart()
-            if policy != "base":
-                owned.load_adapter(policy, store.adapter_dir(k - 1), replace=True)
-                owned.verify_adapter(policy, store.adapter_dir(k - 1))
+            owned.restart()  # back to the base weights, no adapters
+            if k > 1:
+                policies.install(k - 1)
     raise AssertionError("unreachable")
 
 
-async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, policy: str, k: int,
+async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, served: str, policy: str, k: int,
                        progress: bool) -> list[Episode]:
+    """`served` is the model name that samples `policy` (`base` when the policy is merged into the weights); turns
+    it sampled are recorded as sampled by `policy`."""
     from rich.progress import Progress
 
     per_game = episodes_per_game(lc)
@@ -347,6 +394,9 @@ async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, policy
 
         def on_episode(ep: Episode) -> None:
             ep.iteration = k
+            for t in ep.turns:
+                if t.adapter == served:
+                    t.adapter = policy
             store.append_episode(ep)
             bar.advance(task)
 
@@ -354,7 +404,7 @@ async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, policy
         for gi, (game, n) in enumerate(per_game.items()):
             # distinct sampling seeds per (run seed, iteration, game), the same on every retry and resume
             seed = lc.seed * 1_000_000 + k * 10_000 + gi * 1_000
-            episodes += await rollout(game, policy, n, seed, on_episode)
+            episodes += await rollout(game, served, n, seed, on_episode)
     return episodes
 
 
