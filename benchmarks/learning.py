@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--episodes-per-iteration", type=int, default=16)
     ap.add_argument("--eval-episodes", type=int, default=100)
     ap.add_argument("--algo", default="mars")
+    ap.add_argument("--lr", type=float, default=None, help="Learning rate (default: the trainer's).")
     ap.add_argument("--out", default=None, help="Run directory (default: a temporary one).")
     a = ap.parse_args()
 
@@ -51,9 +52,10 @@ def main() -> None:
 
     model_path = resolve("default")
     cfg = RunConfig.from_dict({"loop": {"algo": a.algo, "games": ["tictactoe"], "iterations": a.iterations,
-                                        "episodes_per_iteration": a.episodes_per_iteration, "opponents": ["random"]}})
+                                        "episodes_per_iteration": a.episodes_per_iteration, "opponents": ["random"]},
+                                **({"trainer": {"lr": a.lr}} if a.lr else {})})
     server = VLLMServer.attach(a.base_url, model_path=model_path) if a.base_url else \
-        VLLMServer(model=model_path, max_lora_rank=16).start()
+        VLLMServer(model=model_path, max_lora_rank=16, weight_reload=True).start()
     try:
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
             out = Path(a.out or Path(tmp) / "run")
@@ -61,13 +63,20 @@ def main() -> None:
             t0 = time.perf_counter()
             store = run_training(cfg, out, server=server, progress=False)
             train_s = time.perf_counter() - t0
-            after = evaluate(server.base_url, f"iter-{a.iterations}", a.eval_episodes, cfg.loop, seed=10_000_000)
+            # a server this run started samples the policy from merged weights (served as `base`), else by name
+            final = f"iter-{a.iterations}"
+            served = "base" if server.policy_version == final else final
+            after = evaluate(server.base_url, served, a.eval_episodes, cfg.loop, seed=10_000_000)
+            after["model"] = final
+            curve = store.metrics()  # read before the temporary run directory goes
     finally:
         server.stop()
-    print(json.dumps({"game": "tictactoe", "opponent": "random", "algo": a.algo, "iterations": a.iterations,
+    print(json.dumps({"game": "tictactoe", "opponent": "random", "algo": a.algo, "lr": cfg.trainer.lr, "iterations": a.iterations,
                       "episodes_per_iteration": a.episodes_per_iteration, "train_wall_s": round(train_s, 1),
                       "trained_episodes": a.iterations * a.episodes_per_iteration, "base": before, "trained": after,
-                      "final_metrics": store.metrics()[-1]}))
+                      "per_iteration": [{k: m[k] for k in m if k.startswith(("illegal_rate/", "win_rate/", "return/"))
+                                         or k in ("iteration", "rollout_s", "update_s", "install_s", "kl")}
+                                        for m in curve]}))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@ token ids decode to the recorded text. Short replies, one game each: mechanisms,
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from stratagem.agents import make_agent
+from stratagem.agents.llm import LLMAgent
 from stratagem.games.core import Episode
 from stratagem.training.rollout import collect_episodes
 
@@ -58,11 +61,24 @@ async def test_llm_against_a_bot(vllm_server, tokenizer, game):
     assert len(ep.turns) >= 2 and ep.turns[0].illegal_reason is None
 
 
-async def test_llm_self_play_on_tictactoe(vllm_server, tokenizer):
-    llm = _llm(vllm_server, "tictactoe")
-    (ep,) = await collect_episodes("tictactoe", [llm, llm], 1, seed=2)
+class LegalOnly(LLMAgent):
+    """The LLM agent with each reply constrained to one of the turn's legal actions, so that a game between two
+    of them always runs to its natural end and both seats act."""
+
+    def request(self, observation):
+        kw = super().request(observation)
+        regex = "<answer>(" + "|".join(re.escape(a) for a in observation.legal_actions) + ")</answer>"
+        kw["extra_body"] = {**kw["extra_body"], "structured_outputs": {"regex": regex}}
+        return kw
+
+
+@pytest.mark.parametrize("game", ["tictactoe", "kuhn_poker", "mini_hanabi"])
+async def test_llm_self_play(vllm_server, tokenizer, game):
+    llm = LegalOnly(base_url=vllm_server.base_url, model="base", max_tokens=MAX_TOKENS, seed=0)
+    (ep,) = await collect_episodes(game, [llm, llm], 1, seed=2)
     _check_llm_turns(ep, {0, 1}, tokenizer)
-    assert {t.seat for t in ep.turns} == {0, 1}
+    assert {t.seat for t in ep.turns} == {0, 1} and ep.end_reason != "illegal"
+    assert all(t.illegal_reason is None for t in ep.turns)
     # a seat's later prompt holds its own earlier reply, never the other seat's
     later = ep.seat_turns(0)[-1].messages
     own = [m["content"] for m in later if m["role"] == "assistant"]
@@ -70,7 +86,8 @@ async def test_llm_self_play_on_tictactoe(vllm_server, tokenizer):
 
 
 async def test_an_unconstrained_over_long_reply_ends_the_game(vllm_server):
-    llm = make_agent("llm:base", base_url=vllm_server.base_url, max_tokens=4, seed=0)
+    # min_tokens = max_tokens: the reply is cut at the limit whatever the model would have said
+    llm = make_agent("llm:base", base_url=vllm_server.base_url, max_tokens=4, seed=0, extra_body={"min_tokens": 4})
     (ep,) = await collect_episodes("kuhn_poker", [llm, make_agent("random")], 1)
     assert ep.turns[0].info["finish_reason"] == "length" and ep.turns[0].illegal_reason.startswith("over-long")
     assert ep.returns[0] == -11.0 and ep.end_reason == "illegal"

@@ -199,8 +199,15 @@ def default_rollout(cfg: LoopConfig, base_url: str) -> Rollout:
             seats = [policy] * make_game(game).info.num_players
         game_cfg = GameConfig(rewards=RewardConfig(**cfg.rewards), reply=ReplyFormat(response_prefix=cfg.response_prefix,
                                                                               open_answer=cfg.open_answer))
-        return await collect_episodes(game, seats, n, concurrency=cfg.concurrency, seed=seed, config=game_cfg,
-                                      on_episode=on_episode)
+        try:
+            return await collect_episodes(game, seats, n, concurrency=cfg.concurrency, seed=seed, config=game_cfg,
+                                          on_episode=on_episode)
+        finally:
+            # close the HTTP clients inside this event loop; left to the garbage collector, they try to close
+            # after asyncio.run has closed the loop and print tracebacks
+            for a in {id(a): a for a in seats}.values():
+                if hasattr(a, "aclose"):
+                    await a.aclose()
 
     return rollout
 

@@ -62,4 +62,8 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
             on_episode(ep)
         return ep
 
-    return list(await asyncio.gather(*(one(i) for i in range(n))))
+    try:
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+    finally:
+        await players.aclose()
+        await judge.aclose()
