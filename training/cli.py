@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, help="Run seed (default: 0)."),
         concurrency: Optional[int] = typer.Option(None, help="Games in flight (default: 8)."),
         max_tokens: Optional[int] = typer.Option(None, help="Longest reply in a strategic game (default: 48)."),
-        lr: Optional[float] = typer.Option(None, help="Learning rate (default: 2e-4)."),
+        lr: Optional[float] = typer.Option(None, help="Learning rate (default: 1e-3)."),
         rank: Optional[int] = typer.Option(None, help="LoRA rank (default: 8)."),
         policy_weights: Optional[str] = typer.Option(None, help="How the server samples the policy: lora, merged "
                                                      "(into the base weights, base-model speed) or auto (default: "
