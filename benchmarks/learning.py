@@ -56,7 +56,7 @@ def main() -> None:
     cfg = RunConfig.from_dict({"loop": {"algo": a.algo, "games": ["tictactoe"], "iterations": a.iterations,
                                         "episodes_per_iteration": a.episodes_per_iteration, "opponents": ["random"],
                                         "seed": a.seed},
-                                "trainer": {"dtype": a.dtype, "seed": a.seed, **({"lr": a.lr} if a.lr else {})}})
+                                "trainer": {"dtype": a.dtype, **({"lr": a.lr} if a.lr else {})}})
     server = VLLMServer.attach(a.base_url, model_path=model_path) if a.base_url else \
         VLLMServer(model=model_path, max_lora_rank=16, weight_reload=True).start()
     try:
@@ -74,7 +74,8 @@ def main() -> None:
             curve = store.metrics()  # read before the temporary run directory goes
     finally:
         server.stop()
-    print(json.dumps({"game": "tictactoe", "opponent": "random", "algo": a.algo, "lr": cfg.trainer.lr, "dtype": a.dtype, "seed": a.seed, "iterations": a.iterations,
+    print(json.dumps({"game": "tictactoe", "opponent": "random", "algo": a.algo, "lr": cfg.trainer.lr,
+                      "dtype": a.dtype, "seed": a.seed, "iterations": a.iterations,
                       "episodes_per_iteration": a.episodes_per_iteration, "train_wall_s": round(train_s, 1),
                       "trained_episodes": a.iterations * a.episodes_per_iteration, "base": before, "trained": after,
                       "per_iteration": [{k: m[k] for k in m if k.startswith(("illegal_rate/", "win_rate/", "return/"))

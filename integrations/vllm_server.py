@@ -221,6 +221,7 @@ class VLLMServer:
                                      preexec_fn=_new_group, stdin=subprocess.DEVNULL)
         atexit.register(self.stop)
         self.adapters = dict(c.adapters)
+        self.policy_version = None  # a fresh engine serves the base weights
         self._wait_healthy(c.startup_timeout)
         return self
 
