@@ -3,7 +3,7 @@ from its command-line spec."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from stratagem.agents.base import Agent
 
@@ -59,4 +59,13 @@ def make_agent(spec: str, *, base_url: str | None = None, seed: int = 0, game: s
     raise ValueError(f"unknown agent spec {spec!r}; expected one of {AGENT_SPECS}")
 
 
-__all__ = ["AGENT_SPECS", "Agent", "make_agent"]
+async def close_agents(agents: Iterable[Any]) -> None:
+    """Close the HTTP clients of the agents that hold one (each once; self-play seats share an agent). Call it
+    inside the event loop that used them: left to the garbage collector, they close after asyncio.run has closed
+    the loop and print tracebacks."""
+    for agent in {id(a): a for a in agents}.values():
+        if hasattr(agent, "aclose"):
+            await agent.aclose()
+
+
+__all__ = ["AGENT_SPECS", "Agent", "close_agents", "make_agent"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stratagem.agents import close_agents
 from stratagem.games.core import Episode
 
 GAME_SEATS = {"first": 0, "second": 1}
@@ -131,9 +132,7 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dic
             eps = await collect_episodes(mu.game, agents, config.episodes, config.concurrency, seed=config.seed,
                                          on_episode=_sink(config.out, mu.model, mu.game, mu.label, on_episode))
         finally:
-            for a in agents:
-                if hasattr(a, "aclose"):
-                    await a.aclose()
+            await close_agents(agents)
         summary = summarize_seat(eps, mu.seat, *mu.utility, mu.cooperative)
         result["models"][mu.model].setdefault(mu.game, {})[mu.label] = {**summary, "opponent": mu.specs[1 - mu.seat]}
     if config.out:

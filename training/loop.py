@@ -179,7 +179,7 @@ def default_rollout(cfg: LoopConfig, base_url: str) -> Rollout:
             return await collect_mystery_episodes(cfg.mystery_script, n, base_url=base_url, player_model=model,
                                                   judge_model="base", config=MysteryConfig(**cfg.mystery),
                                                   concurrency=cfg.concurrency, seed=seed, on_episode=on_episode)
-        from stratagem.agents import make_agent
+        from stratagem.agents import close_agents, make_agent
         from stratagem.games.base import GameConfig, ReplyFormat, RewardConfig
         from stratagem.games.registry import make_game
         from stratagem.training.rollout import collect_episodes
@@ -203,11 +203,7 @@ def default_rollout(cfg: LoopConfig, base_url: str) -> Rollout:
             return await collect_episodes(game, seats, n, concurrency=cfg.concurrency, seed=seed, config=game_cfg,
                                           on_episode=on_episode)
         finally:
-            # close the HTTP clients inside this event loop; left to the garbage collector, they try to close
-            # after asyncio.run has closed the loop and print tracebacks
-            for a in {id(a): a for a in seats}.values():
-                if hasattr(a, "aclose"):
-                    await a.aclose()
+            await close_agents(seats)
 
     return rollout
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from stratagem.agents.base import Agent
+from stratagem.agents import Agent, close_agents
 from stratagem.games.core import Episode, Turn
 from stratagem.games.mystery.game import MysteryConfig
 from stratagem.games.mystery.graph import Players, build_graph, recursion_limit
@@ -65,5 +65,4 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
     try:
         return list(await asyncio.gather(*(one(i) for i in range(n))))
     finally:
-        await players.aclose()
-        await judge.aclose()
+        await close_agents([players, judge])

@@ -43,25 +43,13 @@ def graph(name: str):
     return _graphs[name]
 
 
-def tictactoe(config: RunnableConfig):
-    return graph("tictactoe")
+def _factory(name: str):
+    def factory(config: RunnableConfig):  # one config parameter: langgraph's graph-factory signature
+        return graph(name)
+
+    factory.__name__ = factory.__qualname__ = name
+    return factory
 
 
-def kuhn_poker(config: RunnableConfig):
-    return graph("kuhn_poker")
-
-
-def mini_hanabi(config: RunnableConfig):
-    return graph("mini_hanabi")
-
-
-def connect_four(config: RunnableConfig):
-    return graph("connect_four")
-
-
-def leduc_poker(config: RunnableConfig):
-    return graph("leduc_poker")
-
-
-def simple_hanabi(config: RunnableConfig):
-    return graph("simple_hanabi")
+tictactoe, kuhn_poker, mini_hanabi, connect_four, leduc_poker, simple_hanabi = (
+    _factory(n) for n in ("tictactoe", "kuhn_poker", "mini_hanabi", "connect_four", "leduc_poker", "simple_hanabi"))
