@@ -49,9 +49,15 @@ class RandomAgent:
 
 @dataclass
 class MCTSConfig:
-    simulations: int = field(default=100, metadata={"help": "MCTS simulations per move."})
-    uct_c: float = field(default=2.0, metadata={"help": "UCT exploration constant."})
-    rollouts: int = field(default=1, metadata={"help": "Random rollouts per leaf evaluation."})
+    """OpenSpiel's MCTSBot as MARS's code sets it up for its tic-tac-toe and Connect Four opponents (UCT constant 2,
+    10 random rollouts per leaf, no solver); the paper evaluates against 100 and 1000 simulations (tic-tac-toe) and
+    10 and 100 (Connect Four)."""
+
+    simulations: int = field(default=100, metadata={"help": "MCTS simulations per move.", "min": 1})
+    uct_c: float = field(default=2.0, metadata={"help": "UCT exploration constant.", "min": 0.0})
+    rollouts: int = field(default=10, metadata={"help": "Random rollouts per leaf evaluation.", "min": 1})
+    solve: bool = field(default=False, metadata={"help": "Back up proven wins and losses (MCTS-Solver); MARS's "
+                        "opponents do not."})
 
 
 class MCTSAgent:
@@ -70,13 +76,16 @@ class MCTSAgent:
                              "(use cfr for kuhn_poker / leduc_poker, or random)")
         rng = np.random.RandomState(_turn_seed(self.seed, obs))
         bot = mcts.MCTSBot(spiel, self.config.uct_c, self.config.simulations,
-                           mcts.RandomRolloutEvaluator(self.config.rollouts, rng), random_state=rng, solve=True)
+                           mcts.RandomRolloutEvaluator(self.config.rollouts, rng), random_state=rng,
+                           solve=self.config.solve)
         return _reply(_labels(obs)[bot.step(state)])
 
 
 @dataclass
 class CFRConfig:
-    iterations: int = field(default=1000, metadata={"help": "CFR iterations of the cached average policy."})
+    iterations: int = field(default=1000, metadata={"help": "CFR iterations of the cached average policy (1000: "
+                            "exploitability 0.0009 in Kuhn poker, 0.0118 in Leduc hold'em, i.e. near Nash).",
+                            "min": 1})
 
 
 CFR_GAMES = {"kuhn_poker": "kuhn_poker", "leduc_poker": "leduc_poker"}
@@ -113,6 +122,19 @@ def cfr_policy(game: str, iterations: int = 1000) -> dict[str, dict[int, float]]
     return table
 
 
+def tabular_policy(table: dict[str, dict[int, float]]) -> pyspiel.TabularPolicy:
+    """An OpenSpiel policy from an information-state table (as `cfr_policy` returns)."""
+    return pyspiel.TabularPolicy({k: [(int(a), float(p)) for a, p in v.items()] for k, v in table.items()})
+
+
+def policy_exploitability(game: str, table: dict[str, dict[int, float]]) -> float:
+    """OpenSpiel's exploitability of a two-player zero-sum policy table: the mean of the best responses' values
+    against it (0 exactly at a Nash equilibrium)."""
+    if game not in CFR_GAMES:
+        raise ValueError(f"policy_exploitability needs one of {sorted(CFR_GAMES)}, got {game!r}")
+    return float(pyspiel.exploitability(pyspiel.load_game(CFR_GAMES[game]), tabular_policy(table)))
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{random.getrandbits(32)}")
@@ -121,7 +143,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class CFRAgent:
-    """Samples the cached CFR average policy (Kuhn and Leduc poker)."""
+    """Samples the cached CFR average policy (Kuhn and Leduc poker): MARS's poker opponents, a CFR average policy in
+    Kuhn and a Nash-equilibrium policy in Leduc; 1000 iterations leave Leduc 0.012 chips from equilibrium
+    (`policy_exploitability`), so the same near-Nash average policy serves both."""
 
     def __init__(self, game: str, config: CFRConfig | None = None, seed: int = 0):
         self.config = config or CFRConfig()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from langgraph.types import interrupt
 
+from stratagem.games.base import ReplyFormat, parse_answer
 from stratagem.games.core import Observation, Reply
 
 
@@ -16,6 +17,7 @@ class HumanAgent:
         move = interrupt({"game": obs.game, "seat": obs.seat, "prompt": obs.messages[-1]["content"],
                           "legal_actions": obs.legal_actions})
         move = str(move).strip()
-        if not move.startswith("<answer>"):
-            move = f"<answer>{move}</answer>"
-        return Reply(text=move)
+        text = move if move.startswith("<answer>") else f"<answer>{move}</answer>"
+        # a typed move is the whole answer: no forced model prefix goes before it
+        action, _ = parse_answer(text, obs.legal_actions, ReplyFormat(response_prefix="", open_answer=True))
+        return Reply(text=text, action=action if action is not None else move)

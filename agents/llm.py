@@ -7,7 +7,6 @@ only text, which is enough to play and evaluate but not to train on.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +23,15 @@ class LLMAgentConfig:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (1.0: sample the policy as is, "
                                "which is what on-policy training needs)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    stop: list[str] = field(default_factory=list, metadata={"help": "Stop strings (empty: none)."})
     max_tokens: int = field(default=256, metadata={"help": "Longest reply; a reply cut here ends with finish_reason "
                             "'length', which games treat as over-long."})
     seed: int | None = field(default=None, metadata={"help": "Sampling seed passed to the endpoint (None: unseeded)."})
     logprobs: bool = field(default=True, metadata={"help": "Ask for token ids and log-probs (vLLM extension)."})
     timeout: float = field(default=600.0, metadata={"help": "Seconds to wait for one completion."})
-    retries: int = field(default=2, metadata={"help": "Retries of a request that failed on the transport or with a "
-                         "server error (5xx); a 4xx error is raised at once."})
+    retries: int = field(default=2, metadata={"help": "Retries of a request that failed on the transport, timed out "
+                         "or got 408, 409, 429 or a server error (5xx), with the openai client's backoff "
+                         "(`max_retries`); other errors are raised at once.", "min": 0})
     extra_body: dict[str, Any] = field(default_factory=dict, metadata={"help": "Extra request fields, e.g. "
                                        "{'chat_template_kwargs': {'enable_thinking': False}}."})
 
@@ -46,7 +47,8 @@ class LLMAgent:
             raise TypeError("pass either a config or keyword overrides, not both")
         self.name = f"llm:{self.config.model}"
         self._client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key,
-                                          timeout=self.config.timeout, max_retries=0)
+                                          timeout=self.config.timeout,
+                                          max_retries=self.config.retries)
 
     def request(self, observation: Observation) -> dict[str, Any]:
         """The keyword arguments of the chat-completion call for this observation."""
@@ -62,20 +64,14 @@ class LLMAgent:
                                   max_tokens=cfg.max_tokens, extra_body=extra)
         if cfg.logprobs:
             kw["logprobs"] = True
+        if cfg.stop:
+            kw["stop"] = list(cfg.stop)
         if cfg.seed is not None:
             kw["seed"] = cfg.seed
         return kw
 
     async def act(self, observation: Observation) -> Reply:
-        kw = self.request(observation)
-        for attempt in range(self.config.retries + 1):
-            try:
-                resp = await self._client.chat.completions.create(**kw)
-                break
-            except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError):
-                if attempt == self.config.retries:
-                    raise
-                await asyncio.sleep(0.5 * 2 ** attempt)
+        resp = await self._client.chat.completions.create(**self.request(observation))
         return reply_from_completion(resp)
 
     async def aclose(self) -> None:

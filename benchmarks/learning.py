@@ -15,22 +15,22 @@ from pathlib import Path
 
 
 def wilson(k: int, n: int) -> list[float]:
-    from stratagem.integrations.mas_eval import wilson_interval
+    from stratagem.games.metrics import wilson_interval
 
     return [round(x, 4) for x in wilson_interval(k, n)]
 
 
 def evaluate(base_url: str, model: str, n: int, cfg, seed: int) -> dict:
+    from stratagem.games.metrics import illegal_counts, seat_won
     from stratagem.training.loop import default_rollout
 
     t0 = time.perf_counter()
     episodes = asyncio.run(default_rollout(cfg, base_url)("tictactoe", model, n, seed, lambda ep: None))
-    turns = [t for e in episodes for t in e.turns if t.seat == 0]
-    illegal = sum(not t.legal for t in turns)
-    wins = sum(0 in e.winners for e in episodes)
+    illegal, turns = illegal_counts(episodes, seat=0)  # the model's seat; the other is the random bot
+    wins = sum(seat_won(e, 0) for e in episodes)
     return {"model": model, "episodes": n, "win_rate": round(wins / n, 4), "win_rate_ci95": wilson(wins, n),
-            "illegal_move_rate": round(illegal / max(len(turns), 1), 4),
-            "illegal_move_rate_ci95": wilson(illegal, len(turns)), "model_turns": len(turns),
+            "illegal_move_rate": round(illegal / max(turns, 1), 4),
+            "illegal_move_rate_ci95": wilson(illegal, turns), "model_turns": turns,
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -62,14 +62,14 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
             out = Path(a.out or Path(tmp) / "run")
-            before = evaluate(server.base_url, "base", a.eval_episodes, cfg.loop, seed=10_000_000)
+            before = evaluate(server.base_url, "base", a.eval_episodes, cfg, seed=10_000_000)
             t0 = time.perf_counter()
             store = run_training(cfg, out, server=server, progress=False)
             train_s = time.perf_counter() - t0
             # a server this run started samples the policy from merged weights (served as `base`), else by name
             final = f"iter-{a.iterations}"
             served = "base" if server.policy_version == final else final
-            after = evaluate(server.base_url, served, a.eval_episodes, cfg.loop, seed=10_000_000)
+            after = evaluate(server.base_url, served, a.eval_episodes, cfg, seed=10_000_000)
             after["model"] = final
             curve = store.metrics()  # read before the temporary run directory goes
     finally:

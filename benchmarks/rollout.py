@@ -2,10 +2,12 @@
 against raw vLLM throughput on the very same prompts in the same run; and the graph's own overhead per turn with
 bots only. Prints one JSON object.
 
-    python benchmarks/rollout.py [--base-url URL] [--episodes-high 64] [--concurrency-high 64] [--max-tokens 32]
+    python benchmarks/rollout.py [--base-url URL] [--episodes-high 64] [--concurrency-high 64] [--max-tokens 48]
 
 The endpoint is --base-url, else $STRATAGEM_BASE_URL, else a vLLM server with the default model is started.
 `ratio` = self-play generated tokens/s / raw tokens/s (target >= 0.9): what the games, graphs and agents cost.
+The model replies in the training protocol (forced `<answer>{legal_prefix}` prefix, stop strings, MARS sampling:
+`SamplingConfig`, `ReplyFormat`), as training rollouts do; the raw replay sends the same prompts and prefixes.
 """
 
 from __future__ import annotations
@@ -20,31 +22,47 @@ import time
 from rich.console import Console
 
 from stratagem.agents import make_agent
+from stratagem.agents.sampling import SamplingConfig
+from stratagem.concurrency import map_concurrent
 from stratagem.games.core import Observation
 from stratagem.games.graph import play
 from stratagem.games.registry import make_game
 from stratagem.training.rollout import collect_episodes
 
-# any well-formed move (legal or not), so games last several turns even with a tiny model
-TICTACTOE_GRAMMAR = {"structured_outputs": {"regex": r"<answer><[XO]\([0-2],[0-2]\)></answer>"}}
+def _llm(base_url: str, model: str, max_tokens: int, salt: str):
+    """The policy's agent in the training protocol; a cache salt per phase: the raw replay must not reuse the prefix
+    cache the self-play phase filled (vLLM)."""
+    kw = SamplingConfig(max_tokens=max_tokens).agent_kwargs()
+    kw["extra_body"] = {**kw["extra_body"], "cache_salt": salt}
+    return make_agent(f"llm:{model}", base_url=base_url, **kw)
 
 
-def _body(salt: str) -> dict:
-    # a cache salt per phase: the raw replay must not reuse the prefix cache the self-play phase filled (vLLM)
-    return {**TICTACTOE_GRAMMAR, "cache_salt": salt}
+class Recording:
+    """Passes every act to `agent` and keeps the (messages, forced prefix) it was asked with."""
+
+    def __init__(self, agent):
+        self.agent, self.name, self.asked = agent, agent.name, []
+
+    async def act(self, obs: Observation):
+        self.asked.append((obs.messages, obs.response_prefix))
+        return await self.agent.act(obs)
+
+    async def aclose(self) -> None:
+        await self.agent.aclose()
 
 
 async def self_play(base_url: str, model: str, n: int, concurrency: int, max_tokens: int, seed: int) -> dict:
-    llm = make_agent(f"llm:{model}", base_url=base_url, max_tokens=max_tokens,
-                     extra_body=_body(f"self-play-{concurrency}-{time.time()}"))
+    llm = Recording(_llm(base_url, model, max_tokens, f"self-play-{concurrency}-{time.time()}"))
     t0 = time.perf_counter()
     eps = await collect_episodes("tictactoe", [llm, llm], n, concurrency, seed=seed)
     wall = time.perf_counter() - t0
+    await llm.aclose()
     turns = [t for e in eps for t in e.turns]
     tokens = sum(len(t.completion_token_ids or []) for t in turns)
     return {"episodes": n, "concurrency": concurrency, "turns": len(turns), "generated_tokens": tokens,
+            "illegal_acts": sum(t.illegal_reason is not None for t in turns),
             "wall_s": round(wall, 3), "episodes_per_s": round(n / wall, 3), "tokens_per_s": round(tokens / wall, 2),
-            "_messages": [t.messages for t in turns]}
+            "_asked": llm.asked}
 
 
 async def raw(base_url: str, model: str, prompts: list, concurrency: int, max_tokens: int) -> dict:
@@ -53,21 +71,20 @@ async def raw(base_url: str, model: str, prompts: list, concurrency: int, max_to
     import openai
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
-    sem = asyncio.Semaphore(concurrency)
-    shaper = make_agent(f"llm:{model}", base_url=base_url, max_tokens=max_tokens,
-                        extra_body=_body(f"raw-{concurrency}-{time.time()}"))
+    shaper = _llm(base_url, model, max_tokens, f"raw-{concurrency}-{time.time()}")
 
-    async def one(messages) -> int:
+    async def one(asked) -> int:
+        messages, prefix = asked
         kw = shaper.request(Observation(game="tictactoe", seat=0, role="X", phase="play", messages=messages,
-                                        legal_actions=[]))
-        async with sem:
-            r = await client.chat.completions.create(**kw)
-            return r.usage.completion_tokens
+                                        legal_actions=[], response_prefix=prefix))
+        r = await client.chat.completions.create(**kw)
+        return r.usage.completion_tokens
 
     t0 = time.perf_counter()
-    tokens = sum(await asyncio.gather(*(one(m) for m in prompts)))
+    tokens = sum(await map_concurrent(one, prompts, concurrency))
     wall = time.perf_counter() - t0
     await client.close()
+    await shaper.aclose()
     return {"requests": len(prompts), "generated_tokens": tokens, "wall_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 2)}
 
@@ -101,13 +118,12 @@ async def main_async(args, base_url: str, console: Console) -> dict:
     out: dict = {"game": "tictactoe", "model": args.model, "max_tokens": args.max_tokens}
     console.log("bots only: graph overhead")
     out["bots"] = await bot_overhead(args.bot_episodes)
-    # unmeasured warm-up: the engine's first requests and the answer grammar's compilation would land on
-    # whichever phase runs first
+    # unmeasured warm-up: the engine's first requests would land on whichever phase runs first
     await self_play(base_url, args.model, 4, 4, args.max_tokens, args.seed + 10_000)
     for name, n, c in (("low", args.episodes_low, 1), ("high", args.episodes_high, args.concurrency_high)):
         console.log(f"self-play at concurrency {c} ({n} episodes)")
         sp = await self_play(base_url, args.model, n, c, args.max_tokens, args.seed)
-        prompts = sp.pop("_messages")
+        prompts = sp.pop("_asked")
         console.log(f"raw engine on the same {len(prompts)} prompts at concurrency {c}")
         rw = await raw(base_url, args.model, prompts, c, args.max_tokens)
         out[f"concurrency_{c}"] = {"self_play": sp, "raw": rw,
@@ -122,7 +138,7 @@ def main() -> None:
     p.add_argument("--episodes-low", type=int, default=8)
     p.add_argument("--episodes-high", type=int, default=64)
     p.add_argument("--concurrency-high", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=SamplingConfig().max_tokens)
     p.add_argument("--bot-episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

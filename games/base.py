@@ -20,34 +20,51 @@ from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
 
 @dataclass
 class RewardConfig:
-    """Every reward constant (MARS defaults)."""
+    """Every reward constant, as MARS's released code (MARSHAL) computes them: the rules engine's per-step rewards
+    (board games +-1 at the end, poker net chips, Hanabi +1 per card played), each step's reward credited to the
+    acting seat's current turn and to every other seat's most recent turn; a format bonus per legal act; a forfeit
+    for an illegal act; a length penalty on very long replies."""
 
-    win: float = field(default=1.0, metadata={"help": "Outcome of the winner of a two-player zero-sum game."})
-    loss: float = field(default=-1.0, metadata={"help": "Outcome of the loser of a two-player zero-sum game."})
-    draw: float = field(default=0.1, metadata={"help": "Outcome of each seat when a zero-sum game is drawn."})
-    card_played: float = field(default=1.0, metadata={"help": "Cooperative games (Hanabi): outcome to every seat per "
-                               "card successfully played (the final score; OpenSpiel scores 0 when all lives are lost)."})
+    draw: float = field(default=0.1, metadata={"help": "Replaces a zero terminal reward in tic-tac-toe, Connect Four "
+                        "and Hanabi (a draw, or a Hanabi game ending without points on its last step); poker keeps "
+                        "its 0 for a split pot."})
     format_bonus: float = field(default=0.05, metadata={"help": "Reward of each legal, well-formed action."})
-    illegal_penalty: float = field(default=10.0, metadata={"help": "Subtracted from the normal loss of a seat whose "
-                                   "illegal, malformed or over-long reply ended the game."})
-    length_penalty: float = field(default=0.0, metadata={"help": "Per completion token beyond `length_free_tokens`, "
-                                  "subtracted from that turn's reward (0: off)."})
-    length_free_tokens: int = field(default=256, metadata={"help": "Completion tokens a reply may use before the "
-                                    "length penalty applies."})
+    illegal_penalty: float = field(default=10.0, metadata={"help": "An illegal, malformed or over-long reply ends "
+                                   "the game: the offender gets -(its normal loss) - illegal_penalty (board games: "
+                                   "-1 - 10; poker: -(own chips in the pot) - 10; Hanabi: -(current score) - 10), "
+                                   "the other seats 0.", "min": 0.0})
+    length_penalty: float = field(default=0.5, metadata={"help": "Length penalty coefficient: a reply of L tokens "
+                                  "gets coef * min(0, 1 - (L - length_min_tokens) / (length_max_tokens - "
+                                  "length_min_tokens)), i.e. a penalty only beyond length_max_tokens (MARS: 0.5; "
+                                  "0: off).", "min": 0.0})
+    length_min_tokens: int = field(default=11, metadata={"help": "Shortest well-formed reply in tokens (MARS: 11).",
+                                   "min": 0})
+    length_max_tokens: int = field(default=2048, metadata={"help": "Reply length in tokens beyond which the length "
+                                   "penalty applies (MARS: 2048).", "min": 1})
+
+    def length_reward(self, n_tokens: int) -> float:
+        """MARS's length reward: coef * min(0, 1 - (L - min) / (max - min)); 0 up to `length_max_tokens`."""
+        span = self.length_max_tokens - self.length_min_tokens
+        if span <= 0:
+            raise ValueError("rewards.length_max_tokens must exceed rewards.length_min_tokens")
+        return self.length_penalty * min(0.0, 1.0 - (n_tokens - self.length_min_tokens) / span)
 
 
 @dataclass
 class ReplyFormat:
-    """How a reply must be written."""
+    """How a reply must be written; the defaults are the training protocol that `stratagem train`, `play` and
+    `eval games` share (with `agents.sampling.SamplingConfig`)."""
 
     think: bool = field(default=False, metadata={"help": "Require `<think>...</think><answer>...</answer>` (thinking "
                         "models) instead of plain `<answer>ACTION</answer>`."})
-    response_prefix: str = field(default="", metadata={"help": "Forced start of every model reply, e.g. '<answer>' "
-                                 "(sent as a partial assistant turn; recorded as part of the response). "
+    response_prefix: str = field(default="<answer>{legal_prefix}", metadata={"help": "Forced start of every model "
+                                 "reply (sent as a partial assistant turn; recorded as part of the response). "
                                  "'{legal_prefix}' stands for the longest common start of the legal actions, "
-                                 "e.g. '<X(' for tic-tac-toe's X."})
-    open_answer: bool = field(default=False, metadata={"help": "Also accept a reply that ends inside an unclosed "
-                              "<answer>: for replies cut at a stop string right after the action (stop '>')."})
+                                 "e.g. '<X(' for tic-tac-toe's X (the default model writes almost no well-formed "
+                                 "answer without it); '' for none."})
+    open_answer: bool = field(default=True, metadata={"help": "Also accept a reply that ends inside an unclosed "
+                              "<answer>: what the stop string '>' right after the action produces (see "
+                              "SamplingConfig.stop); off: require <answer>...</answer>."})
 
 
 def response_prefix(fmt: ReplyFormat, legal: list[str]) -> str:
@@ -136,12 +153,12 @@ class Game(ABC):
     def is_over(self) -> bool: ...
 
     @abstractmethod
-    def outcomes(self) -> list[float]:
-        """The terminal outcome of each seat (penalties included, per-turn rewards excluded)."""
-
-    @abstractmethod
     def raw_returns(self) -> list[float]:
         """The rules engine's own returns (before any Stratagem reward shaping)."""
+
+    def normal_loss(self, seat: int) -> float:
+        """What `seat` loses in a lost game (a forfeit costs this plus rewards.illegal_penalty); default 1."""
+        return 1.0
 
     def information_key(self, seat: int) -> str | None:
         """What `seat` knows according to the rules engine (None in perfect-information games); two states with
@@ -154,4 +171,4 @@ class Game(ABC):
 
     @abstractmethod
     def episode(self, seats: list[Seat]) -> Episode:
-        """The finished game as an Episode: terminal outcomes credited to each seat's last turn."""
+        """The finished game as an Episode; its returns are the sums of each seat's turn rewards."""

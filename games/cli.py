@@ -17,20 +17,25 @@ from stratagem.games.core import Episode
 
 
 def summarize(episodes: list[Episode], cooperative: bool = False) -> dict[str, Any]:
-    """Per-seat mean return and wins / draws / losses (cooperative games: a win is a perfect score, there are no
-    draws), the illegal-move rate and the mean number of turns."""
-    n_seats = len(episodes[0].seats)
+    """Per seat: mean return, wins / draws / losses (`stratagem.games.metrics`: cooperative games have no draws,
+    a win is a perfect score), the win rate's and the seat's illegal-act rate's 95% Wilson intervals; overall: the
+    illegal-move rate (illegal acts over model turns; 0 when no model played) and the mean number of turns."""
+    from stratagem.games.metrics import illegal_counts, is_draw, seat_won, wilson_interval
+
+    n = len(episodes)
     seats = []
-    for s in range(n_seats):
-        wins = sum(s in e.winners for e in episodes)
-        draws = 0 if cooperative else sum(not e.winners and e.end_reason == "terminal" for e in episodes)
+    for s in range(len(episodes[0].seats)):
+        wins = sum(seat_won(e, s) for e in episodes)
+        draws = sum(is_draw(e, cooperative) for e in episodes)
+        k, turns = illegal_counts(episodes, seat=s)
         seats.append({"seat": s, "agent": episodes[0].seats[s].agent, "role": episodes[0].seats[s].role,
-                      "mean_return": sum(e.returns[s] for e in episodes) / len(episodes),
-                      "wins": wins, "draws": draws, "losses": len(episodes) - wins - draws})
-    turns = [t for e in episodes for t in e.turns]
-    return {"game": episodes[0].game, "episodes": len(episodes), "seats": seats,
-            "illegal_move_rate": sum(not t.legal for t in turns) / max(1, len(turns)),
-            "mean_turns": len(turns) / len(episodes)}
+                      "mean_return": sum(e.returns[s] for e in episodes) / n,
+                      "wins": wins, "draws": draws, "losses": n - wins - draws,
+                      "win_rate_ci95": list(wilson_interval(wins, n)), "illegal_acts": k, "model_turns": turns})
+    k, turns = illegal_counts(episodes)
+    return {"game": episodes[0].game, "episodes": n, "seats": seats,
+            "illegal_move_rate": k / turns if turns else 0.0, "illegal_move_rate_ci95": list(wilson_interval(k, turns)),
+            "model_turns": turns, "mean_turns": sum(len(e.turns) for e in episodes) / n}
 
 
 def transcript_text(episodes: list[Episode]) -> str:
@@ -73,12 +78,16 @@ async def play_with_humans(game: str, agents: list, n: int, seed: int, config: A
 
 def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, json_out: bool = False,
                    transcript: Optional[str] = None, out: Optional[str] = None, base_url: Optional[str] = None,
-                   model: Optional[str] = None, max_tokens: int = 256, concurrency: int = 8, think: bool = False,
-                   response_prefix: str = "") -> dict[str, Any]:
+                   model: Optional[str] = None, max_tokens: Optional[int] = None, concurrency: int = 8,
+                   think: bool = False, response_prefix: Optional[str] = None, temperature: Optional[float] = None,
+                   open_answer: Optional[bool] = None) -> dict[str, Any]:
+    """Play `episodes` games; model seats reply in the training protocol (`SamplingConfig`, `ReplyFormat`) unless
+    the given options change it."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stratagem.agents import make_agent
+    from stratagem.agents.sampling import SamplingConfig
     from stratagem.games.base import GameConfig, ReplyFormat
     from stratagem.games.core import write_jsonl
     from stratagem.games.registry import GAME_NAMES, make_game
@@ -104,12 +113,15 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
     with server as srv:
         url = base_url or (srv.base_url if uses_llm else None)
         try:
+            sampling = SamplingConfig(**{k: v for k, v in (("max_tokens", max_tokens),
+                                                           ("temperature", temperature)) if v is not None})
             agents = [make_agent(s, base_url=url, seed=seed + i, game=game,
-                                 **({"max_tokens": max_tokens} if s.startswith("llm:") else {}))
+                                 **(sampling.agent_kwargs() if s.startswith("llm:") else {}))
                       for i, s in enumerate(specs)]
         except ValueError as e:
             raise typer.BadParameter(f"--players: {e}") from None
-        config = GameConfig(reply=ReplyFormat(think=think, response_prefix=response_prefix))
+        config = GameConfig(reply=ReplyFormat(think=think, **{k: v for k, v in (
+            ("response_prefix", response_prefix), ("open_answer", open_answer)) if v is not None}))
         if "human" in specs:
             eps = asyncio.run(play_with_humans(game, agents, episodes, seed, config, console))
         else:
@@ -138,7 +150,9 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
             table.add_row(f"{s['seat']} ({s['role']})", s["agent"], f"{s['mean_return']:+.3f}", str(s["wins"]),
                           str(s["draws"]), str(s["losses"]))
         console.print(table)
-        console.print(f"illegal-move rate {result['illegal_move_rate']:.3f}, mean turns {result['mean_turns']:.1f}"
+        lo, hi = result["illegal_move_rate_ci95"]
+        console.print(f"illegal-move rate {result['illegal_move_rate']:.3f} [{lo:.2f}, {hi:.2f}] of "
+                      f"{result['model_turns']} model turns, mean turns {result['mean_turns']:.1f}"
                       f"\nepisodes: {path}" + (f"\ntranscript: {transcript}" if transcript else ""))
     return result
 
@@ -156,10 +170,16 @@ def play(
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint for llm: agents (default "
                                            "$STRATAGEM_BASE_URL, else a vLLM server is started)."),
     model: Optional[str] = typer.Option(None, help="Model a started server serves (default: the default model)."),
-    max_tokens: int = typer.Option(256, help="Longest LLM reply; longer ends the game as over-long."),
+    max_tokens: Optional[int] = typer.Option(None, help="Longest LLM reply; longer ends the game as over-long "
+                                             "(default: training's, 48)."),
+    temperature: Optional[float] = typer.Option(None, help="LLM sampling temperature (default: training's, 0.6)."),
     concurrency: int = typer.Option(8, help="Games in flight at once."),
     think: bool = typer.Option(False, help="Require <think>...</think><answer>...</answer> replies."),
-    response_prefix: str = typer.Option("", help="Forced start of every LLM reply, e.g. '<answer>'."),
+    response_prefix: Optional[str] = typer.Option(None, help="Forced start of every LLM reply; '{legal_prefix}' is "
+                                                  "the start the legal actions share (default: training's, "
+                                                  "'<answer>{legal_prefix}'; '' for none)."),
+    open_answer: Optional[bool] = typer.Option(None, "--open-answer/--closed-answer", help="Accept an answer left "
+                                               "unclosed by the stop string '>' (default: training's, open)."),
     script: str = typer.Option("lighthouse", help="mystery: script name or folder."),
     judge: str = typer.Option("base", help="mystery: served model of the judge."),
     rounds: int = typer.Option(5, help="mystery: conversation rounds per stage."),
@@ -179,7 +199,7 @@ def play(
     if players is None:
         raise typer.BadParameter("--players is required, e.g. --players mcts:100,random")
     play_strategic(game, players, episodes, seed, json_out, transcript, out, base_url, model, max_tokens, concurrency,
-                   think, response_prefix)
+                   think, response_prefix, temperature=temperature, open_answer=open_answer)
 
 
 def register(app: typer.Typer) -> None:

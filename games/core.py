@@ -46,20 +46,35 @@ class Reply:
 
 @dataclass
 class Turn:
-    seat: int
-    role: str
-    phase: str
-    messages: list[dict[str, str]]
-    response: str
-    action: str | None = None
-    illegal_reason: str | None = None
-    prompt_token_ids: list[int] | None = None
-    completion_token_ids: list[int] | None = None
-    logprobs: list[float] | None = None
-    reward: float = 0.0
-    adapter: str | None = None
-    faction: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    """One act of one seat, with everything a loss needs, captured when it was sampled."""
+
+    seat: int  # index into Episode.seats
+    role: str  # the seat's role in the game (X / O, player_0, culprit, ...)
+    phase: str  # the game phase the act belongs to (play, ask, vote, ...)
+    messages: list[dict[str, str]]  # the chat the agent saw (its prompt)
+    response: str  # the full reply as recorded: a forced prefix plus what the agent wrote
+    action: str | None = None  # the parsed legal action, None when illegal
+    illegal_reason: str | None = None  # why the reply was not a legal action (None: legal)
+    prompt_token_ids: list[int] | None = None  # the tokens the endpoint saw (forced prefix included)
+    completion_token_ids: list[int] | None = None  # the sampled tokens (None: not sampled by a model)
+    logprobs: list[float] | None = None  # the endpoint's log-prob of each sampled token
+    reward: float = 0.0  # every reward credited to this turn (format, length, the game's step rewards)
+    adapter: str | None = None  # the policy version that sampled it (base, iter-k)
+    faction: str | None = None  # the seat's faction in a team game (culprit / civilian), else None
+    info: dict[str, Any] = field(default_factory=dict)  # game-specific extras (finish_reason, target, ...)
+
+    @classmethod
+    def from_reply(cls, reply: Reply, *, seat: int, role: str, phase: str, messages: list[dict[str, str]],
+                   response: str, action: str | None, illegal_reason: str | None, reward: float = 0.0,
+                   faction: str | None = None, info: dict[str, Any] | None = None) -> "Turn":
+        """The Turn of `reply`: the sampled fields (token ids, log-probs, model, finish reason) come from it."""
+        extra = dict(info or {})
+        if reply.finish_reason:
+            extra.setdefault("finish_reason", reply.finish_reason)
+        return cls(seat=seat, role=role, phase=phase, messages=messages, response=response, action=action,
+                   illegal_reason=illegal_reason, prompt_token_ids=reply.prompt_token_ids,
+                   completion_token_ids=reply.completion_token_ids, logprobs=reply.logprobs, reward=reward,
+                   adapter=reply.model, faction=faction, info=extra)
 
     @property
     def legal(self) -> bool:
@@ -68,15 +83,20 @@ class Turn:
 
 @dataclass
 class Seat:
-    index: int
-    role: str
-    agent: str
-    faction: str | None = None
-    name: str | None = None
+    """Who sat where in one episode."""
+
+    index: int  # position in the game (0 moves first in the strategic games)
+    role: str  # the game's role of this seat
+    agent: str  # the agent spec that played it (llm:MODEL, random, mcts:N, ...)
+    faction: str | None = None  # team in a team game (culprit / civilian)
+    name: str | None = None  # character name in the mystery
 
 
 @dataclass
 class Episode:
+    """One finished game. `returns[s]` is the sum of seat s's turn rewards; `metrics` holds the rules engine's own
+    `raw_returns` and game-specific numbers."""
+
     game: str
     seed: int
     seats: list[Seat]
@@ -127,18 +147,21 @@ def write_jsonl(episodes: Iterable[Episode], path: str | os.PathLike, append: bo
     return n
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[Episode]:
-    """Read episodes; a torn last line (a write cut by a kill) is skipped, and so are a training run's
-    `{"commit": k}` markers; any other bad line is an error naming the file and line."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith('{"commit":'):
+def is_commit_marker(record: dict[str, Any]) -> bool:
+    """A training run's `{"commit": k, "episodes": n}` line in episodes.jsonl (see training/run_store.py)."""
+    return "commit" in record and "game" not in record
+
+
+def read_jsonl(path: str | os.PathLike, limit_bytes: int | None = None) -> Iterator[Episode]:
+    """Read episodes (from the first `limit_bytes` bytes only, when given). A training run's commit markers
+    (`is_commit_marker`) and a torn last line (a write cut by a kill) are skipped; any other line that is not an
+    episode record is an error naming the file and line."""
+    from stratagem.files import read_json_lines
+
+    for i, rec in read_json_lines(path, limit_bytes):
+        if is_commit_marker(rec):
             continue
         try:
-            yield Episode.from_json(line)
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            if i == len(lines) and not line.endswith("\n"):
-                return
+            yield Episode.from_dict(rec)
+        except (TypeError, KeyError) as e:
             raise ValueError(f"{path}:{i}: not an episode record ({e})") from e

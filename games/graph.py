@@ -1,21 +1,25 @@
 """Any Stratagem game as a compiled LangGraph StateGraph: a referee node routes, by conditional edges, to the node of
-the seat to act; each seat node asks its agent and hands the reply to the game. The game object holds the rules
-state; the graph state carries only the act count, who moves next and, at the end, the returns, so a step costs
-little beyond the agent.
+the seat to act; each seat node asks its agent and hands the reply to the game.
 
-With a checkpointer a game can be paused and resumed (the human agent pauses with a LangGraph interrupt): resume
-with the same compiled graph and thread id, since the game object lives with the graph. Given a game factory
-instead of a game, the graph keeps one game per thread id, so a server (`langgraph dev`) can run many at once.
+All of a game's state is in the graph state: the seed, the seat specs and every reply the game was given (`acts`).
+A game is a deterministic function of those (its chance events come from the seed), so any node rebuilds the game
+object by replaying the acts onto a fresh one; a checkpointer therefore persists a game and any graph built for the
+same game resumes it (the human agent pauses with a LangGraph interrupt). Rebuilding is skipped while a game object
+already holds exactly the state's acts (the usual case within one run), so a step costs little beyond the agent.
+
+Seats are either fixed agents (`build_graph(game, [agent0, agent1])`) or a `Seating`, which reads the seat specs of
+a new game from the run's LangGraph context (`context_schema`) and makes the agents (the LangGraph apps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypedDict
+from typing import Any, Callable, Protocol, Sequence, TypedDict, runtime_checkable
 
 import openai
-from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 
 from stratagem.agents.base import Agent
 from stratagem.games.base import Game
@@ -26,76 +30,191 @@ from stratagem.games.core import Episode, Reply, Seat
 class GraphConfig:
     """How a game graph runs."""
 
-    seed: int = field(default=0, metadata={"help": "Seed the game is reset with when the graph starts."})
+    seed: int = field(default=0, metadata={"help": "Seed the game is reset with when the input state names none."})
     recursion_limit_margin: int = field(default=10, metadata={"help": "Graph steps allowed beyond two per turn of "
-                                        "the game's maximum length."})
+                                        "the game's maximum length.", "min": 0})
+    episode_in_state: bool = field(default=False, metadata={"help": "Put the finished Episode (as a dict) into the "
+                                   "final state under `episode` (the apps do; a rollout reads the game object)."})
 
 
 class PlayState(TypedDict, total=False):
-    acts: int
-    seat: int | None
-    returns: list[float]
+    seed: int  # the game's seed (input; GraphConfig.seed when absent)
+    players: list[str]  # the agent spec of each seat (recorded when the game starts)
+    acts: list[dict[str, Any]]  # every reply given to the game, in order: {"seat": i, **Reply fields}
+    seat: int | None  # the seat to act next; None once the game is over
+    returns: list[float]  # per-seat returns, once the game is over
+    episode: dict[str, Any]  # the finished Episode (GraphConfig.episode_in_state)
 
 
-def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent], config: GraphConfig | None = None,
-                checkpointer: Any = None):
-    """A compiled graph that plays one game with `agents[i]` in seat i. Invoke it with `initial_state()` (which
-    resets the game with `config.seed`); afterwards `episode_of(game, agents)` packs the result. `game` may be a
-    factory (`lambda: make_game("tictactoe")`): then each thread id gets its own game."""
+@runtime_checkable
+class Seating(Protocol):
+    """Seats chosen per run: `players(context)` gives the agent specs of a new game from the run's context (an
+    instance of `context_schema`, or None), `agents(players, context)` the agents for those specs."""
+
+    context_schema: type
+
+    def players(self, context: Any) -> list[str]: ...
+
+    def agents(self, players: list[str], context: Any) -> Sequence[Agent]: ...
+
+
+def act_record(seat: int, reply: Reply) -> dict[str, Any]:
+    """The state's record of one reply."""
+    return {"seat": seat, **dataclasses.asdict(reply)}
+
+
+def reply_of(record: dict[str, Any]) -> Reply:
+    """The Reply an act record holds."""
+    return Reply(**{k: v for k, v in record.items() if k != "seat"})
+
+
+def replay(game: Game, seed: int, acts: Sequence[dict[str, Any]]) -> Game:
+    """`game` reset with `seed` and given every act of `acts` again: the state the acts led to."""
+    game.reset(seed)
+    for a in acts:
+        game.step(a["seat"], reply_of(a))
+    return game
+
+
+class _Copy:
+    """A game object and the acts it has been given since its reset with `seed` (None: not reset yet)."""
+
+    def __init__(self, game: Game):
+        self.game, self.seed, self.applied = game, None, []
+
+    def matches(self, seed: int, acts: Sequence[dict[str, Any]]) -> bool:
+        """Whether this copy is at a state that `acts` continue."""
+        return (self.seed == seed and len(self.applied) <= len(acts)
+                and all(a is b or a == b for a, b in zip(self.applied, acts)))
+
+    def sync(self, seed: int, acts: Sequence[dict[str, Any]]) -> Game:
+        if not self.matches(seed, acts):
+            self.game.reset(seed)
+            self.seed, self.applied = seed, []
+        for a in acts[len(self.applied):]:
+            self.game.step(a["seat"], reply_of(a))
+            self.applied.append(a)
+        return self.game
+
+
+class _Games:
+    """Game objects for the graph's nodes. A node takes one for its whole call (so runs of different threads never
+    share one), brought to the state's acts, and gives it back; the graph state stays the only record."""
+
+    def __init__(self, game: Game | Callable[[], Game], keep: int = 8):
+        self.single = game if isinstance(game, Game) else None
+        self.factory = None if self.single is not None else game
+        self.free: list[_Copy] = [_Copy(self.single)] if self.single is not None else []
+        self.keep = keep
+
+    def take(self, seed: int, acts: Sequence[dict[str, Any]]) -> _Copy:
+        for i, c in enumerate(self.free):
+            if c.matches(seed, acts):
+                return self.free.pop(i)
+        if self.free:
+            return self.free.pop()
+        if self.factory is None:
+            raise RuntimeError(f"{self.single.info.name}: one game object cannot play two runs at once; build the "
+                               "graph with a game factory (lambda: make_game(name)) instead")
+        return _Copy(self.factory())
+
+    def give(self, copy: _Copy) -> None:
+        if len(self.free) < self.keep:
+            self.free.append(copy)
+
+
+def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent] | Seating,
+                config: GraphConfig | None = None, checkpointer: Any = None):
+    """A compiled graph that plays one game with `agents[i]` in seat i, or with the seats a `Seating` picks from
+    each run's context. Invoke it with `initial_state(seed)`. Given a game object, that object follows the run
+    (afterwards `episode_of(game, agents)` packs the result; one run at a time); given a factory
+    (`lambda: make_game("tictactoe")`), any number of threads can run at once."""
     settings = config or GraphConfig()
-    games: dict[str, Game] = {}
-    single = game if isinstance(game, Game) else None
-    proto = single or game()
-    if len(agents) != proto.info.num_players:
-        raise ValueError(f"{proto.info.name} needs {proto.info.num_players} agents, got {len(agents)}")
+    games = _Games(game)
+    proto = games.single or games.factory()
+    n = proto.info.num_players
+    seating = agents if isinstance(agents, Seating) else None
+    fixed = None if seating is not None else list(agents)
+    if fixed is not None and len(fixed) != n:
+        raise ValueError(f"{proto.info.name} needs {n} agents, got {len(fixed)}")
 
-    def game_of(cfg: RunnableConfig | None) -> Game:
-        if single is not None:
-            return single
-        thread = ((cfg or {}).get("configurable") or {}).get("thread_id", "")
-        if thread not in games:
-            games[thread] = game()
-        return games[thread]
+    def seed_of(state: PlayState) -> int:
+        return int(state.get("seed", settings.seed))
+
+    def agents_of(state: PlayState, runtime: Runtime) -> Sequence[Agent]:
+        if fixed is not None:
+            return fixed
+        return seating.agents(state["players"], runtime.context)
 
     # async nodes: a sync node would run in a worker thread, a costly hop per step
-    async def referee(state: PlayState, config: RunnableConfig) -> dict[str, Any]:
-        g = game_of(config)
-        if not state.get("acts"):  # a fresh run; a resumed one re-enters at the interrupted seat node, not here
-            g.reset(settings.seed)
-        seat = g.current_seat()
-        return {"seat": seat} if seat is not None else {"seat": None, "returns": g.outcomes()}
+    async def referee(state: PlayState, runtime: Runtime) -> dict[str, Any]:
+        acts = state.get("acts") or []
+        out: dict[str, Any] = {}
+        if not acts:  # a new game: record who plays it
+            players = ([getattr(a, "name", type(a).__name__) for a in fixed] if fixed is not None
+                       else list(seating.players(runtime.context)))
+            if len(players) != n:
+                raise ValueError(f"{proto.info.name} needs {n} players, got {len(players)}: {players}")
+            out.update(seed=seed_of(state), players=players, acts=[])
+        copy = games.take(seed_of(state), acts)
+        try:
+            g = copy.sync(seed_of(state), acts)
+            seat = g.current_seat()
+            if seat is not None:
+                return {**out, "seat": seat}
+            ep = g.episode(_seats(g, out.get("players") or state.get("players") or []))
+            out.update(seat=None, returns=list(ep.returns))
+            if settings.episode_in_state:
+                out["episode"] = ep.to_dict()
+            return out
+        finally:
+            games.give(copy)
 
-    def seat_node(seat: int, agent: Agent):
-        async def act(state: PlayState, config: RunnableConfig) -> dict[str, Any]:
-            g = game_of(config)
-            obs = g.observe(seat)
+    def seat_node(seat: int):
+        async def act(state: PlayState, runtime: Runtime) -> dict[str, Any]:
+            acts = state.get("acts") or []
+            agent = agents_of(state, runtime)[seat]
+            copy = games.take(seed_of(state), acts)
             try:
-                reply = await agent.act(obs)
-            except openai.BadRequestError as e:
-                if "maximum context length" not in str(e):
-                    raise
-                # the seat's chat outgrew the model's context: an over-long turn (game data, not a crash)
-                reply = Reply(text="", finish_reason="length")
-            g.step(seat, reply)
-            return {"acts": state.get("acts", 0) + 1}
+                obs = copy.sync(seed_of(state), acts).observe(seat)
+                try:
+                    reply = await agent.act(obs)
+                except openai.BadRequestError as e:
+                    if "maximum context length" not in str(e):
+                        raise
+                    # the seat's chat outgrew the model's context: an over-long turn (game data, not a crash)
+                    reply = Reply(text="", finish_reason="length")
+                record = act_record(seat, reply)
+                copy.game.step(seat, reply)
+                copy.applied.append(record)
+                return {"acts": [*acts, record]}
+            finally:
+                games.give(copy)
 
         return act
 
     async def route(state: PlayState) -> str:
         return END if state["seat"] is None else f"seat_{state['seat']}"
 
-    sg = StateGraph(PlayState)
+    sg = StateGraph(PlayState, context_schema=seating.context_schema if seating is not None else None)
     sg.add_node("referee", referee)
-    for i, agent in enumerate(agents):
-        sg.add_node(f"seat_{i}", seat_node(i, agent))
+    for i in range(n):
+        sg.add_node(f"seat_{i}", seat_node(i))
         sg.add_edge(f"seat_{i}", "referee")
     sg.add_edge(START, "referee")
-    sg.add_conditional_edges("referee", route, [END, *(f"seat_{i}" for i in range(len(agents)))])
-    return sg.compile(checkpointer=checkpointer, name=proto.info.name).with_config(recursion_limit=2 * proto.info.max_turns + settings.recursion_limit_margin)
+    sg.add_conditional_edges("referee", route, [END, *(f"seat_{i}" for i in range(n))])
+    return sg.compile(checkpointer=checkpointer, name=proto.info.name).with_config(
+        recursion_limit=2 * proto.info.max_turns + settings.recursion_limit_margin)
 
 
-def initial_state() -> PlayState:
-    return {"acts": 0, "seat": None}
+def _seats(game: Game, players: Sequence[str]) -> list[Seat]:
+    return [Seat(index=i, role=game.info.roles[i], agent=players[i] if i < len(players) else "")
+            for i in range(game.info.num_players)]
+
+
+def initial_state(seed: int | None = None) -> PlayState:
+    """The input of a new game (seeded `seed`, else GraphConfig.seed)."""
+    return {"acts": []} if seed is None else {"seed": seed, "acts": []}
 
 
 def episode_of(game: Game, agents: Sequence[Agent]) -> Episode:

@@ -1,25 +1,149 @@
-"""The games by name: `make_game(name, config=None, **params)`."""
+"""Every game by name, in one registry: the CLI's game names, the training games, the LangGraph apps of
+`langgraph.json` and the conformance tests all read it.
+
+A game is one `GameSpec` passed to `register_game`: its factory (a fresh game), its graph builder, its rollout
+(what the training loop calls), whether it is one of the MARS training games, a one-line help and, for
+`langgraph dev`, the module attribute of its LangGraph app. The built-in games register themselves when their
+package is imported (`stratagem.games.strategic`, `stratagem.games.mystery`); the registry imports those packages
+on first use, so `get_game_spec("tictactoe")` works without importing anything else first. A game defined outside
+the package is one `register_game(GameSpec(...))` call.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from stratagem.games.base import Game, GameConfig
-from stratagem.games.strategic.board import ConnectFour, TicTacToe
-from stratagem.games.strategic.hanabi import MiniHanabi, SimpleHanabi
-from stratagem.games.strategic.poker import KuhnPoker, LeducPoker
+if TYPE_CHECKING:
+    from stratagem.games.core import Episode
 
-GAMES: dict[str, type] = {g.name: g for g in (TicTacToe, KuhnPoker, MiniHanabi, ConnectFour, LeducPoker,
-                                               SimpleHanabi)}
-GAME_NAMES: tuple[str, ...] = tuple(GAMES)
-TRAINING_GAMES: tuple[str, ...] = ("tictactoe", "kuhn_poker", "mini_hanabi")
-HELD_OUT_GAMES: tuple[str, ...] = ("connect_four", "leduc_poker", "simple_hanabi")
+KINDS = ("strategic", "social")
+# the packages whose import registers the built-in games (each calls register_game for its own games)
+BUILTIN_PACKAGES = ("stratagem.games.strategic", "stratagem.games.mystery")
 
 
-def make_game(name: str, config: GameConfig | None = None, **params: Any) -> Game:
-    """A fresh game; `params` override the OpenSpiel parameters of games that declare some (the Hanabi sizes)."""
+@dataclass
+class RolloutJob:
+    """What the training loop asks of a game's rollout: `n` finished episodes of `game`, game i seeded `seed + i`,
+    the learner's seats sampled from the served model `policy` at `base_url`, at most `concurrency` games at once,
+    `on_episode(ep)` called as each one finishes. `run` is the run configuration; each game's rollout reads the
+    sections it needs (sampling, reply format and rewards for a strategic game; the mystery's section for it)."""
+
+    game: str
+    policy: str
+    n: int
+    seed: int
+    base_url: str
+    run: Any = None
+    concurrency: int = 8
+    on_episode: Callable[["Episode"], Any] | None = None
+
+
+@dataclass(frozen=True)
+class GameSpec:
+    """One registered game.
+
+    - `factory(config=None, **params)` returns a fresh game object (the `Game` interface of games/base.py for a
+      strategic game).
+    - `build_graph(...)` compiles the game's LangGraph graph (for a strategic game `games.graph.build_graph`:
+      `build_graph(game_or_factory, agents, config=None, checkpointer=None)`).
+    - `rollout(job: RolloutJob)` plays `job.n` episodes for training and returns them in seed order.
+    - `training`: one of the games MARS trains on (the default of `--games`; the others are held out).
+    - `app`: "module:attribute" of the game's LangGraph app (a compiled graph or a graph factory) that
+      `langgraph.json` lists; None: not served.
+    - `check(workdir=None)`: the game's conformance check; None: `games.testing.check_game(name)`, which needs the
+      `Game` interface.
+    """
+
+    name: str
+    kind: str
+    factory: Callable[..., Any]
+    build_graph: Callable[..., Any]
+    rollout: Callable[[RolloutJob], Awaitable[list["Episode"]]]
+    training: bool = False
+    help: str = ""
+    app: str | None = None
+    check: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():
+            raise ValueError(f"GameSpec.name must be lower-case letters, digits and '_', got {self.name!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"GameSpec {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for attr in ("factory", "build_graph", "rollout"):
+            if not callable(getattr(self, attr)):
+                raise ValueError(f"GameSpec {self.name!r}: {attr} must be callable, got {getattr(self, attr)!r}")
+        if self.app is not None and self.app.count(":") != 1:
+            raise ValueError(f"GameSpec {self.name!r}: app must be 'module:attribute', got {self.app!r}")
+
+
+_GAMES: dict[str, GameSpec] = {}
+_loaded = False
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for package in BUILTIN_PACKAGES:
+        importlib.import_module(package)
+
+
+def register_game(spec: GameSpec, *, replace: bool = False) -> GameSpec:
+    """Add `spec` to the registry and return it. A second game of the same name is an error unless `replace`."""
+    if not isinstance(spec, GameSpec):
+        raise TypeError(f"register_game expects a GameSpec, got {type(spec).__name__}")
+    if spec.name in _GAMES and not replace and _GAMES[spec.name] is not spec:
+        raise ValueError(f"a game named {spec.name!r} is already registered; pass replace=True to replace it")
+    _GAMES[spec.name] = spec
+    return spec
+
+
+def unregister_game(name: str) -> GameSpec:
+    """Remove a game (tests that register one of their own clean up with this)."""
+    _load_builtins()
+    if name not in _GAMES:
+        raise ValueError(f"unknown game {name!r}; expected one of {', '.join(_GAMES)}")
+    return _GAMES.pop(name)
+
+
+def get_game_spec(name: str) -> GameSpec:
+    """The spec of game `name`; an unknown name is an error listing the registered ones."""
+    _load_builtins()
     try:
-        cls = GAMES[name]
-    except KeyError:
-        raise ValueError(f"unknown game {name!r}; expected one of {', '.join(GAME_NAMES)}") from None
-    return cls(config, **params)
+        return _GAMES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown game {name!r}; expected one of {', '.join(_GAMES)}") from None
+
+
+def game_names(kind: str | None = None, *, training: bool | None = None) -> tuple[str, ...]:
+    """Registered game names in registration order, optionally only those of one kind ("strategic", "social")
+    and / or only training (True) or held-out (False) games."""
+    _load_builtins()
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return tuple(n for n, s in _GAMES.items()
+                 if (kind is None or s.kind == kind) and (training is None or s.training == training))
+
+
+def game_specs() -> tuple[GameSpec, ...]:
+    """Every registered spec, in registration order."""
+    _load_builtins()
+    return tuple(_GAMES.values())
+
+
+def make_game(name: str, config: Any = None, **params: Any) -> Any:
+    """A fresh game of `name`: the spec's `factory(config, **params)`. For strategic games `config` is a
+    `GameConfig` and `params` override the OpenSpiel parameters the game declares (the Hanabi sizes)."""
+    return get_game_spec(name).factory(config, **params)
+
+
+def __getattr__(name: str) -> Any:
+    # computed on access, so a game registered later is included
+    if name == "GAME_NAMES":  # the games `stratagem play` takes a --players list for (strategic)
+        return game_names("strategic")
+    if name == "TRAINING_GAMES":
+        return game_names(training=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,13 +9,14 @@ raises `BenchmarkFormatError` naming the file and the line.
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from stratagem.files import read_json_lines
 
 BENCHMARKS = ("gsm8k", "math500", "aime", "amc", "gpqa")
 LETTERS = "ABCD"
@@ -49,19 +50,10 @@ def _num_text(value: Any) -> str:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(rec, dict):
-                raise BenchmarkFormatError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            rows.append((lineno, rec))
-    return rows
+    try:
+        return list(read_json_lines(path, torn_tail=False))
+    except ValueError as e:
+        raise BenchmarkFormatError(str(e)) from e
 
 
 def _require(path: Path, lineno: int, rec: dict[str, Any], *keys: str) -> list[Any]:

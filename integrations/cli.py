@@ -96,46 +96,124 @@ def eval_mas(
         typer.echo(json.dumps(summary))
     else:
         Console().print(summary_table(summary))
-    if any(m["errors"] for m in summary["models"].values()):
-        typer.secho("some questions failed on the endpoint (see 'error' in the JSONL); rerun with --out to resume",
-                    fg="yellow", err=True)
+    failed = sum(m["errors"] for m in summary["models"].values())
+    if failed:
+        typer.secho(f"error: {failed} question(s) failed on the endpoint {url} (see 'error' in the JSONL); rerun "
+                    "with --out to resume", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @eval_app.command("games")
 def eval_games(
     models: str = typer.Option("base", help="Comma-separated served model / adapter names."),
-    games: str = typer.Option("connect_four,leduc_poker,simple_hanabi", help="Comma-separated game names."),
-    opponent: str = typer.Option("auto", help="auto (mcts:N on board games, cfr on poker), an agent spec "
-                                 "(mcts:N, cfr, random), self, or GAME=SPEC pairs separated by commas."),
+    games: Optional[str] = typer.Option(None, help="Comma-separated game names (default: all six strategic games)."),
+    opponent: str = typer.Option("auto", help="auto (MARS's: mcts:100 on tic-tac-toe and Connect Four, cfr on "
+                                 "poker, the model itself on Hanabi), an agent spec (mcts:N, cfr, random), self, "
+                                 "or GAME=SPEC pairs separated by commas."),
+    mcts_simulations: Optional[int] = typer.Option(None, help="Simulations of the auto MCTS opponent (default 100; "
+                                                   "MARS also reports 1000 on tic-tac-toe, 10 on Connect Four)."),
     episodes: int = typer.Option(10, help="Episodes per model, game and seat order."),
+    run: Optional[str] = typer.Option(None, help="A training run directory: its config.yaml's sampling and reply "
+                                      "format (what the model was trained with); the flags below override it."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default: the run's, else 0.6)."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling mass (default: the run's, else 0.99)."),
+    top_k: Optional[int] = typer.Option(None, help="Top-k sampling, -1 off (default: the run's, else 100)."),
+    max_tokens: Optional[int] = typer.Option(None, help="Longest reply of one move (default: the run's, else 48)."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string, repeatable; backslash escapes "
+                                             "decoded ('\\n'); 'none' for none (default: the run's, else '>' "
+                                             "and newline)."),
+    response_prefix: Optional[str] = typer.Option(None, help="Forced start of every reply; '{legal_prefix}' is the "
+                                                  "start the legal actions share (default: the run's, else "
+                                                  "'<answer>{legal_prefix}'; '' for none)."),
+    open_answer: Optional[bool] = typer.Option(None, "--open-answer/--closed-answer", help="Accept an answer left "
+                                               "unclosed by the stop string (default: the run's, else open)."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Require <think>...</think> before the "
+                                         "answer (default: the run's, else no)."),
+    vllm_extensions: Optional[bool] = typer.Option(None, "--vllm-extensions/--no-vllm-extensions", help="Send "
+                                                   "vLLM's extra request fields (top_k, stop strings kept)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
     out: Optional[str] = typer.Option(None, help="Directory for the episodes (JSONL) and the summary."),
     base_url: Optional[str] = typer.Option(None, help="Use this endpoint instead of starting a server."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
     concurrency: int = typer.Option(8, help="Games in flight at once."),
-    max_tokens: Optional[int] = typer.Option(None, help="Longest reply of one move (default: the agent's)."),
     seed: int = typer.Option(0, help="Seed of the first game."),
 ) -> None:
-    """Held-out game evaluation (MARS): normalized return, first and second seat reported separately."""
+    """Strategic games as MARS evaluates them: normalized return of the model's seat, moving first and second, with
+    95% intervals, in the training reply protocol."""
+    import dataclasses
+
     from rich.console import Console
 
-    from stratagem.integrations.games_eval import GamesEvalConfig, plan, results_table, run_games_eval
+    from stratagem.agents.sampling import SamplingConfig
+    from stratagem.config import check
+    from stratagem.games.base import ReplyFormat
+    from stratagem.integrations.games_eval import GamesEvalConfig, parse_stop, plan, results_table, run_games_eval, \
+        run_protocol
 
-    cfg = GamesEvalConfig(models=_split(models, "--models"), games=_split(games, "--games"), opponent=opponent,
-                          episodes=episodes, out=out, concurrency=concurrency, max_tokens=max_tokens, seed=seed)
     try:
+        sampling, reply = run_protocol(run) if run else (SamplingConfig(), ReplyFormat())
+        sampling = dataclasses.replace(sampling, **{k: v for k, v in (
+            ("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_tokens", max_tokens),
+            ("stop", parse_stop(stop) if stop else None), ("vllm_extensions", vllm_extensions)) if v is not None})
+        reply = dataclasses.replace(reply, **{k: v for k, v in (
+            ("response_prefix", response_prefix), ("open_answer", open_answer), ("think", think)) if v is not None})
+        cfg = GamesEvalConfig(models=_split(models, "--models"), opponent=opponent, mcts_simulations=mcts_simulations,
+                              episodes=episodes, out=out, concurrency=concurrency, seed=seed, sampling=sampling,
+                              reply=reply, **({"games": _split(games, "--games")} if games else {}))
+        check(sampling, "sampling")
         total = len(plan(cfg)) * episodes
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1)
     with endpoint(base_url, adapter) as url, _progress() as progress:
         cfg.base_url = url
-        task = progress.add_task("held-out games", total=total)
+        task = progress.add_task("strategic games", total=total)
         result = asyncio.run(run_games_eval(cfg, on_episode=lambda _: progress.advance(task)))
     if json_out:
         typer.echo(json.dumps(result))
     else:
         Console().print(results_table(result))
+
+
+@eval_app.command("mystery")
+def eval_mystery(
+    models: str = typer.Option("base", help="Comma-separated served model / adapter names."),
+    scripts: str = typer.Option("lighthouse", help="Comma-separated shipped script names, script folders or "
+                                "folders of script folders (e.g. a MIRAGE dataset/En)."),
+    seeds: int = typer.Option(3, help="Games per model and script."),
+    seed: int = typer.Option(0, help="First seed."),
+    rounds: int = typer.Option(2, help="Conversation rounds per stage."),
+    judge: str = typer.Option("base", help="Served model of the judge."),
+    summary_tokens: Optional[int] = typer.Option(None, help="Summarise each character's script with the served "
+                                                 "model to this many tokens first (MIRAGE: 1500)."),
+    out: str = typer.Option("runs/eval-mystery", help="Folder of per-game JSONL and transcripts; reruns resume."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+    base_url: Optional[str] = typer.Option(None, help="Use this endpoint instead of starting a server."),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
+    concurrency: int = typer.Option(2, help="Games in flight at once."),
+) -> None:
+    """The murder mystery as MIRAGE evaluates it: Victory, TII, CIC, ICI, SCI, Overall per script and averaged,
+    95% intervals over seeds, a leaderboard row per model."""
+    from rich.console import Console
+
+    from stratagem.games.mystery.evaluate import MysteryEvalConfig, expand_scripts, leaderboard, run_mystery_eval
+    from stratagem.games.mystery.game import MysteryConfig
+
+    try:
+        cfg = MysteryEvalConfig(models=_split(models, "--models"), scripts=_split(scripts, "--scripts"), seeds=seeds,
+                                seed=seed, judge=judge, out=out, concurrency=concurrency,
+                                game=MysteryConfig(rounds=rounds, summary_tokens=summary_tokens))
+        total = len(cfg.models) * len(expand_scripts(cfg.scripts)) * seeds
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1)
+    with endpoint(base_url, adapter) as url, _progress() as progress:
+        task = progress.add_task("mystery games", total=total)
+        result = asyncio.run(run_mystery_eval(cfg, url, on_game=lambda: progress.advance(task)))
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        Console().print(leaderboard(result))
 
 
 def register(app: typer.Typer) -> None:

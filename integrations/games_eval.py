@@ -1,122 +1,204 @@
-"""Held-out game evaluation as MARS reports it: each model plays games it was not trained on against a fixed
-opponent (MCTS, CFR, random) or itself, and the normalized return is reported with the model moving first and
-second separately (competitive games), or as a team (cooperative games, where the model fills every seat).
+"""Game evaluation as MARS reports it: each model plays every strategic game against the paper's opponent and the
+normalized return of its seat is reported with the model moving first and second separately (competitive games),
+or as a team with itself (cooperative games), each with a 95% interval.
 
-Normalized return of the model's seat: the rules engine's return mapped onto [0, 1] by the game's utility range
-(a loss is 0, a win 1, a draw in between); a game ended by an illegal move counts 0 for the seat that made it and 1
-for the other. Cooperative games: the team's score over the best possible score.
+The model replies in the training protocol: the forced reply prefix, stop strings, open answers, reply length and
+sampling of `agents.sampling.SamplingConfig` and `games.base.ReplyFormat` (their defaults are what `stratagem train`
+uses; `--run RUN_DIR` takes them from a run's config.yaml). Win, draw, illegal act and normalized return are those
+of `stratagem.games.metrics`.
+
+Default opponents (`opponent: auto`), as in MARS's released evaluation (MARSHAL):
+- tic-tac-toe and Connect Four: OpenSpiel's MCTS with 100 simulations and 10 random rollouts per leaf (the paper
+  also reports tic-tac-toe against 1000 simulations and Connect Four against 10: `--mcts-simulations N` or
+  `--opponent tictactoe=mcts:1000,...`);
+- Kuhn poker: the CFR average policy; Leduc hold'em: a near-Nash policy (the CFR average policy after 1000
+  iterations, exploitability 0.012; solved once and cached);
+- Hanabi (cooperative): the model with itself.
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stratagem.agents import close_agents
+from stratagem.agents.sampling import SamplingConfig
+from stratagem.games.base import GameConfig, ReplyFormat
 from stratagem.games.core import Episode
+from stratagem.games.metrics import seat_summary
 
-GAME_SEATS = {"first": 0, "second": 1}
+PAPER_OPPONENTS: dict[str, str] = {"tictactoe": "mcts:100", "connect_four": "mcts:100", "kuhn_poker": "cfr",
+                                   "leduc_poker": "cfr", "mini_hanabi": "self", "simple_hanabi": "self"}
+PAPER_MCTS_SIMULATIONS: dict[str, tuple[int, ...]] = {"tictactoe": (100, 1000), "connect_four": (10, 100)}
+BOT_KINDS = ("random", "mcts", "cfr")
+
+
+def _all_games() -> list[str]:
+    from stratagem.games.registry import game_names
+
+    return list(game_names("strategic"))
 
 
 @dataclass
 class GamesEvalConfig:
     models: list[str] = field(default_factory=lambda: ["base"], metadata={"help": "Served model / adapter names."})
-    games: list[str] = field(default_factory=lambda: ["connect_four", "leduc_poker", "simple_hanabi"],
-                             metadata={"help": "Games to play (held-out ones by default)."})
-    opponent: str = field(default="auto", metadata={"help": "Opponent: 'auto' (mcts:N on perfect-information games, "
-                          "cfr on poker), one agent spec for every game (mcts:N, cfr, random), 'self' (the model on "
-                          "both seats), or GAME=SPEC pairs separated by commas. Cooperative games always pair the "
+    games: list[str] = field(default_factory=_all_games, metadata={"help": "Games to play (default: all six "
+                             "strategic games)."})
+    opponent: str = field(default="auto", metadata={"help": "Opponent: 'auto' (MARS's: mcts:100 on tic-tac-toe and "
+                          "Connect Four, cfr on poker, the model itself on Hanabi), one agent spec for every "
+                          "competitive game (mcts:N, cfr, random), 'self' (the model on both seats), or GAME=SPEC "
+                          "pairs separated by commas (games left out get 'auto'). Cooperative games always pair the "
                           "model with itself."})
-    mcts_simulations: int = field(default=25, metadata={"help": "Simulations of the 'auto' MCTS opponent."})
-    episodes: int = field(default=10, metadata={"help": "Games per model, game and seat order."})
+    mcts_simulations: int | None = field(default=None, metadata={"help": "Simulations of the 'auto' MCTS opponent "
+                                         "(None: 100, as MARS; the paper also uses 1000 on tic-tac-toe and 10 on "
+                                         "Connect Four).", "min": 1})
+    episodes: int = field(default=10, metadata={"help": "Games per model, game and seat order.", "min": 1})
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible endpoint."})
     out: str | None = field(default=None, metadata={"help": "Directory for the episodes (JSONL) and summary.json."})
-    concurrency: int = field(default=8, metadata={"help": "Games in flight at once."})
-    max_tokens: int | None = field(default=None, metadata={"help": "Longest reply of one move (None: the agent's)."})
-    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature (None: the agent's)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the first game; game i uses seed + i."})
+    concurrency: int = field(default=8, metadata={"help": "Games in flight at once.", "min": 1})
+    seed: int = field(default=0, metadata={"help": "Seed of the first game; game i uses seed + i (bots are seeded "
+                      "from it; model sampling is not, as in training)."})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling of the model's "
+                                     "replies (the training protocol's by default)."})
+    reply: ReplyFormat = field(default_factory=ReplyFormat, metadata={"help": "Reply format (the training "
+                               "protocol's by default)."})
 
 
-def normalized_return(ep: Episode, seat: int, min_utility: float, max_utility: float, cooperative: bool) -> float:
-    """The seat's result on [0, 1] (see the module docstring); exact for a hand-checkable episode."""
-    raw = float(ep.metrics.get("raw_returns", [0.0] * len(ep.seats))[seat])
+# ---- the reply protocol of a run ----------------------------------------------------------------------------
+
+# fields an older run config kept in its `loop` section
+_LEGACY_LOOP = {"sampling": ("max_tokens", "temperature", "top_p", "top_k", "stop"),
+                "reply": ("response_prefix", "open_answer", "think")}
+
+
+def run_protocol(run_dir: str | Path) -> tuple[SamplingConfig, ReplyFormat]:
+    """The sampling and reply format a training run used, from RUN_DIR/config.yaml: its `sampling` and `reply`
+    sections (fields of SamplingConfig / ReplyFormat), or the same fields in an older run's `loop` section; what the
+    file does not say keeps the default. A field of the wrong type or out of range is an error naming it."""
+    import yaml
+
+    from stratagem.config import ConfigError, from_dict
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"--run {run_dir}: no config.yaml there (expected a run directory of `stratagem train`)")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
+    out = []
+    for name, cls in (("sampling", SamplingConfig), ("reply", ReplyFormat)):
+        values: dict[str, Any] = {}
+        loop = raw.get("loop") or {}
+        values.update({k: loop[k] for k in _LEGACY_LOOP[name] if k in loop})
+        values.update(raw.get(name) or {})
+        try:
+            out.append(from_dict(cls, values, path=name))
+        except ConfigError as e:
+            raise ValueError(f"{path}: {e}") from None
+    return out[0], out[1]
+
+
+def parse_stop(values: list[str]) -> list[str]:
+    """Stop strings from the command line: backslash escapes decoded (so '\\n' is a newline); 'none' clears."""
+    if [v.strip().lower() for v in values] == ["none"]:
+        return []
+    return [codecs.decode(v, "unicode_escape") for v in values]
+
+
+# ---- opponents ----------------------------------------------------------------------------------------------
+
+def opponent_for(config: GamesEvalConfig, game: str, perfect_information: bool, cooperative: bool = False) -> str:
+    """The opponent spec of `game` under `config.opponent` (see GamesEvalConfig.opponent): an agent spec, or
+    'self'."""
     if cooperative:
-        return min(1.0, max(0.0, raw / max_utility)) if max_utility > 0 else 0.0
-    if ep.end_reason == "illegal":
-        return 1.0 if seat in ep.winners else 0.0
-    span = max_utility - min_utility
-    return (raw - min_utility) / span if span > 0 else 0.0
-
-
-def summarize_seat(episodes: list[Episode], seat: int, lo: float, hi: float, cooperative: bool) -> dict[str, Any]:
-    n = len(episodes)
-    norm = [normalized_return(ep, seat, lo, hi, cooperative) for ep in episodes]
-    return {"n": n, "normalized_return": sum(norm) / n if n else 0.0,
-            "win_rate": sum(1 for ep in episodes if seat in ep.winners) / n if n else 0.0,
-            "illegal_rate": sum(1 for ep in episodes if ep.end_reason == "illegal") / n if n else 0.0}
-
-
-def opponent_for(config: GamesEvalConfig, game: str, perfect_information: bool) -> str:
-    """The opponent spec of `game` under `config.opponent` (see GamesEvalConfig.opponent)."""
+        return "self"
     spec = config.opponent.strip()
     if "=" in spec:
-        pairs = {k.strip(): v for k, _, v in (p.partition("=") for p in spec.split(",") if p.strip())}
-        if game not in pairs:
-            raise ValueError(f"--opponent names no opponent for {game}: got {spec!r}, expected GAME=SPEC pairs")
-        spec = pairs[game].strip()
+        pairs = {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in spec.split(",") if p.strip())}
+        spec = pairs.get(game, "auto")
     if spec == "auto":
-        return f"mcts:{config.mcts_simulations}" if perfect_information else "cfr"
-    if spec.startswith("mcts") and not perfect_information:
+        spec = PAPER_OPPONENTS.get(game) or ("mcts:100" if perfect_information else "")
+        if not spec:
+            raise ValueError(f"--opponent auto has no default opponent for {game}; name one (GAME=SPEC)")
+        if spec.startswith("mcts:") and config.mcts_simulations is not None:
+            spec = f"mcts:{config.mcts_simulations}"
+    kind, _, arg = spec.partition(":")
+    if spec != "self" and kind not in BOT_KINDS and kind != "llm":
+        raise ValueError(f"--opponent {spec!r} for {game}: expected auto, self, llm:MODEL or one of "
+                         f"{', '.join(BOT_KINDS)} (mcts:N)")
+    if kind == "mcts" and not perfect_information:
         raise ValueError(f"opponent {spec!r} cannot play {game}: MCTS needs perfect information (use cfr or auto)")
+    if kind == "cfr":
+        from stratagem.agents.bots import CFR_GAMES
+
+        if game not in CFR_GAMES:
+            raise ValueError(f"opponent 'cfr' cannot play {game}: CFR policies exist for {', '.join(CFR_GAMES)}")
     return spec
+
+
+def model_agent(model: str, config: GamesEvalConfig) -> Any:
+    """The evaluated model's agent: unseeded sampling in the training protocol."""
+    from stratagem.agents import make_agent
+
+    return make_agent(f"llm:{model}", base_url=config.base_url, **config.sampling.agent_kwargs())
 
 
 def _agent(spec: str, config: GamesEvalConfig, game: str, seed: int) -> Any:
     from stratagem.agents import make_agent
 
-    overrides = {k: v for k, v in (("max_tokens", config.max_tokens), ("temperature", config.temperature))
-                 if v is not None}
     if spec.startswith("llm:"):
-        return make_agent(spec, base_url=config.base_url, seed=seed, game=game, **overrides)
+        return make_agent(spec, base_url=config.base_url, **config.sampling.agent_kwargs())
     return make_agent(spec, seed=seed, game=game)
 
 
+# ---- the plan -----------------------------------------------------------------------------------------------
+
 @dataclass
 class Matchup:
-    """One (model, game, seat order) to play: the model's seat and both agent specs."""
+    """One set of games to play: the agent specs by seat, and which seat is reported under which label (first /
+    second for a competitive game, team for a cooperative one)."""
 
     model: str
     game: str
-    label: str  # first / second (competitive) or team (cooperative, the model on both seats)
-    seat: int
     specs: list[str]
+    seats: dict[str, int]
+    opponent: str
     utility: tuple[float, float]
     cooperative: bool
 
 
 def plan(config: GamesEvalConfig) -> list[Matchup]:
     """Every matchup of the evaluation, checked before anything is played."""
-    from stratagem.games.registry import make_game
+    from stratagem.games.registry import get_game_spec, make_game
 
     if config.episodes < 1:
         raise ValueError(f"GamesEvalConfig.episodes must be >= 1, got {config.episodes}")
+    if config.mcts_simulations is not None and config.mcts_simulations < 1:
+        raise ValueError(f"GamesEvalConfig.mcts_simulations must be >= 1, got {config.mcts_simulations}")
     out = []
     for game in config.games:
+        if get_game_spec(game).kind != "strategic":
+            raise ValueError(f"{game}: `eval games` plays the strategic games; the murder mystery has its own "
+                             "evaluation (`stratagem eval mystery`)")
         g = make_game(game)
         if g.info.num_players != 2:
-            raise ValueError(f"{game}: held-out evaluation expects a two-player game")
+            raise ValueError(f"{game}: game evaluation expects a two-player game")
         utility = (float(g.spiel.min_utility()), float(g.spiel.max_utility()))
         cooperative = g.info.cooperative
-        opponent = "self" if cooperative else opponent_for(config, game, g.info.perfect_information)
+        opponent = opponent_for(config, game, g.info.perfect_information, cooperative)
         for model in config.models:
             me = f"llm:{model}"
-            if opponent == "self":
-                out.append(Matchup(model, game, "team", 0, [me, me], utility, cooperative))
+            if cooperative:
+                out.append(Matchup(model, game, [me, me], {"team": 0}, me, utility, True))
+            elif opponent == "self":
+                out.append(Matchup(model, game, [me, me], {"first": 0, "second": 1}, me, utility, False))
             else:
-                out += [Matchup(model, game, "first", 0, [me, opponent], utility, cooperative),
-                        Matchup(model, game, "second", 1, [opponent, me], utility, cooperative)]
+                out += [Matchup(model, game, [me, opponent], {"first": 0}, opponent, utility, False),
+                        Matchup(model, game, [opponent, me], {"second": 1}, opponent, utility, False)]
     return out
 
 
@@ -124,17 +206,25 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dic
     """Play every matchup of `plan(config)` and summarize; episodes are appended to `config.out` as they end."""
     from stratagem.training.rollout import collect_episodes
 
+    matchups = plan(config)
     result: dict[str, Any] = {"opponent": config.opponent, "episodes": config.episodes,
-                              "models": {m: {} for m in config.models}}
-    for mu in plan(config):
-        agents = [_agent(s, config, mu.game, config.seed + i) for i, s in enumerate(mu.specs)]
+                              "sampling": dataclasses.asdict(config.sampling),
+                              "reply": dataclasses.asdict(config.reply), "models": {m: {} for m in config.models}}
+    game_cfg = GameConfig(reply=config.reply)
+    for mu in matchups:
+        model = model_agent(mu.model, config)
+        agents = [model if s == f"llm:{mu.model}" else _agent(s, config, mu.game, config.seed + i)
+                  for i, s in enumerate(mu.specs)]
+        label = "-".join(mu.seats)
         try:
             eps = await collect_episodes(mu.game, agents, config.episodes, config.concurrency, seed=config.seed,
-                                         on_episode=_sink(config.out, mu.model, mu.game, mu.label, on_episode))
+                                         config=game_cfg,
+                                         on_episode=_sink(config.out, mu.model, mu.game, label, on_episode))
         finally:
             await close_agents(agents)
-        summary = summarize_seat(eps, mu.seat, *mu.utility, mu.cooperative)
-        result["models"][mu.model].setdefault(mu.game, {})[mu.label] = {**summary, "opponent": mu.specs[1 - mu.seat]}
+        for name, seat in mu.seats.items():
+            summary = seat_summary(eps, seat, *mu.utility, mu.cooperative)
+            result["models"][mu.model].setdefault(mu.game, {})[name] = {**summary, "opponent": mu.opponent}
     if config.out:
         Path(config.out).mkdir(parents=True, exist_ok=True)
         (Path(config.out) / "summary.json").write_text(json.dumps(result, indent=2))
@@ -155,15 +245,21 @@ def _sink(out: str | None, model: str, game: str, label: str, on_episode: Any) -
     return write
 
 
+def _ci(lo_hi: list[float] | None) -> str:
+    return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]" if lo_hi else "[-]"
+
+
 def results_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"held-out games ({result['episodes']} games per seat order)")
-    for col in ("model", "game", "seat", "opponent", "normalized return", "win rate", "illegal"):
+    t = Table(title=f"strategic games ({result['episodes']} games per seat order; 95% intervals)")
+    for col in ("model", "game", "seat", "opponent", "normalized return", "win rate", "illegal acts"):
         t.add_column(col)
     for model, games in result["models"].items():
         for game, seats in games.items():
             for label, s in seats.items():
-                t.add_row(model, game, label, s["opponent"], f"{s['normalized_return']:.3f}", f"{s['win_rate']:.2f}",
-                          f"{s['illegal_rate']:.2f}")
+                t.add_row(model, game, label, s["opponent"],
+                          f"{s['normalized_return']:.3f} {_ci(s['normalized_return_ci95'])}",
+                          f"{s['win_rate']:.2f} {_ci(s['win_rate_ci95'])}",
+                          f"{s['illegal_rate']:.2f} {_ci(s['illegal_rate_ci95'])} of {s['model_turns']}")
     return t

@@ -9,7 +9,6 @@ against the first on the questions both answered (paired bootstrap).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import random
@@ -17,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from stratagem.concurrency import map_concurrent
+from stratagem.files import read_json_lines
 from stratagem.games.core import Observation
+from stratagem.games.metrics import wilson_interval
 from stratagem.integrations.benchmarks import Question, extract_answer, is_correct, task_text
 from stratagem.integrations.debate import ChatConfig, DuConfig, DuDebate, MADConfig, MADDebate, Solution, make_llm
 
@@ -85,17 +87,6 @@ def make_system(config: EvalConfig, model: str) -> Any:
 
 # ---- intervals ---------------------------------------------------------------------------------------------------
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (n = 0 gives (0, 1))."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def bootstrap_interval(values: list[float], samples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap 95% interval of the mean of `values`."""
     if not values:
@@ -124,11 +115,7 @@ def load_done(path: Path) -> dict[str, dict[str, Any]]:
     """Records already finished without error, by question id (a torn last line from a kill is ignored)."""
     done: dict[str, dict[str, Any]] = {}
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for _, rec in read_json_lines(path):
             if not rec.get("error"):
                 done[str(rec["id"])] = rec
     return done
@@ -165,19 +152,20 @@ async def run_eval(config: EvalConfig, questions: list[Question],
     if config.out:
         Path(config.out).mkdir(parents=True, exist_ok=True)
     systems = {m: make_system(config, m) for m in config.models}
-    sem = asyncio.Semaphore(max(1, config.concurrency))
 
-    async def one(model: str, q: Question) -> None:
-        async with sem:
-            rec = await _answer(systems[model], q, model, config)
-        records[model][q.id] = rec
+    async def one(job: tuple[str, Question]) -> dict[str, Any]:
+        model, q = job
+        return await _answer(systems[model], q, model, config)
+
+    def record(rec: dict[str, Any]) -> None:
+        records[rec["model"]][rec["id"]] = rec
         if config.out:
-            with results_path(config.out, model).open("a", encoding="utf-8") as f:
+            with results_path(config.out, rec["model"]).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
         if on_result:
             on_result(rec)
 
-    await asyncio.gather(*(one(m, q) for m, q in todo))
+    await map_concurrent(one, todo, max(1, config.concurrency), on_result=record)
     ids = [q.id for q in questions]
     return summarize(config, {m: [records[m][i] for i in ids if i in records[m]] for m in config.models},
                      resumed=len(questions) * len(config.models) - len(todo))

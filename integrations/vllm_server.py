@@ -27,6 +27,9 @@ import httpx
 from stratagem.settings import cache_dir
 
 BASE_NAME = "base"
+# vLLM's memory share when the trainer shares its GPU: a 4B model's engine (8 GB weights + KV cache) in 36 GB of an
+# 80 GB card leaves the trainer about 44 GB (see the memory plan in the README)
+COLOCATED_GPU_MEMORY = 0.45
 
 
 class ServerError(RuntimeError):
@@ -55,7 +58,26 @@ class ServerConfig:
                        "CPU (exact log-prob parity with the fp32 trainer; vLLM would pick bfloat16), the model's own on a GPU."})
     max_model_len: int = field(default=4096, metadata={"help": "Longest prompt + completion in tokens."})
     kv_cache_gib: int = field(default=2, metadata={"help": "KV cache size on the CPU backend (VLLM_CPU_KVCACHE_SPACE)."})
-    gpu_memory_utilization: float | None = field(default=None, metadata={"help": "Fraction of GPU memory vLLM may take (GPU only)."})
+    gpu_memory_utilization: float | None = field(default=None, metadata={"help": "Fraction of the GPU's memory vLLM "
+                                                 "may take, weights and KV cache together (GPU only). None: "
+                                                 f"{COLOCATED_GPU_MEMORY} when the trainer shares the GPU (colocated), "
+                                                 "else vLLM's own default (0.9).", "min": 0.05, "max": 1.0})
+    colocated: bool = field(default=False, metadata={"help": "The trainer runs on this server's GPU (`stratagem train` "
+                            "sets it for a server it starts on a GPU): a smaller default memory share and, with "
+                            "sleep_mode auto, sleep during the update."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs one engine's weights are split over "
+                                      "(vLLM --tensor-parallel-size): for a model that does not fit one GPU, or "
+                                      "lower latency.", "min": 1})
+    data_parallel_size: int = field(default=1, metadata={"help": "Engine replicas behind this one endpoint (vLLM "
+                                    "--data-parallel-size), each on tensor_parallel_size GPUs.", "min": 1})
+    sleep_mode: str = field(default="auto", metadata={"help": "vLLM sleep mode (--enable-sleep-mode; CUDA only): "
+                            "the run puts the engine to sleep during each update, freeing its weights and KV cache "
+                            "for the trainer, and wakes it before the new adapter is installed. on, off, or auto "
+                            "(on when colocated on a GPU). Needs vLLM's dev endpoints (VLLM_SERVER_DEV_MODE=1), so "
+                            "keep such a server on loopback.", "choices": ("auto", "on", "off")})
+    sleep_level: int = field(default=1, metadata={"help": "1: weights copied to CPU memory and KV cache dropped "
+                             "(fast wake; needs the weights' size in host RAM); 2: both dropped (weights reloaded "
+                             "from disk on wake).", "choices": (1, 2)})
     startup_timeout: float = field(default=300.0, metadata={"help": "Seconds to wait for a healthy server."})
     weight_reload: bool = field(default=False, metadata={"help": "Allow replacing the served base weights in place "
                                 "(merged-policy sampling; turns on vLLM's dev endpoints, so only on loopback)."})
@@ -170,6 +192,32 @@ class VLLMServer:
 
         return "auto" if torch.cuda.is_available() else "float32"
 
+    @property
+    def gpu_memory_utilization(self) -> float | None:
+        """The memory share passed to vLLM (None: vLLM's default); see ServerConfig.gpu_memory_utilization."""
+        c = self.config
+        if c.gpu_memory_utilization is not None:
+            return c.gpu_memory_utilization
+        if not c.colocated:
+            return None
+        import torch
+
+        return COLOCATED_GPU_MEMORY if torch.cuda.is_available() else None
+
+    @property
+    def sleep_enabled(self) -> bool:
+        """Whether the engine is started with sleep mode (see ServerConfig.sleep_mode)."""
+        mode = self.config.sleep_mode
+        if mode not in ("auto", "on", "off"):
+            raise ServerError(f"sleep_mode must be auto, on or off; got {mode!r}")
+        if mode == "off" or not self._owned:
+            return False
+        import torch
+
+        if mode == "on" and not torch.cuda.is_available():
+            raise ServerError("sleep_mode=on needs a CUDA GPU (vLLM's sleep mode frees GPU memory); use auto or off")
+        return torch.cuda.is_available() and (mode == "on" or self.config.colocated)
+
     def command(self) -> list[str]:
         from stratagem.models import resolve
 
@@ -187,8 +235,14 @@ class VLLMServer:
         ]
         if c.api_key:
             cmd += ["--api-key", c.api_key]
-        if c.gpu_memory_utilization is not None:
-            cmd += ["--gpu-memory-utilization", str(c.gpu_memory_utilization)]
+        if self.gpu_memory_utilization is not None:
+            cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        if c.tensor_parallel_size > 1:
+            cmd += ["--tensor-parallel-size", str(c.tensor_parallel_size)]
+        if c.data_parallel_size > 1:
+            cmd += ["--data-parallel-size", str(c.data_parallel_size)]
+        if self.sleep_enabled:
+            cmd += ["--enable-sleep-mode"]
         if c.adapters:
             cmd += ["--lora-modules"] + [f"{n}={p}" for n, p in c.adapters.items()]
         return cmd + list(c.extra_args)
@@ -210,8 +264,8 @@ class VLLMServer:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib))
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        if c.weight_reload:
-            env["VLLM_SERVER_DEV_MODE"] = "1"
+        if c.weight_reload or self.sleep_enabled:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # /collective_rpc, /sleep, /wake_up
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(("\n$ " + " ".join(cmd) + "\n").encode())
@@ -332,6 +386,29 @@ class VLLMServer:
         if r.status_code != 200:
             raise AdapterError(f"vLLM could not unload adapter {name!r}: HTTP {r.status_code} {r.text[:300]}")
         self.adapters.pop(name, None)
+
+    def sleep(self, level: int | None = None) -> None:
+        """Free the engine's GPU memory until `wake_up` (POST /sleep?level=N). Requests in flight are aborted, so
+        call it between a rollout and the update."""
+        r = self._request("POST", "/sleep", params={"level": level or self.config.sleep_level}, timeout=600)
+        if r.status_code != 200:
+            raise ServerError(f"vLLM refused to sleep: HTTP {r.status_code} {r.text[:300]} (was it started with "
+                              "--enable-sleep-mode and VLLM_SERVER_DEV_MODE=1?)")
+
+    def wake_up(self) -> None:
+        """Give the engine its weights and KV cache back (POST /wake_up) and check GET /is_sleeping. Release the
+        trainer's cached GPU memory first (torch.cuda.empty_cache) or the engine may not get its share back."""
+        r = self._request("POST", "/wake_up", timeout=600)
+        if r.status_code != 200:
+            raise ServerError(f"vLLM could not wake up: HTTP {r.status_code} {r.text[:300]}")
+        if self.is_sleeping():
+            raise ServerError("vLLM still reports is_sleeping after /wake_up")
+
+    def is_sleeping(self) -> bool:
+        r = self._request("GET", "/is_sleeping")
+        if r.status_code != 200:
+            raise ServerError(f"GET /is_sleeping failed: HTTP {r.status_code} {r.text[:300]}")
+        return bool(r.json().get("is_sleeping"))
 
     def load_policy_weights(self, adapter_path: str | os.PathLike, version: str) -> dict[str, float]:
         """Sample from a LoRA policy at base-model speed: merge the adapter into the base weights and reload the

@@ -95,8 +95,51 @@ def _register_areas() -> None:
 _register_areas()
 
 
+def unreachable_endpoint(exc: BaseException) -> tuple[str, str] | None:
+    """(URL, what happened) when `exc`, or an exception it wraps (cause, context, exception group), is a failed
+    connection to a model endpoint; None otherwise."""
+    import httpx
+    import openai
+
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (openai.APIConnectionError, httpx.ConnectError, httpx.ConnectTimeout)):
+            try:
+                url = str(e.request.url)
+            except (AttributeError, RuntimeError):
+                url = "the model endpoint"
+            for tail in ("/chat/completions", "/completions", "/models"):
+                url = url[: -len(tail)] if url.endswith(tail) else url
+            timed_out = isinstance(e, (openai.APITimeoutError, httpx.TimeoutException))
+            return url, "it did not answer in time" if timed_out else "connection failed"
+        stack += [e.__cause__, e.__context__] + list(getattr(e, "exceptions", ()))
+    return None
+
+
 def main() -> None:
-    app()
+    """The console script: logging to stderr (`STRATAGEM_LOG_LEVEL`, default INFO for stratagem's own loggers),
+    and an unreachable model endpoint reported in one line instead of a traceback."""
+    import logging
+    import os
+    import sys
+
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("stratagem").setLevel(os.environ.get("STRATAGEM_LOG_LEVEL", "INFO").upper())
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001  anything but an unreachable endpoint keeps its traceback
+        found = unreachable_endpoint(e)
+        if found is None:
+            raise
+        url, what = found
+        sys.stderr.write(f"error: cannot reach the model endpoint {url} ({what}); start a server with "
+                         "`stratagem serve` and pass its URL with --base-url (default 127.0.0.1:8000/v1), or leave "
+                         "--base-url out to let the command start one\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

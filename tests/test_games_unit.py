@@ -18,6 +18,12 @@ from stratagem.games.testing import ConformanceError, check_game
 from stratagem.training.rollout import RolloutError, collect_episodes
 
 
+# The scripted replies below are whole free-form answers: they are judged in the plain reply format (no forced
+# prefix, closed <answer> required), not the training protocol that ReplyFormat() defaults to.
+PLAIN_REPLY = ReplyFormat(response_prefix="", open_answer=False)
+PLAIN = GameConfig(reply=PLAIN_REPLY)
+
+
 class Scripted:
     """Replies with the given texts in order (a stand-in for a language model)."""
 
@@ -33,12 +39,6 @@ class Scripted:
         return Reply(text=text, prompt_token_ids=[1, 2], completion_token_ids=[3], logprobs=[-0.5], model=self.model)
 
 
-@pytest.mark.parametrize("name", GAME_NAMES)
-def test_every_game_passes_the_conformance_check(name, tmp_path):
-    report = check_game(name, episodes=200, workdir=tmp_path)
-    assert report.episodes == 200 and report.max_turns_seen <= make_game(name).info.max_turns
-
-
 def test_the_check_catches_a_leak_of_the_opponents_card():
     class Leaky(KuhnPoker):
         def state_text(self, state, seat):
@@ -50,7 +50,7 @@ def test_the_check_catches_a_leak_of_the_opponents_card():
 
 def test_parse_answer():
     legal = ["<X(0,2)>", "<X(1,1)>"]
-    plain = ReplyFormat()
+    plain = PLAIN_REPLY
     assert parse_answer("<answer><X(0,2)></answer>", legal, plain) == ("<X(0,2)>", None)
     assert parse_answer("I pick <answer> x(1,1) </answer>", legal, plain) == ("<X(1,1)>", None)
     assert parse_answer("<X(0,2)>", legal, plain)[1] == "malformed: no <answer>...</answer>"
@@ -65,7 +65,7 @@ async def test_rewards_of_a_won_tictactoe_game_worked_by_hand():
     # X: (0,0) (0,1) (0,2) wins on its third move; O: (1,0) (1,1)
     x = Scripted("<answer><X(0,0)></answer>", "<answer>X(0,1)</answer>", "<answer><X(0,2)></answer>")
     o = Scripted("<answer><O(1,0)></answer>", "<answer><O(1,1)></answer>")
-    ep = await play(make_game("tictactoe"), [x, o], seed=0)
+    ep = await play(make_game("tictactoe", PLAIN), [x, o], seed=0)
     assert [t.action for t in ep.turns] == ["<X(0,0)>", "<O(1,0)>", "<X(0,1)>", "<O(1,1)>", "<X(0,2)>"]
     assert [round(t.reward, 9) for t in ep.turns] == [0.05, 0.05, 0.05, -0.95, 1.05]
     assert [round(r, 9) for r in ep.returns] == [1.15, -0.9]
@@ -76,7 +76,7 @@ async def test_rewards_of_a_won_tictactoe_game_worked_by_hand():
 async def test_draw_pays_each_seat_and_constants_are_configurable():
     moves_x = ["X(0,0)", "X(0,1)", "X(1,2)", "X(2,0)", "X(2,2)"]
     moves_o = ["O(0,2)", "O(1,0)", "O(1,1)", "O(2,1)"]
-    cfg = GameConfig(rewards=RewardConfig(draw=0.5, format_bonus=0.0))
+    cfg = GameConfig(rewards=RewardConfig(draw=0.5, format_bonus=0.0), reply=PLAIN_REPLY)
     ep = await play(make_game("tictactoe", cfg), [Scripted(*(f"<answer>{m}</answer>" for m in moves_x)),
                                                 Scripted(*(f"<answer>{m}</answer>" for m in moves_o))])
     assert ep.returns == [0.5, 0.5] and ep.winners == []
@@ -88,9 +88,9 @@ async def test_draw_pays_each_seat_and_constants_are_configurable():
 async def test_a_bad_reply_ends_the_game_with_the_loss_minus_ten(reply, reason):
     x = Scripted("<answer>X(0,0)</answer>", "")
     o = Scripted(reply)
-    ep = await play(make_game("tictactoe"), [x, o])
+    ep = await play(make_game("tictactoe", PLAIN), [x, o])
     assert len(ep.turns) == 2 and ep.end_reason == "illegal" and ep.turns[1].illegal_reason.startswith(reason)
-    assert [round(r, 9) for r in ep.returns] == [1.05, -11.0]  # X: 0.05 bonus + 1 win; O: no bonus, -1 - 10
+    assert [round(r, 9) for r in ep.returns] == [0.05, -11.0]  # X: its 0.05 bonus, no win; O: no bonus, -1 - 10
     assert ep.turns[1].action is None
 
 
@@ -100,7 +100,7 @@ async def test_an_over_long_reply_is_penalised():
             return Reply(text="<answer>X(1", finish_reason="length", completion_token_ids=[1] * 8)
 
     ep = await play(make_game("kuhn_poker"), [Cut(), make_agent("random")])
-    assert ep.turns[0].illegal_reason.startswith("over-long") and ep.returns == [-11.0, 1.0]
+    assert ep.turns[0].illegal_reason.startswith("over-long") and ep.returns == [-11.0, 0.0]  # ante 1 + 10; no win for the other seat
 
 
 async def test_a_prompt_beyond_the_context_is_an_over_long_turn():
@@ -117,7 +117,7 @@ async def test_a_prompt_beyond_the_context_is_an_over_long_turn():
 async def test_each_seat_keeps_its_own_history_without_the_opponents_reasoning():
     x = Scripted("secret plan A <answer>X(0,0)</answer>", "<answer>X(2,2)</answer>", "<answer>X(0,1)</answer>")
     o = Scripted("secret plan B <answer>O(1,1)</answer>", "<answer>O(0,2)</answer>", "<answer>O(2,0)</answer>")
-    await play(make_game("tictactoe"), [x, o])
+    await play(make_game("tictactoe", PLAIN), [x, o])
     second = x.seen[1].messages
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[2]["content"] == "secret plan A <answer>X(0,0)</answer>"
@@ -127,7 +127,7 @@ async def test_each_seat_keeps_its_own_history_without_the_opponents_reasoning()
 
 async def test_kuhn_shows_own_card_only_and_names_actions_by_situation():
     p0, p1 = Scripted("<answer><BET></answer>"), Scripted("<answer><FOLD></answer>")
-    ep = await play(make_game("kuhn_poker"), [p0, p1], seed=3)
+    ep = await play(make_game("kuhn_poker", PLAIN), [p0, p1], seed=3)
     assert p0.seen[0].legal_actions == ["<PASS>", "<BET>"] and p1.seen[0].legal_actions == ["<FOLD>", "<CALL>"]
     game = make_game("kuhn_poker")
     game.reset(3)
@@ -165,7 +165,8 @@ async def test_a_server_error_replays_the_whole_episode():
             return Reply(text=f"<answer>{obs.legal_actions[0]}</answer>", model="base")
 
     got = []
-    eps = await collect_episodes("tictactoe", [Flaky(), make_agent("random")], 1, on_episode=got.append)
+    eps = await collect_episodes("tictactoe", [Flaky(), make_agent("random")], 1, on_episode=got.append,
+                                 config=PLAIN)
     assert len(eps) == 1 and got == eps and eps[0].end_reason == "terminal"
     assert Flaky.calls > 2 and eps[0].turns[0].seat == 0  # replayed from the first move
 
@@ -231,7 +232,8 @@ def test_legal_prefix_forces_the_start_every_legal_action_shares():
 
 def test_an_unclosed_answer_counts_only_when_open_answers_are_on():
     legal = ["<X(0,0)>", "<X(1,1)>"]
-    assert parse_answer("<answer><X(1,1)>", legal, ReplyFormat()) == (None, "malformed: no <answer>...</answer>")
+    assert parse_answer("<answer><X(1,1)>", legal, PLAIN_REPLY) == (None, "malformed: no <answer>...</answer>")
+    assert ReplyFormat().open_answer and ReplyFormat().response_prefix == "<answer>{legal_prefix}"  # training's
     fmt = ReplyFormat(open_answer=True)
     assert parse_answer("<answer><X(1,1)>", legal, fmt) == ("<X(1,1)>", None)
     assert parse_answer("<answer><X(1,1)></answer>", legal, fmt) == ("<X(1,1)>", None)

@@ -9,12 +9,16 @@ import pytest
 
 from stratagem.agents import make_agent
 from stratagem.agents.llm import LLMAgent
+from stratagem.games.base import GameConfig, ReplyFormat
 from stratagem.games.core import Episode
 from stratagem.training.rollout import collect_episodes
 
 pytestmark = pytest.mark.vllm
 
 MAX_TOKENS = 32
+# The grammars below make the model write whole answers, judged in the plain reply format (no forced prefix); the
+# training protocol's forced prefix is exercised in tests/test_integrations_games.py.
+PLAIN = GameConfig(reply=ReplyFormat(response_prefix="", open_answer=False))
 # The small model rarely writes a well-formed answer unaided, which would end every game on its first turn; a
 # grammar that allows any well-formed answer (legal or not) lets the games run several turns for both seats.
 ANSWER_GRAMMAR = {
@@ -56,7 +60,8 @@ def _check_llm_turns(ep: Episode, llm_seats: set[int], tokenizer) -> None:
 
 @pytest.mark.parametrize("game", ["tictactoe", "kuhn_poker", "mini_hanabi"])
 async def test_llm_against_a_bot(vllm_server, tokenizer, game):
-    (ep,) = await collect_episodes(game, [_llm(vllm_server, game), make_agent("random")], 1, seed=1)
+    (ep,) = await collect_episodes(game, [_llm(vllm_server, game), make_agent("random")], 1, seed=1,
+                                   config=PLAIN)
     _check_llm_turns(ep, {0}, tokenizer)
     assert len(ep.turns) >= 2 and ep.turns[0].illegal_reason is None
 
@@ -75,7 +80,7 @@ class LegalOnly(LLMAgent):
 @pytest.mark.parametrize("game", ["tictactoe", "kuhn_poker", "mini_hanabi"])
 async def test_llm_self_play(vllm_server, tokenizer, game):
     llm = LegalOnly(base_url=vllm_server.base_url, model="base", max_tokens=MAX_TOKENS, seed=0)
-    (ep,) = await collect_episodes(game, [llm, llm], 1, seed=2)
+    (ep,) = await collect_episodes(game, [llm, llm], 1, seed=2, config=PLAIN)
     _check_llm_turns(ep, {0, 1}, tokenizer)
     assert {t.seat for t in ep.turns} == {0, 1} and ep.end_reason != "illegal"
     assert all(t.illegal_reason is None for t in ep.turns)
@@ -88,6 +93,6 @@ async def test_llm_self_play(vllm_server, tokenizer, game):
 async def test_an_unconstrained_over_long_reply_ends_the_game(vllm_server):
     # min_tokens = max_tokens: the reply is cut at the limit whatever the model would have said
     llm = make_agent("llm:base", base_url=vllm_server.base_url, max_tokens=4, seed=0, extra_body={"min_tokens": 4})
-    (ep,) = await collect_episodes("kuhn_poker", [llm, make_agent("random")], 1)
+    (ep,) = await collect_episodes("kuhn_poker", [llm, make_agent("random")], 1, config=PLAIN)
     assert ep.turns[0].info["finish_reason"] == "length" and ep.turns[0].illegal_reason.startswith("over-long")
     assert ep.returns[0] == -11.0 and ep.end_reason == "illegal"

@@ -1,53 +1,114 @@
-"""Held-out game evaluation offline: the normalized return on hand-made episodes, the opponent choice, and a full run
-with bots in the model's seat."""
+"""Game evaluation: the paper's default opponents, the training reply protocol (from a run's config or flags), a
+full run with bots in the model's seat, and (vllm) the default model's illegal-act rate in that protocol."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import yaml
 
-from stratagem.games.core import Episode
+from stratagem.agents.sampling import SamplingConfig
+from stratagem.games.base import ReplyFormat
+from stratagem.games.core import Episode, Observation
 from stratagem.integrations import games_eval
-from stratagem.integrations.games_eval import GamesEvalConfig, normalized_return, opponent_for, run_games_eval
+from stratagem.integrations.games_eval import (GamesEvalConfig, model_agent, opponent_for, parse_stop, plan,
+                                               run_games_eval, run_protocol)
+
+SIX = ["tictactoe", "kuhn_poker", "mini_hanabi", "connect_four", "leduc_poker", "simple_hanabi"]
 
 
-def _episode(raw, winners, end_reason="terminal"):
-    return Episode(game="g", seed=0, seats=[], turns=[], returns=[0.0, 0.0], winners=winners, end_reason=end_reason,
-                   metrics={"raw_returns": raw})
+@pytest.mark.parametrize("game,perfect,coop,expected", [
+    ("tictactoe", True, False, "mcts:100"),      # MARS: MCTS, 100 simulations (also 1000 in the paper)
+    ("connect_four", True, False, "mcts:100"),   # MARS: MCTS, 100 simulations (also 10)
+    ("kuhn_poker", False, False, "cfr"),         # MARS: the CFR average policy
+    ("leduc_poker", False, False, "cfr"),        # MARS: a Nash-equilibrium policy (CFR, 1000 iterations, cached)
+    ("mini_hanabi", False, True, "self"),        # cooperative: the model with itself
+    ("simple_hanabi", False, True, "self"),
+])
+def test_each_default_opponent_is_the_papers(game, perfect, coop, expected):
+    assert opponent_for(GamesEvalConfig(), game, perfect, coop) == expected
 
 
-def test_normalized_return_worked_examples():
-    # leduc-like utility range [-13, 13]: winning 3 chips is (3 + 13) / 26
-    assert normalized_return(_episode([3.0, -3.0], [0]), 0, -13, 13, False) == pytest.approx(16 / 26)
-    assert normalized_return(_episode([3.0, -3.0], [0]), 1, -13, 13, False) == pytest.approx(10 / 26)
-    # connect four: loss 0, draw 0.5, win 1
-    assert normalized_return(_episode([0.0, 0.0], []), 0, -1, 1, False) == 0.5
-    # an illegal move ends the game: 0 for the offender, 1 for the other, whatever the engine says
-    ep = _episode([0.0, 0.0], [1], end_reason="illegal")
-    assert normalized_return(ep, 0, -1, 1, False) == 0.0 and normalized_return(ep, 1, -1, 1, False) == 1.0
-    # cooperative: score over the best score
-    assert normalized_return(_episode([3.0, 3.0], []), 0, 0, 6, True) == 0.5
-
-
-def test_opponent_for():
-    cfg = GamesEvalConfig(opponent="auto", mcts_simulations=7)
-    assert opponent_for(cfg, "connect_four", True) == "mcts:7"
-    assert opponent_for(cfg, "leduc_poker", False) == "cfr"
+def test_opponent_overrides_and_errors():
+    assert opponent_for(GamesEvalConfig(mcts_simulations=1000), "tictactoe", True) == "mcts:1000"
+    assert opponent_for(GamesEvalConfig(mcts_simulations=10), "kuhn_poker", False) == "cfr"
     cfg = GamesEvalConfig(opponent="connect_four=mcts:3, leduc_poker=random")
     assert opponent_for(cfg, "connect_four", True) == "mcts:3" and opponent_for(cfg, "leduc_poker", False) == "random"
-    with pytest.raises(ValueError, match="names no opponent for tictactoe"):
-        opponent_for(cfg, "tictactoe", True)
+    assert opponent_for(cfg, "tictactoe", True) == "mcts:100"  # a game left out gets the paper's opponent
+    assert opponent_for(GamesEvalConfig(opponent="random"), "simple_hanabi", False, True) == "self"
     with pytest.raises(ValueError, match="MCTS needs perfect information"):
         opponent_for(GamesEvalConfig(opponent="mcts:5"), "leduc_poker", False)
+    with pytest.raises(ValueError, match="CFR policies exist for"):
+        opponent_for(GamesEvalConfig(opponent="cfr"), "tictactoe", True)
+    with pytest.raises(ValueError, match="expected auto, self"):
+        opponent_for(GamesEvalConfig(opponent="alphazero"), "tictactoe", True)
+
+
+def test_the_default_plan_covers_all_six_games_in_both_seat_orders():
+    mus = plan(GamesEvalConfig(models=["base", "iter-2"]))
+    assert sorted({m.game for m in mus}) == sorted(SIX)
+    by = {(m.model, m.game, tuple(m.seats)): m for m in mus}
+    assert len(mus) == 2 * (4 * 2 + 2)  # 4 competitive games x 2 seat orders + 2 cooperative, per model
+    first, second = by["base", "leduc_poker", ("first",)], by["base", "leduc_poker", ("second",)]
+    assert first.specs == ["llm:base", "cfr"] and first.seats == {"first": 0}
+    assert second.specs == ["cfr", "llm:base"] and second.seats == {"second": 1}
+    team = by["iter-2", "simple_hanabi", ("team",)]
+    assert team.specs == ["llm:iter-2", "llm:iter-2"] and team.cooperative and team.utility[1] > 0
+    assert by["base", "tictactoe", ("first",)].utility == (-1.0, 1.0)
+    selfplay = plan(GamesEvalConfig(games=["kuhn_poker"], opponent="self"))
+    assert [(m.specs, m.seats) for m in selfplay] == [(["llm:base", "llm:base"], {"first": 0, "second": 1})]
+    with pytest.raises(ValueError, match="eval mystery"):
+        plan(GamesEvalConfig(games=["mystery"]))
+    with pytest.raises(ValueError, match="unknown game 'chess'"):
+        plan(GamesEvalConfig(games=["chess"]))
+
+
+def test_the_model_replies_in_the_training_protocol():
+    agent = model_agent("iter-3", GamesEvalConfig(base_url="http://127.0.0.1:9/v1"))
+    obs = Observation(game="tictactoe", seat=0, role="X", phase="play", messages=[{"role": "user", "content": "go"}],
+                      legal_actions=["<X(0,0)>"], response_prefix="<answer><X(")
+    kw = agent.request(obs)
+    assert (kw["model"], kw["temperature"], kw["top_p"], kw["max_tokens"], kw["stop"]) == \
+        ("iter-3", 0.6, 0.99, 48, [">", "\n"])
+    assert kw["extra_body"]["top_k"] == 100 and kw["extra_body"]["include_stop_str_in_output"] is True
+    assert kw["messages"][-1] == {"role": "assistant", "content": "<answer><X("}
+    assert "seed" not in kw  # unseeded, as in training: identical openings must not give identical replies
+
+
+def test_run_protocol_reads_a_runs_sections_and_tolerates_their_absence(tmp_path):
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "config.yaml").write_text(yaml.safe_dump({
+        "loop": {"games": ["tictactoe"]}, "sampling": {"temperature": 1.0, "max_tokens": 64, "stop": [">"]},
+        "reply": {"response_prefix": "<answer>", "open_answer": False}}))
+    s, r = run_protocol(tmp_path / "new")
+    assert (s.temperature, s.max_tokens, s.stop, s.top_p) == (1.0, 64, [">"], 0.99)
+    assert (r.response_prefix, r.open_answer, r.think) == ("<answer>", False, False)
+    (tmp_path / "old").mkdir()  # a run written before the sampling / reply sections: loop held the fields
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({"loop": {"max_tokens": 32, "temperature": 0.9,
+                                                                          "response_prefix": "", "algo": "mars"}}))
+    s, r = run_protocol(tmp_path / "old")
+    assert (s.max_tokens, s.temperature, r.response_prefix, r.open_answer) == (32, 0.9, "", True)
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"lr": 1e-4}}))
+    assert run_protocol(tmp_path / "bare") == (SamplingConfig(), ReplyFormat())
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.yaml").write_text(yaml.safe_dump({"sampling": {"max_tokens": "many"}}))
+    with pytest.raises(ValueError, match="sampling.max_tokens"):
+        run_protocol(tmp_path / "bad")
+    with pytest.raises(ValueError, match="no config.yaml"):
+        run_protocol(tmp_path / "missing")
+
+
+def test_parse_stop():
+    assert parse_stop([">", "\\n"]) == [">", "\n"]
+    assert parse_stop(["none"]) == []
 
 
 async def test_run_games_eval_with_bots(monkeypatch, tmp_path):
     from stratagem.agents import make_agent
 
-    real = games_eval._agent
-    monkeypatch.setattr(games_eval, "_agent", lambda spec, cfg, game, seed: make_agent("random", seed=seed)
-                        if spec.startswith("llm:") else real(spec, cfg, game, seed))
+    monkeypatch.setattr(games_eval, "model_agent", lambda model, cfg: make_agent("random", seed=7))
     cfg = GamesEvalConfig(models=["base"], games=["connect_four", "leduc_poker", "simple_hanabi"],
                           opponent="connect_four=mcts:2,leduc_poker=random", episodes=2, out=str(tmp_path))
     result = await run_games_eval(cfg)
@@ -56,19 +117,61 @@ async def test_run_games_eval_with_bots(monkeypatch, tmp_path):
     assert games["connect_four"]["first"]["opponent"] == "mcts:2"
     assert games["leduc_poker"]["second"]["opponent"] == "random"
     assert games["simple_hanabi"]["team"]["opponent"] == "llm:base"
+    assert result["sampling"]["temperature"] == 0.6 and result["reply"]["response_prefix"] == "<answer>{legal_prefix}"
     for seats in games.values():
         for s in seats.values():
-            assert s["n"] == 2 and 0.0 <= s["normalized_return"] <= 1.0 and 0.0 <= s["win_rate"] <= 1.0
+            assert s["n"] == 2 and s["wins"] + s["draws"] + s["losses"] == 2
+            assert s["model_turns"] == 0 and s["illegal_rate"] == 0.0  # a bot sat in the model's seat
     lines = (tmp_path / "base" / "connect_four-first.jsonl").read_text().splitlines()
     assert len(lines) == 2 and Episode.from_dict(json.loads(lines[0])).game == "connect_four"
     assert json.loads((tmp_path / "summary.json").read_text()) == result
 
 
-def test_cli_eval_games_rejects_impossible_opponent_before_playing():
+def _cli(args):
     from typer.testing import CliRunner
 
     from stratagem.cli import app
 
-    r = CliRunner().invoke(app, ["eval", "games", "--games", "leduc_poker", "--opponent", "mcts:5", "--base-url",
-                                 "http://127.0.0.1:9/v1"])
+    return CliRunner().invoke(app, ["eval", "games", "--base-url", "http://127.0.0.1:9/v1", *args])
+
+
+def test_cli_eval_games_rejects_impossible_opponent_before_playing():
+    r = _cli(["--games", "leduc_poker", "--opponent", "mcts:5"])
     assert r.exit_code == 1 and "MCTS needs perfect information" in r.output
+
+
+def test_cli_eval_games_takes_the_runs_protocol_and_flags_override_it(monkeypatch, tmp_path):
+    seen = {}
+
+    async def fake(cfg, on_episode=None):
+        seen["cfg"] = cfg
+        return {"episodes": cfg.episodes, "models": {}}
+
+    monkeypatch.setattr(games_eval, "run_games_eval", fake)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"sampling": {"temperature": 1.0, "max_tokens": 64},
+                                                          "reply": {"open_answer": False}}))
+    r = _cli(["--games", "tictactoe", "--run", str(tmp_path), "--max-tokens", "20", "--stop", ">", "--json"])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.sampling.temperature, cfg.sampling.max_tokens, cfg.sampling.stop) == (1.0, 20, [">"])
+    assert (cfg.reply.open_answer, cfg.reply.response_prefix) == (False, "<answer>{legal_prefix}")
+    assert cfg.games == ["tictactoe"]
+    r = _cli(["--top-p", "1.5"])
+    assert r.exit_code == 1 and "sampling.top_p" in r.output
+
+
+@pytest.mark.vllm
+def test_the_default_model_plays_tictactoe_mostly_legally_in_the_training_protocol(vllm_server, tmp_path):
+    """Acceptance of the evaluation protocol: in the old protocol (no forced prefix) every reply was illegal."""
+    from typer.testing import CliRunner
+
+    from stratagem.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "games", "--models", "base", "--games", "tictactoe", "--opponent", "random",
+                                 "--episodes", "10", "--base-url", vllm_server.base_url, "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for label in ("first", "second"):
+        s = result["models"]["base"]["tictactoe"][label]
+        assert s["n"] == 10 and s["model_turns"] >= 10
+        assert s["illegal_rate"] < 0.9, s

@@ -14,8 +14,7 @@ from stratagem.integrations.benchmarks import (BenchmarkFormatError, Question, c
                                                load_benchmark)
 from stratagem.integrations.debate import (ChatConfig, DuConfig, DuDebate, MADConfig, MADDebate, majority_vote,
                                            parse_verdict)
-from stratagem.integrations.mas_eval import (EvalConfig, bootstrap_interval, paired_difference, run_eval,
-                                             wilson_interval)
+from stratagem.integrations.mas_eval import EvalConfig, bootstrap_interval, paired_difference, run_eval
 
 # ---- the moderator's JSON ----------------------------------------------------------------------------------------
 
@@ -168,14 +167,6 @@ def test_gpqa_missing_column_names_line(tmp_path):
 
 
 # ---- intervals ---------------------------------------------------------------------------------------------------
-
-
-def test_wilson_worked_examples():
-    lo, hi = wilson_interval(5, 10)  # textbook: 0.2366, 0.7634
-    assert lo == pytest.approx(0.23659, abs=1e-4) and hi == pytest.approx(0.76341, abs=1e-4)
-    lo, hi = wilson_interval(0, 2)  # z^2/(n+z^2) = 3.8415/5.8415
-    assert lo == 0.0 and hi == pytest.approx(0.65762, abs=1e-4)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_bootstrap_and_paired_difference():

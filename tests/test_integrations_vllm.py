@@ -21,6 +21,9 @@ pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
 MAX_TOKENS = 24
+# 95% Wilson intervals of k correct out of 2, worked by hand (z = 1.96): centre (k + z^2/2) / (2 + z^2),
+# half-width z * sqrt(k (2 - k) / 2 + z^2 / 4) / (2 + z^2)
+WILSON_OF_2 = {0: (0.0, 0.65762), 1: (0.09453, 0.90547), 2: (0.34238, 1.0)}
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +50,13 @@ async def test_every_system_on_two_gsm8k_questions(vllm_server, gsm8k_two, tmp_p
         m = summary["models"]["base"]
         recs = [json.loads(line) for line in (tmp_path / system / "base.jsonl").read_text().splitlines()]
         assert m["n"] == 2 and m["errors"] == 0, (system, m, [r["error"] for r in recs])
-        lo, hi = m["ci95"]
-        assert 0.0 <= lo <= m["accuracy"] <= hi <= 1.0
+        correct = sum(r["correct"] for r in recs)
+        assert m["accuracy"] == correct / 2 and m["ci95"] == pytest.approx(WILSON_OF_2[correct], abs=1e-4)
         assert sorted(r["id"] for r in recs) == sorted(q.id for q in gsm8k_two)
         for r in recs:
             assert r["gold"] == next(q.gold for q in gsm8k_two if q.id == r["id"])
             said = [t for t in r["transcript"] if t["role"] == "assistant"]
-            assert said, (system, r) and all(isinstance(t["content"], str) for t in said)
+            assert said and all(isinstance(t["content"], str) for t in said), (system, r)
             if system == "single":
                 assert r["calls"] == 1 and len(said) == 1
             elif system == "mad":  # one round: affirmative, negative, moderator (+ 2 judge calls if undecided)
@@ -78,8 +81,10 @@ def test_cli_eval_mas_mad_json(vllm_server, gsm8k_two, tmp_path):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     m = summary["models"]["base"]
     assert summary["system"] == "mad" and summary["benchmark"] == "gsm8k" and m["n"] == 2
-    assert 0.0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1.0
-    assert len((out / "base.jsonl").read_text().splitlines()) == 2
+    recs = [json.loads(line) for line in (out / "base.jsonl").read_text().splitlines()]
+    correct = sum(r["correct"] for r in recs)
+    assert len(recs) == 2 and m["accuracy"] == correct / 2
+    assert m["ci95"] == pytest.approx(WILSON_OF_2[correct], abs=1e-4)
     # a second run resumes: nothing is asked again
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["resumed"] == 2

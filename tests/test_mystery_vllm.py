@@ -10,6 +10,7 @@ import pytest
 
 from stratagem.games.core import read_jsonl
 from stratagem.games.mystery.cli import play_mystery
+from stratagem.games.mystery.library import load_script
 from stratagem.games.mystery.metrics import HEADLINE
 
 pytestmark = pytest.mark.vllm
@@ -22,10 +23,16 @@ def test_play_one_short_game(vllm_server, tmp_path):
                           judge_max_tokens=16)
     saved = json.loads((tmp_path / "game.metrics.json").read_text())
     assert saved["metrics"] == result["metrics"] and saved["metrics"]["games"] == 1
-    for k in HEADLINE:
-        assert 0.0 <= saved["metrics"][k] <= 1.0, k
 
     [ep] = list(read_jsonl(tmp_path / "game.jsonl"))
+    m = ep.metrics
+    for k in HEADLINE:  # one game: the aggregate is that game's value
+        assert saved["metrics"][k] == pytest.approx(m[k]), k
+    assert m["victory"] == pytest.approx(1 / m["culprit_rank"])
+    assert m["civilians_win"] == (m["culprit_rank"] == 1)
+    assert ep.winning_faction == ("civilian" if m["civilians_win"] else "culprit")
+    assert m["cic"] == pytest.approx(m["clues_revealed"] / load_script("lighthouse").total_clues)
+    assert m["overall"] == pytest.approx(sum(m[k] for k in ("victory", "tii", "cic", "ici", "sci")) / 5)
     assert ep.winning_faction in ("culprit", "civilian") and ep.metrics["accused"] == ep.metrics["ranking"][0]
     phases = [t.phase for t in ep.turns]
     last_intro = max(i for i, p in enumerate(phases) if p == "introduction")

@@ -69,15 +69,20 @@ def test_grpo(batch):
     assert a[2] == pytest.approx([-1.2 / sd], rel=1e-5)
 
 
-def test_rae_baseline_read_before_update(batch):
+def test_rae_baseline_read_then_updated_once_per_trajectory(batch):
+    # x: R = 1.5, 0.5, -1 in batch order. b = 0 -> A = 1.5, b = 0.05 * 1.5 = 0.075
+    #    A = 0.5 - 0.075 = 0.425, b = 0.95 * 0.075 + 0.05 * 0.5 = 0.09625
+    #    A = -1 - 0.09625 = -1.09625, b = 0.95 * 0.09625 - 0.05 = 0.0414375
+    # o: R = -0.5, 0.5 (o never acts in the illegal game). A = -0.5, b = -0.025; A = 0.525, b = 0.00125
     state = {}
     first = run("rae", batch, state)
-    assert first[0] == pytest.approx([1.5, -0.5, 1.5, -0.5, 1.5])  # b = 0 before the first update
-    assert state["rae_baseline"] == pytest.approx({"ttt|x": 0.05 * (1 / 3), "ttt|o": 0.0})
-    second = run("rae", batch, state)
-    assert second[0][0] == pytest.approx(1.5 - 0.05 / 3)
-    assert second[2] == pytest.approx([-1 - 0.05 / 3])
-    assert state["rae_baseline"]["ttt|x"] == pytest.approx(0.95 * 0.05 / 3 + 0.05 / 3)
+    assert first[0] == pytest.approx([1.5, -0.5, 1.5, -0.5, 1.5])
+    assert first[1] == pytest.approx([0.425, 0.525, 0.425, 0.525])
+    assert first[2] == pytest.approx([-1.09625])
+    assert state["rae_baseline"] == pytest.approx({"ttt|x": 0.0414375, "ttt|o": 0.00125})
+    second = run("rae", batch, state)  # the baseline carries over between iterations
+    assert second[0][0] == pytest.approx(1.5 - 0.0414375)
+    assert second[0][1] == pytest.approx(-0.5 - 0.00125)
 
 
 def test_learner_filter_leaves_opponent_untrained(batch):

@@ -117,3 +117,34 @@ def test_maro_step_and_adapter_roundtrip(model_path, tokenizer, tmp_path):
     x = torch.cat(trainer.score(batch.samples))
     y = torch.cat(again.score(batch.samples))
     assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_old_logprobs_from_the_trainer_start_the_ratio_at_one(model_path, tokenizer):
+    """Point 3 of MARS fidelity: the ratio's denominator is recomputed with the trainer's own weights, so no token
+    is outside the clip range at the first step; the endpoint's (here deliberately off by 0.5 nats) would be."""
+    eps = _episodes(tokenizer)
+    batch = build_batch(eps, lambda i, j: True)
+    adv = [1.0] * len(batch.acts)
+    t = LoRATrainer(model_path, TrainerConfig(dtype="bfloat16"), seed=0)
+    own = t.ppo_step(batch, adv, PPOConfig(old_logprobs="trainer"))
+    assert own["clip_frac_first_step"] == 0.0
+    for s in batch.samples:  # endpoint log-probs 0.5 below the trainer's: ratio e^0.5 = 1.65 > 1.2 everywhere
+        s.old_logprobs = [x - 0.5 for x in torch.cat(t.score([s])).tolist()]
+    off = t.ppo_step(batch, adv, PPOConfig(old_logprobs="endpoint"))
+    assert off["clip_frac_first_step"] == 1.0
+
+
+def test_logprobs_are_those_of_the_tempered_distribution(model_path, tokenizer):
+    eps = _episodes(tokenizer)
+    batch = build_batch(eps[:1], lambda i, j: True)
+    s = batch.samples[0]
+    cold = LoRATrainer(model_path, TrainerConfig(dtype="float32"), seed=0, temperature=0.5)
+    t1 = LoRATrainer(model_path, TrainerConfig(dtype="float32"), seed=0)
+    with torch.no_grad():
+        logits = t1.model(input_ids=torch.tensor([s.input_ids])).logits[0].float()
+    pos = torch.tensor(s.positions)
+    want = torch.log_softmax(logits[pos - 1] / 0.5, -1).gather(-1, torch.tensor(s.input_ids)[pos][:, None])[:, 0]
+    assert torch.allclose(cold.score([s])[0].float(), want, atol=1e-4)
+    assert not torch.allclose(t1.score([s])[0].float(), want, atol=1e-2)
+    with pytest.raises(ValueError, match="temperature"):
+        LoRATrainer(model_path, TrainerConfig(), temperature=0.0)

@@ -14,17 +14,20 @@ from stratagem.training.trainer import LoRATrainer
 pytestmark = pytest.mark.vllm
 
 
-def _cfg(**loop):
-    return RunConfig.from_dict({"loop": {"episodes_per_iteration": 4, "iterations": 2, "concurrency": 4,
-                                         "max_tokens": 24, **loop},
+def _cfg(rewards=None, mystery=None, **loop):
+    return RunConfig.from_dict({"loop": {"episodes_per_iteration": 4, "iterations": 2, "concurrency": 4, **loop},
+                                "sampling": {"max_tokens": 24}, "rewards": rewards or {}, "mystery": mystery or {},
                                 "trainer": {"lr": 1e-3, "rank": 8, "track_kl": False}})
+
+
+# 0.05 off the reward per reply token beyond the 4th: coef * min(0, 1 - (L - 3) / (4 - 3))
+LENGTH_PENALTY = {"length_penalty": 0.05, "length_min_tokens": 3, "length_max_tokens": 4}
 
 
 def test_mars_tictactoe_two_iterations(vllm_server, model_path, tmp_path):
     # every reply of the default model may end in an illegal move (all returns equal, all advantages 0): a length
     # penalty from the 4th token on gives replies of different lengths different rewards, so the update has signal
-    cfg = _cfg(algo="mars", games=["tictactoe"], model=model_path,
-               rewards={"length_penalty": 0.05, "length_free_tokens": 4})
+    cfg = _cfg(algo="mars", games=["tictactoe"], model=model_path, rewards=LENGTH_PENALTY)
     store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
     assert store.completed_iterations() == 2
     eps = list(store.episodes())
@@ -65,8 +68,7 @@ def test_merged_policy_rollouts(model_path, tmp_path):
     # a server the run manages with weight reloading: `auto` samples each policy from merged weights on the CPU
     from stratagem.integrations.vllm_server import AdapterVerificationError, VLLMServer
 
-    cfg = _cfg(algo="mars", games=["tictactoe"], model=model_path, episodes_per_iteration=2,
-               rewards={"length_penalty": 0.05, "length_free_tokens": 4})
+    cfg = _cfg(algo="mars", games=["tictactoe"], model=model_path, episodes_per_iteration=2, rewards=LENGTH_PENALTY)
     with VLLMServer(model=model_path, weight_reload=True, log_path=str(tmp_path / "vllm.log")) as srv:
         store = run_training(cfg, tmp_path / "run", server=srv, progress=False)
         eps = list(store.episodes())

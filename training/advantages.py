@@ -32,8 +32,9 @@ class AdvantageConfig:
                                  "baseline per game shared by all roles."})
     normalize_std: bool = field(default=False, metadata={"help": "mars: also divide by the std of the baseline "
                                 "group (population std + eps)."})
-    rae_alpha: float = field(default=0.95, metadata={"help": "rae: EMA decay of the per-(game, role) baseline."})
-    eps: float = field(default=1e-6, metadata={"help": "Added to a std before dividing by it."})
+    rae_alpha: float = field(default=0.95, metadata={"help": "rae: EMA decay of the per-(game, role) baseline.",
+                                                  "min": 0.0, "max": 1.0})
+    eps: float = field(default=1e-6, metadata={"help": "Added to a std before dividing by it.", "min": 0.0})
 
 
 class AdvantageFn(Protocol):
@@ -137,20 +138,19 @@ def mars(episodes: list[Episode], learner: Learner, options: AdvantageConfig, st
 def rae(episodes: list[Episode], learner: Learner, options: AdvantageConfig, state: dict[str, Any]) -> Advantages:
     """SPIRAL's role-conditioned advantage estimation: A = R_seat - b(game, role), broadcast to the seat's turns.
 
-    b is read before it is updated; afterwards b <- alpha * b + (1 - alpha) * mean(R of that (game, role) in the
-    batch), starting from 0. The baselines live in state["rae_baseline"] (saved with the run)."""
+    Trajectory by trajectory, in batch order, b is read and then updated: b <- alpha * b + (1 - alpha) * R, starting
+    from 0 (SPIRAL updates its per-(game, role) EMA once per trajectory, not once per batch). The baselines live in
+    state["rae_baseline"] (saved with the run)."""
     out = _empty(episodes)
     baseline: dict[str, float] = state.setdefault("rae_baseline", {})
-    batch: dict[str, list[float]] = defaultdict(list)
     for i, ep in enumerate(episodes):
         for s in _trained_seats(ep, learner):
             role = next(t.role for t in ep.turns if t.seat == s)
             key = f"{ep.game}|{role}"
-            a = ep.returns[s] - baseline.get(key, 0.0)
-            batch[key].append(float(ep.returns[s]))
+            ret = float(ep.returns[s])
+            b = baseline.get(key, 0.0)
             for j, t in enumerate(ep.turns):
                 if t.seat == s:
-                    out[i][j] = a
-    for key, rs in batch.items():
-        baseline[key] = options.rae_alpha * baseline.get(key, 0.0) + (1 - options.rae_alpha) * sum(rs) / len(rs)
+                    out[i][j] = ret - b
+            baseline[key] = options.rae_alpha * b + (1 - options.rae_alpha) * ret
     return out

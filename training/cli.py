@@ -2,73 +2,84 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
 
-def _split(value: Optional[str]) -> Optional[list[str]]:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+# short flags of the most used fields (every field also has its own --section.field flag)
+ALIASES = {"algo": "loop.algo", "games": "loop.games", "iterations": "loop.iterations",
+           "episodes_per_iteration": "loop.episodes_per_iteration", "model": "loop.model",
+           "base_url": "loop.base_url", "opponents": "loop.opponents", "seed": "loop.seed",
+           "concurrency": "loop.concurrency", "policy_weights": "loop.policy_weights",
+           "max_tokens": "sampling.max_tokens", "temperature": "sampling.temperature", "lr": "trainer.lr",
+           "rank": "trainer.rank"}
+# what a resumed run may change: it continues the saved configuration otherwise
+RESUMABLE = ("loop.iterations", "loop.base_url")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The flags of `stratagem train`: --out, --config, --resume and one flag per RunConfig field."""
+    from stratagem.config import flag_parser
+    from stratagem.training.loop import RunConfig
+
+    parser = flag_parser(
+        RunConfig, aliases=ALIASES, prog="stratagem train",
+        usage="stratagem train --out DIR [--config FILE] [--resume] [--SECTION.FIELD VALUE ...]",
+        description="Self-play training: roll out, compute advantages (or MARO labels), update the LoRA adapter, "
+                    "hot-load it into vLLM, repeat. Settings come from the defaults, then --config, then the flags; "
+                    "lists are comma-separated (--games tictactoe,kuhn_poker), booleans true/false.")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, required=True, help="Run directory (created; with --resume, continued).")
+    run.add_argument("--config", type=Path, help="YAML file with any of the sections below (loop, sampling, reply, "
+                     "rewards, ...), e.g. the config.yaml of a run.")
+    run.add_argument("--resume", action="store_true", help="Continue the run in --out from its last completed "
+                     f"iteration with its saved configuration (only {', '.join(RESUMABLE)} may be given).")
+    return parser
+
+
+def train_config(argv: list[str]) -> tuple[Any, Path, bool]:
+    """(the validated RunConfig, the run directory, resume) of `stratagem train`'s arguments: defaults, then the
+    YAML of --config (or the saved config with --resume), then the flags. Raises ConfigError (a ValueError) naming
+    the field; loads no model."""
+    import yaml
+
+    from stratagem.config import ConfigError, merge, parse_flags
+    from stratagem.training.loop import RunConfig
+    from stratagem.training.run_store import RunStore
+
+    overrides, ns = parse_flags(train_parser(), argv)
+    if ns.resume:
+        given = [f"{s}.{k}" for s, d in overrides.items() for k in d]
+        extra = [g for g in given if g not in RESUMABLE] + (["--config"] if ns.config else [])
+        if extra:
+            raise ConfigError(f"--resume continues the saved configuration; only {', '.join(RESUMABLE)} may be "
+                              f"given with it (got {', '.join(extra)})")
+        raw = RunStore(ns.out).read_config()
+    elif ns.config is not None:
+        try:
+            raw = yaml.safe_load(ns.config.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {ns.config}: not valid YAML: {e}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"--config {ns.config}: expected a mapping of sections, got {type(raw).__name__}")
+    else:
+        raw = {}
+    return RunConfig.from_dict(merge(raw or {}, overrides)), ns.out, ns.resume
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def train(
-        out: Path = typer.Option(..., "--out", help="Run directory (created; with --resume, continued)."),
-        algo: Optional[str] = typer.Option(None, help="mars, grpo, rae or maro (default: mars)."),
-        games: Optional[str] = typer.Option(None, help="Comma-separated games, or 'mystery' (default: tictactoe)."),
-        iterations: Optional[int] = typer.Option(None, help="Iterations in total (default: 2)."),
-        episodes_per_iteration: Optional[int] = typer.Option(None, help="Episodes per iteration (default: 8)."),
-        model: Optional[str] = typer.Option(None, help="Base model: registered name or directory (default: default)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML file with sections loop, trainer, "
-                                              "advantage, ppo, maro (see config.yaml of any run)."),
-        base_url: Optional[str] = typer.Option(None, help="Use this running vLLM server instead of starting one."),
-        opponents: Optional[str] = typer.Option(None, help="Comma-separated agent specs for seats 1.. (random, "
-                                                "mcts:50, llm:iter-2); default: self-play."),
-        seed: Optional[int] = typer.Option(None, help="Run seed (default: 0)."),
-        concurrency: Optional[int] = typer.Option(None, help="Games in flight (default: 8)."),
-        max_tokens: Optional[int] = typer.Option(None, help="Longest reply in a strategic game (default: 48)."),
-        lr: Optional[float] = typer.Option(None, help="Learning rate (default: 1e-3)."),
-        rank: Optional[int] = typer.Option(None, help="LoRA rank (default: 8)."),
-        policy_weights: Optional[str] = typer.Option(None, help="How the server samples the policy: lora, merged "
-                                                     "(into the base weights, base-model speed) or auto (default: "
-                                                     "auto, merged where possible on a CPU)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last completed "
-                                    "iteration (its saved config is used; --iterations may extend it)."),
-    ) -> None:
+    @app.command(add_help_option=False,
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def train(ctx: typer.Context) -> None:
         """Self-play training: roll out, compute advantages (or MARO labels), update the LoRA adapter, hot-load
-        it into vLLM, repeat."""
-        import yaml
-
-        from stratagem.training.loop import RunConfig, run_training
-        from stratagem.training.run_store import RunStore
+        it into vLLM, repeat. Every run-config field is a flag: stratagem train --help lists them."""
+        from stratagem.training.loop import run_training
 
         try:
-            if resume:
-                cfg = RunConfig.from_dict(RunStore(out).read_config())
-            else:
-                raw = yaml.safe_load(config.read_text(encoding="utf-8")) if config else {}
-                if raw is not None and not isinstance(raw, dict):
-                    raise ValueError(f"--config {config}: expected a mapping of sections, got {type(raw).__name__}")
-                cfg = RunConfig.from_dict(raw or {})
-            given = {"algo": algo, "games": _split(games), "iterations": iterations, "model": model,
-                     "episodes_per_iteration": episodes_per_iteration, "base_url": base_url,
-                     "opponents": _split(opponents), "seed": seed, "concurrency": concurrency,
-                     "max_tokens": max_tokens, "policy_weights": policy_weights}
-            if resume:
-                extra = [k for k, v in given.items() if v is not None and k not in ("iterations", "base_url")]
-                if extra or lr is not None or rank is not None:
-                    raise ValueError("--resume continues the saved configuration; only --iterations and --base-url "
-                                     f"may be given with it (got {', '.join(extra) or 'trainer options'})")
-            for k, v in given.items():
-                if v is not None:
-                    setattr(cfg.loop, k, v)
-            if lr is not None:
-                cfg.trainer.lr = lr
-            if rank is not None:
-                cfg.trainer.rank = rank
-            cfg.validate()
+            cfg, out, resume = train_config(list(ctx.args))
             store = run_training(cfg, out, resume=resume)
         except (ValueError, FileExistsError, FileNotFoundError) as e:
             typer.secho(f"error: {e}", fg="red", err=True)

@@ -14,7 +14,7 @@ detected, the server restarted (when this loop owns it) and the iteration retrie
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import logging
 import math
 import random
 import time
@@ -23,103 +23,185 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from stratagem.agents.sampling import SamplingConfig
+from stratagem.config import ConfigError, check as check_config, from_dict as config_from_dict
+from stratagem.config import to_dict as config_to_dict
+from stratagem.games.base import ReplyFormat, RewardConfig
 from stratagem.games.core import Episode
+from stratagem.games.mystery.game import MysteryConfig
+from stratagem.integrations.vllm_server import ServerConfig
 from stratagem.training.advantages import AdvantageConfig, get_advantage
 from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels, mismatched_pairs
 from stratagem.training.run_store import RunStore
 from stratagem.training.samples import build_batch, mismatched_samples
 from stratagem.training.trainer import LoRATrainer, TrainerConfig
 
-ALGOS = ("mars", "grpo", "rae", "maro")
 MYSTERY = "mystery"
+log = logging.getLogger(__name__)
+
+
+def known_algos() -> tuple[str, ...]:
+    """The values `loop.algo` takes: every registered advantage estimator (paired with `loop.loss`), and every
+    registered loss that needs no advantages (maro)."""
+    from stratagem.training.advantages import advantage_names
+    from stratagem.training.objectives import loss_names
+
+    return tuple(advantage_names()) + tuple(loss_names(uses_advantages=False))
 
 
 @dataclass
 class LoopConfig:
-    algo: str = field(default="mars", metadata={"help": "mars, grpo or rae (advantage estimator + clipped policy "
-                      "loss) or maro (MARO loss)."})
-    games: list[str] = field(default_factory=lambda: ["tictactoe"], metadata={"help": "Games to train on (strategic "
-                             "game names, or 'mystery'); the episodes of an iteration are split evenly over them."})
-    iterations: int = field(default=2, metadata={"help": "Iterations (rollout + update) to run in total."})
-    episodes_per_iteration: int = field(default=8, metadata={"help": "Episodes rolled out per iteration."})
-    model: str = field(default="default", metadata={"help": "Base model: registered name or local directory."})
+    algo: str = field(default="mars", metadata={"help": "mars, grpo or rae (an advantage estimator, trained with "
+                      "`loss`; any registered estimator) or maro (a loss that needs no advantages; any such "
+                      "registered loss)."})
+    loss: str = field(default="ppo", metadata={"help": "The loss an advantage estimator's advantages train "
+                      "(training.objectives registry; ppo: MARS's clipped surrogate with dual clip and k3 KL)."})
+    games: list[str] = field(default_factory=lambda: ["tictactoe"], metadata={"help": "Games to train on (registered "
+                             "game names, e.g. tictactoe, kuhn_poker, mini_hanabi, mystery); the episodes of an "
+                             "iteration are split evenly over them."})
+    iterations: int = field(default=2, metadata={"help": "Iterations (rollout + update) to run in total.", "min": 1})
+    episodes_per_iteration: int = field(default=8, metadata={"help": "Episodes rolled out per iteration (at least "
+                                        "one per game).", "min": 1})
+    model: str = field(default="default", metadata={"help": "Base model: registered name, local directory or hub "
+                       "id."})
     base_url: str | None = field(default=None, metadata={"help": "Use this running vLLM server (it must serve the "
                                  "same base model as `base`, with runtime LoRA loading); none: start one."})
     seed: int = field(default=0, metadata={"help": "Run seed: trainer init, sampling seeds, MARO recipients."})
-    concurrency: int = field(default=8, metadata={"help": "Games in flight at once during a rollout."})
-    max_tokens: int = field(default=48, metadata={"help": "Longest model reply in a strategic game."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the policy."})
-    response_prefix: str = field(default="<answer>{legal_prefix}", metadata={"help": "Forced start of every "
-                                 "strategic-game reply; {legal_prefix} is the start all legal actions share (the "
-                                 "default model writes almost no well-formed answer without it)."})
-    stop: list[str] = field(default_factory=lambda: [">", "\n"], metadata={"help": "Stop strings of a "
-                            "strategic-game reply, kept in the reply. Every action ends with '>', so the reply ends "
-                            "with the action and nothing after it is sampled or trained (see open_answer)."})
-    open_answer: bool = field(default=True, metadata={"help": "Accept an answer left unclosed at the end of the "
-                              "reply (what the '>' stop string produces); off: require <answer>...</answer>."})
-    rewards: dict[str, Any] = field(default_factory=dict, metadata={"help": "RewardConfig overrides of the strategic "
-                                    "games, e.g. {length_penalty: 0.05, length_free_tokens: 4}."})
+    concurrency: int = field(default=8, metadata={"help": "Games in flight at once during a rollout.", "min": 1})
     opponents: list[str] = field(default_factory=list, metadata={"help": "Agent specs for seats 1.. (e.g. random, "
                                  "mcts:50, llm:iter-2 for a frozen adapter); empty: self-play, every seat learns. "
                                  "With opponents only seat 0 is trained."})
-    mystery_script: str = field(default="lighthouse", metadata={"help": "Script played when games has 'mystery'."})
-    mystery: dict[str, Any] = field(default_factory=dict, metadata={"help": "MysteryConfig overrides, e.g. "
-                                    "{rounds: 1, player_max_tokens: 32}."})
+    mystery_script: str = field(default="lighthouse", metadata={"help": "Script played when games has 'mystery' "
+                                "(a shipped script's name or a folder)."})
     rollout_retries: int = field(default=2, metadata={"help": "Times an iteration's rollout is retried after the "
-                                 "vLLM server died (restarted first when this run started it)."})
+                                 "vLLM server died (restarted first when this run started it).", "min": 0})
     max_lora_rank: int = field(default=16, metadata={"help": "--max-lora-rank of a server this run starts (raised "
-                               "to the trainer's rank if smaller)."})
+                               "to the trainer's rank if smaller).", "min": 1})
     policy_weights: str = field(default="auto", metadata={"help": "How the server samples the current policy iter-k: "
                                 "'lora' hot-loads it as an adapter (vLLM's LoRA path, about a third of base speed on "
                                 "a CPU); 'merged' merges it into the base weights and reloads them in place (base "
                                 "speed, one merge + reload per iteration; needs a server this run starts, no frozen "
                                 "adapter opponents and no mystery, whose judge is the base model); 'auto': merged "
                                 "where allowed and serving runs on the CPU, else lora (a GPU serves LoRA fast). "
-                                "Either way the server's copy is verified."})
+                                "Either way the server's copy is verified.", "choices": ("auto", "lora", "merged")})
 
 
 @dataclass
 class RunConfig:
-    loop: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "The loop."})
+    """Everything a training run reads, one typed section per component. `from_dict` (YAML) and the flags of
+    `stratagem train` are generated from these dataclasses (stratagem.config); `validate` checks the whole config,
+    names included, before any model or server starts."""
+
+    loop: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "The loop: games, iterations, opponents, "
+                             "server use."})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling of the policy's "
+                                     "replies in strategic games."})
+    reply: ReplyFormat = field(default_factory=ReplyFormat, metadata={"help": "Reply format of strategic games."})
+    rewards: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "Reward constants of strategic "
+                                  "games."})
+    mystery: MysteryConfig = field(default_factory=MysteryConfig, metadata={"help": "The murder mystery (when "
+                                   "loop.games has 'mystery')."})
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "The LoRA trainer."})
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig, metadata={"help": "Advantage options."})
     ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"help": "Clipped policy loss options."})
     maro: MAROConfig = field(default_factory=MAROConfig, metadata={"help": "MARO loss options."})
+    server: ServerConfig = field(default_factory=ServerConfig, metadata={"help": "The vLLM server a run starts "
+                                 "when loop.base_url is not given (its model is loop.model; memory share, tensor "
+                                 "parallelism, sleep mode)."})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        """Nested sections by name; an unknown section or field is an error naming it."""
-        out = cls()
-        for section, values in (d or {}).items():
-            if section not in {f.name for f in dataclasses.fields(cls)}:
-                raise ValueError(f"unknown config section {section!r}; expected one of "
-                                 f"{[f.name for f in dataclasses.fields(cls)]}")
-            target = getattr(out, section)
-            names = {f.name for f in dataclasses.fields(target)}
-            for k, v in (values or {}).items():
-                if k not in names:
-                    raise ValueError(f"unknown field {section}.{k}; expected one of {sorted(names)}")
-                setattr(target, k, v)
+    def from_dict(cls, d: dict[str, Any] | None) -> "RunConfig":
+        """Nested sections by name (missing ones keep their defaults), then `validate`. An unknown section or
+        field, a wrong type or a bad value is a ConfigError (a ValueError) naming its dotted path."""
+        out = config_from_dict(cls, d)
         out.validate()
         return out
 
     def validate(self) -> None:
+        """Check the whole config, as `from_dict` does and also after fields were set in code: types and ranges of
+        every field, then the names against their registries (algo, games, opponent agent specs, the mystery
+        script) and the combinations. Loads no model and contacts no server."""
+        check_config(self)
         lc = self.loop
-        if lc.algo not in ALGOS:
-            raise ValueError(f"algo must be one of {', '.join(ALGOS)}; got {lc.algo!r}")
-        if lc.algo != "maro":
-            get_advantage(lc.algo)
+        algos = known_algos()
+        if lc.algo not in algos:
+            raise ConfigError(f"loop.algo: must be one of {', '.join(algos)}, got {lc.algo!r}")
         if not lc.games:
-            raise ValueError("games must name at least one game")
-        if lc.policy_weights not in ("auto", "lora", "merged"):
-            raise ValueError(f"policy_weights must be auto, lora or merged; got {lc.policy_weights!r}")
-        merged_policy(lc, can_reload=True, on_cpu=True)  # merged with the mystery or adapter opponents: fail early
-        if lc.iterations < 1 or lc.episodes_per_iteration < len(lc.games):
-            raise ValueError(f"need iterations >= 1 and episodes_per_iteration >= number of games ({len(lc.games)}); "
-                             f"got {lc.iterations} and {lc.episodes_per_iteration}")
+            raise ConfigError("loop.games: must name at least one game")
+        from stratagem.training.objectives import loss_names
+
+        if lc.loss not in loss_names(uses_advantages=True):
+            raise ConfigError(f"loop.loss: must be one of {', '.join(loss_names(uses_advantages=True))}, got "
+                              f"{lc.loss!r}")
+        if self.ppo.old_logprobs == "endpoint" and self.sampling.temperature != 1.0:
+            raise ConfigError("ppo.old_logprobs: 'endpoint' needs sampling.temperature 1 (the server reports "
+                              f"log-probs of the untempered distribution), got {self.sampling.temperature}; use "
+                              "'trainer'")
+        from stratagem.games.registry import game_names, make_game
+
+        names = tuple(dict.fromkeys(game_names() + (MYSTERY,)))
+        for i, g in enumerate(lc.games):
+            if g not in names:
+                raise ConfigError(f"loop.games[{i}]: unknown game {g!r}; expected one of {', '.join(names)}")
+            if lc.games.index(g) != i:
+                raise ConfigError(f"loop.games[{i}]: {g!r} is listed twice")
+        if lc.episodes_per_iteration < len(lc.games):
+            raise ConfigError(f"loop.episodes_per_iteration: must be >= the number of games ({len(lc.games)}), got "
+                              f"{lc.episodes_per_iteration}")
+        if MYSTERY in lc.games:
+            from stratagem.games.mystery.library import script_dir
+
+            try:
+                script_dir(lc.mystery_script)
+            except FileNotFoundError as e:
+                raise ConfigError(f"loop.mystery_script: {e}") from None
+        if lc.opponents:
+            from stratagem.agents import check_agent_spec
+
+            for g in lc.games:
+                if g == MYSTERY:
+                    continue
+                seats = make_game(g).info.num_players
+                if len(lc.opponents) != seats - 1:
+                    raise ConfigError(f"loop.opponents: {g} has {seats} seats, so it needs {seats - 1} opponent(s) "
+                                      f"for seats 1..; got {len(lc.opponents)}")
+                for i, spec in enumerate(lc.opponents):
+                    try:
+                        check_agent_spec(spec, game=g)
+                    except ValueError as e:
+                        raise ConfigError(f"loop.opponents[{i}]: {e}") from None
+        rw = self.rewards
+        if rw.length_max_tokens <= rw.length_min_tokens:
+            raise ConfigError(f"rewards.length_max_tokens: must exceed rewards.length_min_tokens "
+                              f"({rw.length_min_tokens}), got {rw.length_max_tokens}")
+        try:
+            merged_policy(lc, can_reload=True, on_cpu=True)  # merged with the mystery or adapter opponents: fail early
+        except ValueError as e:
+            raise ConfigError(f"loop.policy_weights: {e}") from None
+        _check_model(lc.model)
+
+
+def _check_model(model: str) -> None:
+    """loop.model is a registered name, a model directory or a hub id ("org/name"); a path that is none of these is
+    an error now, not after the server started."""
+    from pathlib import PurePath
+
+    from stratagem.models import REGISTRY
+
+    if model == "default" or model in REGISTRY:
+        return
+    p = Path(model).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ConfigError(f"loop.model: {p} is not a model directory (no config.json)")
+        return
+    hub_id = model.count("/") == 1 and not model.startswith(("/", ".", "~")) and len(PurePath(model).parts) == 2
+    if not hub_id:
+        raise ConfigError(f"loop.model: {model!r} is neither a registered model ({', '.join(REGISTRY)}), a model "
+                          "directory nor a hub id (org/name)")
 
 
 def adapter_name(iteration: int) -> str:
@@ -142,14 +224,17 @@ class PolicyServer:
     """Puts policy iter-k on the server and verifies it there: as a LoRA adapter named iter-k, or merged into the
     weights the server serves as `base`. `served(k)` is the model name that samples iter-k."""
 
-    def __init__(self, server: Any, store: RunStore, merged: bool):
+    def __init__(self, server: Any, store: RunStore, merged: bool, endpoints: Any = None):
         self.server, self.store, self.merged = server, store, merged
+        self.endpoints = endpoints  # an integrations.endpoints.EndpointGroup: install on and verify every endpoint
 
     def served(self, k: int) -> str:
         return "base" if self.merged else adapter_name(k)
 
     def install(self, k: int) -> dict[str, Any]:
         path = self.store.adapter_dir(k)
+        if self.endpoints is not None:
+            return self.endpoints.install(adapter_name(k), path)
         if self.merged:
             return self.server.load_policy_weights(path, adapter_name(k))
         name = self.server.load_adapter(adapter_name(k), path, replace=True)
@@ -167,43 +252,29 @@ def episodes_per_game(cfg: LoopConfig) -> dict[str, int]:
 Rollout = Callable[[str, str, int, int, Callable[[Episode], None]], Awaitable[list[Episode]]]
 
 
-def default_rollout(cfg: LoopConfig, base_url: str) -> Rollout:
-    """Strategic games through `collect_episodes` with LLM agents on the server (self-play, or seat 0 against
-    `cfg.opponents`); the mystery through `collect_mystery_episodes` with every character played by the policy."""
+def default_rollout(cfg: Any, base_url: str, pool: Any = None) -> Rollout:
+    """Every game through its registered rollout (`get_game_spec(game).rollout`): strategic games with LLM agents
+    on the server (self-play, or seat 0 against the opponents), the mystery with every character played by the
+    policy. `cfg` is the run config (each game's rollout reads the sections it needs). With `pool` (an
+    integrations.endpoints.EndpointPool) the games are spread over its endpoints one game at a time (game i is a
+    one-game job with seed + i), by load, and a dead endpoint's games are replayed on the others."""
+    from stratagem.games.registry import RolloutJob, get_game_spec
+
+    loop = getattr(cfg, "loop", cfg)
 
     async def rollout(game: str, model: str, n: int, seed: int, on_episode: Callable[[Episode], None]) -> list[Episode]:
-        if game == MYSTERY:
-            from stratagem.games.mystery.game import MysteryConfig
-            from stratagem.games.mystery.rollout import collect_mystery_episodes
+        if pool is not None:
+            async def play_one(url: str, i: int) -> Episode:
+                return (await default_rollout(cfg, url)(game, model, 1, seed + i, lambda ep: None))[0]
 
-            return await collect_mystery_episodes(cfg.mystery_script, n, base_url=base_url, player_model=model,
-                                                  judge_model="base", config=MysteryConfig(**cfg.mystery),
-                                                  concurrency=cfg.concurrency, seed=seed, on_episode=on_episode)
-        from stratagem.agents import close_agents, make_agent
-        from stratagem.games.base import GameConfig, ReplyFormat, RewardConfig
-        from stratagem.games.registry import make_game
-        from stratagem.training.rollout import collect_episodes
+            def done(ep: Episode, url: str) -> None:
+                ep.metrics["endpoint"] = url
+                on_episode(ep)
 
-        extra = {"stop": list(cfg.stop), "include_stop_str_in_output": True} if cfg.stop else {}
-
-        def agent(spec: str, seat_seed: int):
-            # sampling is left unseeded: identical opening prompts must still give different replies
-            llm = dict(max_tokens=cfg.max_tokens, temperature=cfg.temperature, extra_body=extra) \
-                if spec.startswith("llm:") else {}
-            return make_agent(spec, base_url=base_url, seed=seat_seed, game=game, **llm)
-
-        policy = agent(f"llm:{model}", seed)
-        if cfg.opponents:
-            seats = [policy] + [agent(spec, seed + 1 + i) for i, spec in enumerate(cfg.opponents)]
-        else:
-            seats = [policy] * make_game(game).info.num_players
-        game_cfg = GameConfig(rewards=RewardConfig(**cfg.rewards), reply=ReplyFormat(response_prefix=cfg.response_prefix,
-                                                                              open_answer=cfg.open_answer))
-        try:
-            return await collect_episodes(game, seats, n, concurrency=cfg.concurrency, seed=seed, config=game_cfg,
-                                          on_episode=on_episode)
-        finally:
-            await close_agents(seats)
+            return await pool.run(n, play_one, concurrency=loop.concurrency, on_result=done)
+        job = RolloutJob(game=game, policy=model, n=n, seed=seed, base_url=base_url, run=cfg,
+                         concurrency=loop.concurrency, on_episode=on_episode)
+        return await get_game_spec(game).rollout(job)
 
     return rollout
 
@@ -251,22 +322,29 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iteration: int,
            adv_state: dict[str, Any]) -> dict[str, float]:
-    """Advantages or MARO labels for the batch, then one trainer update. Returns its metrics."""
+    """Advantages (estimator `algo`, loss `loss`) or per-act labels (a loss without advantages, such as maro) for
+    the batch, then one trainer update through the loss's objective. Returns its metrics."""
+    from stratagem.training.advantages import advantage_names
+    from stratagem.training.objectives import get_loss
+
     lc, tc = cfg.loop, cfg.trainer
     learner = learner_for(lc)
-    if lc.algo == "maro":
+    loss_name = lc.loss if lc.algo in advantage_names() else lc.algo
+    objective_cls = get_loss(loss_name)
+    objective = objective_cls(getattr(cfg, objective_cls.config_section) if objective_cls.config_section else None)
+    stats: dict[str, float] = {}
+    if not objective_cls.uses_advantages:
         rng = random.Random(lc.seed * 1_000_003 + iteration)  # recipients drawn with the run's seed, per iteration
         labels = maro_labels(episodes, learner, cfg.maro, rng)
         batch = build_batch(episodes, lambda i, j: (i, j) in labels, pack=tc.pack, max_seq_len=tc.max_seq_len)
         desirable = [labels[(a.episode, a.turn)] for a in batch.acts]
-        mism = mismatched_samples(episodes, batch, mismatched_pairs(len(batch.acts)))
-        stats = trainer.maro_step(batch, desirable, mism, cfg.maro)
+        targets: Any = (desirable, mismatched_samples(episodes, batch, mismatched_pairs(len(batch.acts))))
     else:
         adv = get_advantage(lc.algo)(episodes, learner, cfg.advantage, adv_state)
         batch = build_batch(episodes, lambda i, j: adv[i][j] is not None, pack=tc.pack, max_seq_len=tc.max_seq_len)
-        act_adv = [float(adv[a.episode][a.turn]) for a in batch.acts]
-        m, sd = _mean_std(act_adv)
-        stats = {"adv_mean": m, "adv_std": sd, **trainer.ppo_step(batch, act_adv, cfg.ppo)}
+        targets = [float(adv[a.episode][a.turn]) for a in batch.acts]
+        stats["adv_mean"], stats["adv_std"] = _mean_std(targets)
+    stats.update(trainer.update(batch, objective, targets))
     stats["trained_acts"] = float(len(batch.acts))
     stats["dropped_acts"] = float(batch.dropped)
     return stats
@@ -277,20 +355,30 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
 def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, server: Any = None,
                  rollout: Rollout | None = None, progress: bool = True) -> RunStore:
     """Run (or resume) a training run in `out`. `server` is a VLLMServer to use (default: attach to
-    cfg.loop.base_url, else start one); `rollout` replaces the default rollout (tests)."""
-    from stratagem.models import resolve
+    cfg.loop.base_url, several endpoints when it lists several, else start one from cfg.server); `rollout` replaces
+    the default rollout (tests).
 
+    Under `torchrun` / `accelerate launch` with N processes (training/distributed.py) rank 0 does everything
+    below; the other ranks skip the server and the rollouts, receive each iteration's episodes from rank 0 and join
+    the update (their share of the samples, gradients summed); only rank 0 writes to the run directory, which must
+    be on a filesystem every node reads (a resume loads the adapter and optimizer state from it on every rank)."""
+    from stratagem.models import resolve
+    from stratagem.training.distributed import current, reduce_update_stats
+
+    dist = current()
     store = RunStore(out)
     if resume:
         saved = RunConfig.from_dict(store.read_config())
         saved.loop.iterations = cfg.loop.iterations  # a resume may extend the run, or use another server
         saved.loop.base_url = cfg.loop.base_url
         cfg = saved
-        done = store.rollback()["iteration"]
+        done = dist.broadcast_object(store.rollback()["iteration"] if dist.is_main else None)
     else:
         cfg.validate()
-        store.create(cfg.to_dict())
+        if dist.is_main:
+            store.create(cfg.to_dict())
         done = 0
+    dist.barrier()
     lc = cfg.loop
     model_path = resolve(lc.model)
 
@@ -298,19 +386,33 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
 
     on_cpu = not torch.cuda.is_available()
     started = None
-    if server is None:
+    endpoints = None
+    if server is None and dist.is_main:
+        from stratagem.integrations.endpoints import EndpointGroup, parse_endpoints
         from stratagem.integrations.vllm_server import VLLMServer
 
-        if lc.base_url:
-            server = VLLMServer.attach(lc.base_url, model_path=model_path)
+        urls = parse_endpoints(lc.base_url)
+        if len(urls) > 1:
+            server = endpoints = EndpointGroup(urls, model_path=model_path, api_key=cfg.server.api_key)
+        elif urls:
+            server = VLLMServer.attach(urls[0], model_path=model_path, api_key=cfg.server.api_key)
         else:
-            started = server = VLLMServer(model=model_path, max_lora_rank=max(lc.max_lora_rank, cfg.trainer.rank),
-                                          weight_reload=merged_policy(lc, True, on_cpu))
+            import dataclasses
+
+            # colocated: a GPU shared with this process's trainer gets the smaller memory share and sleep mode
+            scfg = dataclasses.replace(cfg.server, model=model_path, adapters=dict(cfg.server.adapters),
+                                       extra_args=list(cfg.server.extra_args),
+                                       max_lora_rank=max(lc.max_lora_rank, cfg.server.max_lora_rank, cfg.trainer.rank),
+                                       weight_reload=cfg.server.weight_reload or merged_policy(lc, True, on_cpu),
+                                       colocated=cfg.server.colocated or not on_cpu)
+            started = server = VLLMServer(scfg)
             server.start()
     owned = server if getattr(server, "_owned", False) else None  # only a server we manage can be restarted
     can_reload = owned is not None and getattr(getattr(server, "config", None), "weight_reload", False)
-    policies = PolicyServer(server, store, merged_policy(lc, can_reload, on_cpu))
-    rollout = rollout or default_rollout(lc, server.base_url)
+    policies = PolicyServer(server, store, merged_policy(lc, can_reload, on_cpu), endpoints) if dist.is_main else None
+    if dist.is_main:
+        rollout = rollout or default_rollout(cfg, server.base_url, endpoints.pool if endpoints else None)
+    sleeps = started is not None and started.sleep_enabled
 
     trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed,
                           adapter_path=store.adapter_dir(done) if done else None)
@@ -319,30 +421,50 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
         saved_state = store.load_state(done)
         trainer.load_state_dict(saved_state["trainer"])
         adv_state = saved_state["loop"]["advantage_state"]
-        policies.install(done)
+        if policies is not None:
+            policies.install(done)
 
-    from torch.utils.tensorboard import SummaryWriter
+    tb = None
+    if dist.is_main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(store.tb_dir), purge_step=done + 1)
+        tb = SummaryWriter(str(store.tb_dir), purge_step=done + 1)
     try:
         for k in range(done + 1, lc.iterations + 1):
             policy = adapter_name(k - 1)
 
-            # 1. rollout with the current policy (retried after a server crash)
+            # 1. rollout with the current policy (retried after a server crash); rank 0 plays, the others receive
             t0 = time.perf_counter()
-            episodes = _rollout_with_retries(rollout, lc, store, server, owned, policies, k, progress)
+            if endpoints is not None:
+                from stratagem.integrations.endpoints import PoolStats
+
+                endpoints.pool.stats = PoolStats()  # games per endpoint, this iteration
+            episodes = _rollout_with_retries(rollout, lc, store, server, owned, policies, k, progress) \
+                if dist.is_main else None
+            episodes = dist.broadcast_object(episodes)
             rollout_s = time.perf_counter() - t0
 
-            # 2-3. advantages / labels and the update
+            # 2-3. advantages / labels and the update (the engine sleeps meanwhile when it shares the GPU)
+            if sleeps:
+                started.sleep()
             t1 = time.perf_counter()
-            stats = update(trainer, cfg, episodes, k, adv_state)
+            stats = reduce_update_stats(update(trainer, cfg, episodes, k, adv_state), dist)
             update_s = time.perf_counter() - t1
 
             # 4. save iter-k (adapter + optimizer + RNG), put it on the server, prove the server samples from it
+            if not dist.is_main:
+                dist.barrier()
+                continue
             store.save_iteration(k, trainer, {"advantage_state": adv_state})
+            if sleeps:
+                torch.cuda.empty_cache()  # hand the trainer's cached blocks back before the engine reclaims its share
+                started.wake_up()
             t2 = time.perf_counter()
             check = policies.install(k)
             stats["install_s"] = time.perf_counter() - t2
+            if endpoints is not None:
+                stats.update({f"endpoint_games/{u}": float(c) for u, c in endpoints.pool.stats.per_endpoint.items()})
+                stats["games_moved"] = float(endpoints.pool.stats.moved)
 
             # 5. log and commit
             metrics = {"iteration": k, "policy": policy, "episodes": len(episodes), "rollout_s": rollout_s,
@@ -355,8 +477,10 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
             tb.flush()
             if progress:
                 _print_summary(metrics)
+            dist.barrier()
     finally:
-        tb.close()
+        if tb is not None:
+            tb.close()
         if started is not None:
             started.stop()
     return store
@@ -377,7 +501,7 @@ def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, store: RunStore, ser
             if owned is None:
                 raise RuntimeError(f"the vLLM server at {server.base_url} went down during iteration {k} and this "
                                    "run did not start it; restart it and pass --resume") from e
-            print(f"vLLM server died during iteration {k} ({e!r}); restarting and retrying the iteration")
+            log.warning("vLLM server died during iteration %d (%r); restarting and retrying the iteration", k, e)
             store.rollback()
             owned.restart()  # back to the base weights, no adapters
             if k > 1:
@@ -412,9 +536,7 @@ async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, served
 
 
 def _print_summary(m: dict[str, Any]) -> None:
-    from rich.console import Console
-
     keys = [k for k in m if k.startswith(("return/", "win_rate/", "illegal_rate/"))]
     parts = [f"{k}={m[k]:.3f}" for k in keys] + [f"{k}={m[k]:.3g}" for k in ("loss", "kl", "tokens_per_s") if k in m]
-    Console(stderr=True).print(f"[bold]iteration {m['iteration']}[/bold] ({m['episodes']} episodes, rollout "
-                               f"{m['rollout_s']:.0f}s, update {m['update_s']:.0f}s): " + " ".join(parts))
+    log.info("iteration %d (%d episodes, rollout %.0fs, update %.0fs): %s", m["iteration"], m["episodes"],
+             m["rollout_s"], m["update_s"], " ".join(parts))

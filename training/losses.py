@@ -19,21 +19,35 @@ from stratagem.training.samples import Act
 
 @dataclass
 class PPOConfig:
-    clip_eps: float = field(default=0.2, metadata={"help": "PPO clip range: the ratio is clipped to [1-eps, 1+eps]."})
-    dual_clip: bool = field(default=False, metadata={"help": "Dual clip: for negative advantages cap the token "
-                            "loss at c * |A| (Ye et al. 2020)."})
-    dual_clip_c: float = field(default=1.4, metadata={"help": "The dual-clip constant c (> 1)."})
-    kl_coef: float = field(default=0.0, metadata={"help": "Weight of the k3 KL penalty to the reference policy "
-                           "(the base model, adapter disabled); 0 turns it off (no reference pass)."})
+    clip_eps: float = field(default=0.2, metadata={"help": "PPO clip range: the ratio is clipped to [1-eps, 1+eps].",
+                                                   "min": 0.0})
+    dual_clip: bool = field(default=True, metadata={"help": "Dual clip: for negative advantages cap the token "
+                            "loss at c * |A| (Ye et al. 2020; on in MARS)."})
+    dual_clip_c: float = field(default=1.4, metadata={"help": "The dual-clip constant c (> 1).", "min": 1.0})
+    kl_coef: float = field(default=0.2, metadata={"help": "Weight of the k3 KL loss to the reference policy "
+                           "(the base model, adapter disabled; MARS: 0.2); 0 turns it off.", "min": 0.0})
+    old_logprobs: str = field(default="trainer", metadata={"help": "Denominator of the ratio: 'trainer' recomputes "
+                              "the old log-probs with the trainer's own weights and dtype before the iteration's "
+                              "first update (as MARS's code and TRL do: the ratio starts at exactly 1); 'endpoint' "
+                              "uses the log-probs the server reported when sampling (vLLM reports the untempered "
+                              "distribution, so it needs sampling.temperature 1).",
+                              "choices": ("trainer", "endpoint")})
 
 
 @dataclass
 class MAROConfig:
-    beta: float = field(default=0.1, metadata={"help": "Scale of the implicit reward inside the sigmoid."})
-    lambda_win: float = field(default=1.0, metadata={"help": "Weight of desirable acts (the winning faction's)."})
-    lambda_lose: float = field(default=1.0, metadata={"help": "Weight of undesirable acts (the losing faction's)."})
+    beta: float = field(default=0.1, metadata={"help": "Scale of the implicit reward inside the sigmoid.",
+                                               "min": 0.0})
+    lambda_win: float = field(default=1.0, metadata={"help": "Weight of desirable acts (the winning faction's).",
+                                                     "min": 0.0})
+    lambda_lose: float = field(default=1.0, metadata={"help": "Weight of undesirable acts (the losing faction's).",
+                                                      "min": 0.0})
     empty_side: str = field(default="all", metadata={"help": "When one side of an episode has no trained seat "
-                            "(N_reward = 0): 'all' trains every seat of the other side, 'skip' drops the episode."})
+                            "(N_reward = 0): 'all' trains every seat of the other side, 'skip' drops the episode.",
+                            "choices": ("all", "skip")})
+    failed_acts: str = field(default="undesirable", metadata={"help": "Acts whose reply did not parse into a legal "
+                             "action: 'undesirable' (counted on the losing side whatever the faction's outcome) or "
+                             "'exclude' (no label).", "choices": ("undesirable", "exclude")})
 
 
 # ---- aggregation ---------------------------------------------------------------------------------------------
@@ -84,45 +98,94 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor
 
 def maro_labels(episodes: list[Episode], learner: Callable[[Episode, int], bool], cfg: MAROConfig,
                 rng: random.Random) -> dict[tuple[int, int], bool]:
-    """Step-wise outcome decomposition with faction balancing: {(episode, turn): desirable}.
+    """Step-wise outcome decomposition with faction balancing over ACTS: {(episode, turn): desirable}.
 
-    Every act of a trained seat inherits its side's outcome: desirable when the seat's faction won (or, without
-    factions, when the seat is among the winners), undesirable otherwise. Per episode only
-    N_reward = min(|C_win|, |C_lose|) seats of each side, drawn with `rng`, receive labels, so a 1-vs-4 game does not
-    drown the lone side. When one side has no trained seat, `cfg.empty_side` decides ('all': the other side's
-    seats all get labels; 'skip': none). An episode without a winner (a draw) gives no labels."""
+    Per episode, every act of a trained seat inherits its side's outcome: C_win = the acts of the seats whose faction
+    won (or, without factions, of the winners), C_lose = the acts of the other trained seats. A failed act (the reply
+    did not parse into a legal action: `Turn.illegal_reason` set) is, with `cfg.failed_acts='undesirable'` (the
+    default), put in C_lose whatever its faction's outcome; with 'exclude' it gets no label at all. Then
+    N_reward = min(|C_win|, |C_lose|) acts are kept on each side: the larger side's acts are subsampled with `rng`
+    (uniformly, without replacement, over acts, not seats), so a 1-vs-4 game does not drown the lone side. When
+    one side is empty, `cfg.empty_side` decides ('all': the other side's acts all get labels; 'skip': none). An
+    episode without a winner (a draw) gives no labels.
+
+    Example: the culprit (lost) with 2 legal acts, four civilians (won) with 2 acts each, one of which failed:
+    C_win = the 4 legal civilian acts, C_lose = 2 culprit acts + 4 failed acts = 6; N_reward = 4: every legal
+    civilian act is desirable, and 4 of the 6 losing-side acts, drawn with `rng`, are undesirable."""
     if cfg.empty_side not in ("all", "skip"):
         raise ValueError(f"MAROConfig.empty_side must be 'all' or 'skip', got {cfg.empty_side!r}")
+    if cfg.failed_acts not in ("undesirable", "exclude"):
+        raise ValueError(f"MAROConfig.failed_acts must be 'undesirable' or 'exclude', got {cfg.failed_acts!r}")
     labels: dict[tuple[int, int], bool] = {}
     for i, ep in enumerate(episodes):
-        acted = {t.seat for t in ep.turns}
-        seats = [s for s in ep.seats if s.index in acted and learner(ep, s.index)]
+        trained = {s.index for s in ep.seats if learner(ep, s.index)}
         if ep.winning_faction is not None:
-            win = [s.index for s in seats if s.faction == ep.winning_faction]
+            won = {s.index for s in ep.seats if s.faction == ep.winning_faction}
         elif ep.winners:
-            win = [s.index for s in seats if s.index in ep.winners]
+            won = set(ep.winners)
         else:
             continue
-        lose = [s.index for s in seats if s.index not in win]
+        win: list[int] = []
+        lose: list[int] = []
+        for j, t in enumerate(ep.turns):
+            if t.seat not in trained:
+                continue
+            if t.illegal_reason is not None:
+                if cfg.failed_acts == "undesirable":
+                    lose.append(j)
+            elif t.seat in won:
+                win.append(j)
+            else:
+                lose.append(j)
         n = min(len(win), len(lose))
         if n > 0:
-            chosen_win, chosen_lose = rng.sample(win, n), rng.sample(lose, n)
+            chosen_win = win if len(win) == n else sorted(rng.sample(win, n))
+            chosen_lose = lose if len(lose) == n else sorted(rng.sample(lose, n))
         elif cfg.empty_side == "all":
             chosen_win, chosen_lose = win, lose
         else:
             continue
-        for j, t in enumerate(ep.turns):
-            if t.seat in chosen_win:
-                labels[(i, j)] = True
-            elif t.seat in chosen_lose:
-                labels[(i, j)] = False
+        labels.update({(i, j): True for j in chosen_win})
+        labels.update({(i, j): False for j in chosen_lose})
     return labels
 
 
-def mismatched_pairs(n: int) -> list[tuple[int, int]]:
-    """(prompt of act i, response of act j != i) pairs for the KL reference point: each prompt with the next
-    act's response, as KTO does. Fewer than two acts have no mismatched pair."""
-    return [(i, (i + 1) % n) for i in range(n)] if n > 1 else []
+def mismatched_pairs(acts: list[Act] | int, rng: random.Random | None = None) -> list[tuple[int, int]]:
+    """(prompt of act i, response of act j) pairs for MARO's KL reference point z0, over the acts of ONE mini-batch
+    (call it again for every mini-batch, so z0 is re-estimated with the current policy on fresh pairs).
+
+    As KTO builds its KL dataset: the acts are shuffled with `rng` (order = a permutation of 0..n-1) and each act is
+    paired with the response of the next act in that order (cyclically) -- here the next one that comes from a
+    DIFFERENT episode AND a different character (role), so a prompt is never matched with a response to the same
+    game or the same part; an act with no such partner gets no pair. Returns (i, j) indices into `acts`, in the
+    shuffled order (see `pairs_in_order`).
+
+    The old call with a count (`mismatched_pairs(n)`: act i with act i + 1) stays for callers that pass no acts."""
+    if isinstance(acts, int):
+        n = acts
+        return [(i, (i + 1) % n) for i in range(n)] if n > 1 else []
+    if rng is None:
+        raise ValueError("mismatched_pairs needs an rng to shuffle the acts (as KTO does)")
+    order = list(range(len(acts)))
+    rng.shuffle(order)
+    return pairs_in_order(acts, order)
+
+
+def pairs_in_order(acts: list[Act], order: list[int]) -> list[tuple[int, int]]:
+    """The pairing rule of `mismatched_pairs` for a given shuffled `order`.
+
+    Example: acts A=(episode 0, Ann), B=(0, Ben), C=(1, Ann), D=(1, Cal) in the order [A, B, C, D]: A -> D (B is
+    the same episode, C the same character), B -> C, C -> B (D is the same episode, A the same character), D -> A."""
+    n = len(order)
+    out = []
+    for k, i in enumerate(order):
+        a = acts[i]
+        for step in range(1, n):
+            j = order[(k + step) % n]
+            if acts[j].episode != a.episode and acts[j].role != a.role:
+                out.append((i, j))
+                break
+    return out
 
 
 def kl_reference_point(mismatched_log_ratios: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Games run as asyncio tasks, at most `concurrency` in flight, so the server's continuous batching sees many requests
 at once. A server error mid-game retries that game from the start with the same seed; a partial game is never
-returned or saved.
+returned or saved. `rollout_strategic` is the registered rollout of every strategic game (what the training loop
+calls through `get_game_spec(game).rollout`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import httpx
 import openai
 
 from stratagem.agents.base import Agent
+from stratagem.concurrency import map_concurrent
 from stratagem.games.base import GameConfig
 from stratagem.games.core import Episode
 from stratagem.games.graph import play
-from stratagem.games.registry import make_game
+from stratagem.games.registry import RolloutJob, make_game
 
 # what a failing or restarting server raises; anything else is a bug and propagates at once
 SERVER_ERRORS = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, httpx.HTTPError)
@@ -49,14 +51,46 @@ async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: 
     model name that sampled it)."""
     if n < 0 or concurrency < 1:
         raise ValueError(f"collect_episodes: need n >= 0 and concurrency >= 1, got n={n}, concurrency={concurrency}")
-    sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> Episode:
-        async with sem:
-            ep = await play_with_retries(game, agents, seed + i, config, retries, params)
+        ep = await play_with_retries(game, agents, seed + i, config, retries, params)
         ep.id = ep.id or f"{game}-{seed + i}"
-        if on_episode is not None:
-            on_episode(ep)
         return ep
 
-    return list(await asyncio.gather(*(one(i) for i in range(n))))
+    return await map_concurrent(one, range(n), concurrency, on_episode)
+
+
+def strategic_settings(run: Any) -> tuple[dict[str, Any], GameConfig, list[str]]:
+    """From a run configuration (a RunConfig, or None for the defaults): the LLM agent options of the policy's
+    seats (`run.sampling`), the game config (`run.reply`, `run.rewards`) and the opponents' agent specs
+    (`run.loop.opponents`)."""
+    from stratagem.agents.sampling import SamplingConfig
+
+    if run is None:
+        return SamplingConfig().agent_kwargs(), GameConfig(), []
+    return (run.sampling.agent_kwargs(), GameConfig(rewards=run.rewards, reply=run.reply),
+            list(run.loop.opponents))
+
+
+async def rollout_strategic(job: RolloutJob) -> list[Episode]:
+    """The training rollout of a strategic game: self-play with the policy in every seat, or the policy in seat 0
+    against the run's opponents (seats 1..)."""
+    from stratagem.agents import close_agents, make_agent
+
+    llm, game_cfg, opponents = strategic_settings(job.run)
+
+    def agent(spec: str, seat_seed: int) -> Agent:
+        # sampling is left unseeded: identical opening prompts must still give different replies
+        return make_agent(spec, base_url=job.base_url, seed=seat_seed, game=job.game,
+                          **(llm if spec.startswith("llm:") else {}))
+
+    policy = agent(f"llm:{job.policy}", job.seed)
+    if opponents:
+        seats = [policy] + [agent(spec, job.seed + 1 + i) for i, spec in enumerate(opponents)]
+    else:
+        seats = [policy] * make_game(job.game).info.num_players
+    try:
+        return await collect_episodes(job.game, seats, job.n, concurrency=job.concurrency, seed=job.seed,
+                                      config=game_cfg, on_episode=job.on_episode)
+    finally:
+        await close_agents(seats)

@@ -24,23 +24,8 @@ from typing import Any, Iterator
 import torch
 import yaml
 
-from stratagem.games.core import Episode
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _append(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+from stratagem.files import append_line, atomic_directory, atomic_write, read_json_lines
+from stratagem.games.core import Episode, read_jsonl
 
 
 class RunStore:
@@ -62,7 +47,7 @@ class RunStore:
                                   "another --out")
         self.root.mkdir(parents=True, exist_ok=True)
         self.adapters_dir.mkdir(exist_ok=True)
-        _atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
+        atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
         self._write_checkpoint({"iteration": 0, "episodes": 0, "episodes_bytes": 0, "metrics_lines": 0})
 
     def read_config(self) -> dict[str, Any]:
@@ -87,7 +72,7 @@ class RunStore:
                 f.truncate(cp["episodes_bytes"])
         if self.metrics_path.exists():
             lines = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
-            _atomic_write(self.metrics_path, "".join(lines[: cp["metrics_lines"]]))
+            atomic_write(self.metrics_path, "".join(lines[: cp["metrics_lines"]]))
         for d in self.adapters_dir.glob("iter-*"):
             k = d.name.removeprefix("iter-").removesuffix(".tmp")
             if d.name.endswith(".tmp") or (k.isdigit() and int(k) > cp["iteration"]):
@@ -96,21 +81,14 @@ class RunStore:
 
     # ---- episodes ------------------------------------------------------------------------------------------
     def append_episode(self, episode: Episode) -> None:
-        _append(self.episodes_path, episode.to_json())
+        append_line(self.episodes_path, episode.to_json())
 
     def episodes(self, committed_only: bool = True) -> Iterator[Episode]:
         """Episodes in file order; by default only those of committed iterations."""
         if not self.episodes_path.exists():
             return
         limit = self.checkpoint()["episodes_bytes"] if committed_only else None
-        with open(self.episodes_path, "rb") as f:
-            data = f.read() if limit is None else f.read(limit)
-        for line in data.decode("utf-8").splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if "commit" not in rec:
-                yield Episode.from_dict(rec)
+        yield from read_jsonl(self.episodes_path, limit)
 
     # ---- adapters and trainer state ------------------------------------------------------------------------
     def adapter_dir(self, iteration: int) -> Path:
@@ -120,12 +98,9 @@ class RunStore:
         """Write adapter iter-k with the trainer state (optimizer, RNG) and the loop state in one directory that
         appears atomically (written under a .tmp name, then renamed)."""
         final = self.adapter_dir(iteration)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(str(tmp))
-        torch.save({"trainer": trainer.state_dict(), "loop": state}, tmp / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with atomic_directory(final) as tmp:
+            trainer.model.save_pretrained(str(tmp))
+            torch.save({"trainer": trainer.state_dict(), "loop": state}, tmp / "trainer_state.pt")
         return final
 
     def load_state(self, iteration: int) -> dict[str, Any]:
@@ -135,18 +110,18 @@ class RunStore:
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        return [json.loads(x) for x in self.metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        return [rec for _, rec in read_json_lines(self.metrics_path)]
 
     def commit(self, iteration: int, n_episodes: int, metrics: dict[str, Any]) -> None:
         """Close iteration k: its metrics line, the commit marker after its episodes, then the checkpoint (the
         atomic commit point)."""
         cp = self.checkpoint()
-        _append(self.metrics_path, json.dumps(metrics, sort_keys=True))
+        append_line(self.metrics_path, json.dumps(metrics, sort_keys=True))
         total = cp["episodes"] + n_episodes
-        _append(self.episodes_path, json.dumps({"commit": iteration, "episodes": total}))
+        append_line(self.episodes_path, json.dumps({"commit": iteration, "episodes": total}))
         self._write_checkpoint({"iteration": iteration, "episodes": total,
                                 "episodes_bytes": self.episodes_path.stat().st_size,
                                 "metrics_lines": cp["metrics_lines"] + 1})
 
     def _write_checkpoint(self, cp: dict[str, Any]) -> None:
-        _atomic_write(self.checkpoint_path, json.dumps(cp))
+        atomic_write(self.checkpoint_path, json.dumps(cp))

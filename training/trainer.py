@@ -13,42 +13,48 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from stratagem.training.losses import (MAROConfig, PPOConfig, kl_reference_point, maro_act_loss,
-                                       nested_mean_weights, ppo_token_loss)
+from stratagem.training.losses import MAROConfig, PPOConfig
+from stratagem.training.objectives import Objective, get_loss
 from stratagem.training.samples import Batch, Sample
 
 
 @dataclass
 class TrainerConfig:
-    rank: int = field(default=8, metadata={"help": "LoRA rank (the vLLM server must allow it: --max-lora-rank)."})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / rank)."})
+    rank: int = field(default=8, metadata={"help": "LoRA rank (the vLLM server must allow it: --max-lora-rank).",
+                                             "min": 1})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / rank).",
+                                                  "min": 0.0})
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                       metadata={"help": "Module names that get LoRA adapters."})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout.", "min": 0.0, "max": 1.0})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate. 1e-3 suits rank-8 LoRA on the 135M "
                       "default model (benchmarks/learning.py: 2e-4 barely moves it in 6 iterations); lower it for "
-                      "billion-parameter models."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0 = no clipping)."})
-    epochs: int = field(default=1, metadata={"help": "Passes over the iteration's batch."})
+                      "billion-parameter models.", "min": 0.0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay.", "min": 0.0})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0 = no clipping).",
+                                                        "min": 0.0})
+    epochs: int = field(default=1, metadata={"help": "Passes over the iteration's batch.", "min": 1})
     minibatches: int = field(default=2, metadata={"help": "Optimizer steps per pass: the batch's sequences are split "
                              "into this many mini-batches (PPO style). peft starts B at zero, so A gets no gradient "
-                             "on the very first step; two or more steps per iteration train every LoRA matrix."})
+                             "on the very first step; two or more steps per iteration train every LoRA matrix.",
+                             "min": 1})
     micro_batch_tokens: int = field(default=2048, metadata={"help": "Padded tokens per forward pass (gradient "
-                                    "accumulation splits the batch into micro-batches of this size)."})
+                                    "accumulation splits the batch into micro-batches of this size).", "min": 1})
     dtype: str = field(default="auto", metadata={"help": "Base-model weights and compute: float32, bfloat16 or auto "
                        "(bfloat16 on a GPU or CPU that computes it natively, else float32). The LoRA weights stay "
                        "float32 (peft upcasts them). benchmarks/train_step.py: bf16 is 2.6x fp32 on an AVX-512 BF16 "
-                       "CPU; sampling and adapter verification are unaffected (vLLM runs float32 on a CPU)."})
+                       "CPU; sampling and adapter verification are unaffected (vLLM runs float32 on a CPU).",
+                       "choices": ("auto", "float32", "fp32", "bfloat16", "bf16")})
     logits_at_loss_only: bool = field(default=True, metadata={"help": "Run the LM head only on trained positions "
                                       "(off: full logits, for benchmarking)."})
     pack: bool = field(default=True, metadata={"help": "Pack a seat's prefix-consistent turns into one sequence."})
-    max_seq_len: int = field(default=4096, metadata={"help": "Longest trained sequence; longer turns are dropped."})
+    max_seq_len: int = field(default=4096, metadata={"help": "Longest trained sequence; longer turns are dropped.",
+                                                  "min": 1})
     track_kl: bool = field(default=True, metadata={"help": "Compute the KL to the reference (one extra no-grad "
                            "pass) for the metrics even when the KL penalty is off."})
 
@@ -86,12 +92,20 @@ def set_rng_state(state: dict) -> None:
 
 class LoRATrainer:
     def __init__(self, model_path: str, config: TrainerConfig | None = None, *, seed: int = 0,
-                 adapter_path: str | Path | None = None, device: str | None = None):
+                 adapter_path: str | Path | None = None, device: str | None = None, temperature: float = 1.0):
+        """`temperature`: the sampling temperature of the policy; log-probs are those of softmax(logits / T), the
+        distribution the replies were sampled from."""
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
 
         self.config = c = config or TrainerConfig()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 to score a sampled policy; got {temperature}")
+        self.temperature = float(temperature)
+        from stratagem.training.distributed import current
+
+        self.dist = current()  # under torchrun / accelerate launch: this rank's GPU, sharded samples, summed grads
+        self.device = torch.device(device or self.dist.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(c.dtype)
         torch.manual_seed(seed)
         random.seed(seed)
@@ -106,6 +120,7 @@ class LoRATrainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError(f"no LoRA parameters: none of {c.target_modules} matched a module of {model_path}")
+        self.dist.broadcast_params(self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
         inner = self.model.get_base_model()
         self._decoder = inner.get_decoder()
@@ -114,7 +129,9 @@ class LoRATrainer:
     # ---- scoring -------------------------------------------------------------------------------------------
     def micro_batches(self, samples: list[Sample], indices: list[int] | None = None) -> Iterator[list[int]]:
         """Indices of samples grouped (longest first) so that padded length x count stays within the budget."""
-        pool = range(len(samples)) if indices is None else indices
+        # indices given = the samples of one optimizer step: this rank's share of them (all of them on one process)
+        pool = range(len(samples)) if indices is None else \
+            self.dist.shard(indices, [len(s.input_ids) for s in samples])
         order = sorted(pool, key=lambda i: -len(samples[i].input_ids))
         group: list[int] = []
         for i in order:
@@ -148,15 +165,23 @@ class LoRATrainer:
                 logits = self._head(hidden[rows, pos - 1]).float()
             else:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, pos - 1].float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, pos][:, None])[:, 0]
         return list(torch.split(lp, [len(s.positions) for s in samples]))
 
     @torch.no_grad()
-    def score(self, samples: list[Sample], *, reference: bool = False) -> list[torch.Tensor]:
-        """No-grad log-probs over all samples, micro-batched."""
+    def score(self, samples: list[Sample], *, reference: bool = False,
+              groups: list[list[int]] | None = None) -> list[torch.Tensor]:
+        """No-grad log-probs over all samples, micro-batched. With `groups` (the update's mini-batches), the
+        micro-batches are exactly those of the update, so the same padded shapes give bit-identical log-probs in
+        low precision (the old log-probs of the first step then equal the new ones); under distributed training
+        only this rank's share of each group is scored."""
         self.model.eval()
         out: list[torch.Tensor | None] = [None] * len(samples)
-        for mb in self.micro_batches(samples):
+        batches = self.micro_batches(samples) if groups is None else \
+            (mb for g in groups for mb in self.micro_batches(samples, g))
+        for mb in batches:
             for i, lp in zip(mb, self.token_logprobs([samples[i] for i in mb], reference=reference)):
                 out[i] = lp
         return out  # type: ignore[return-value]
@@ -170,99 +195,52 @@ class LoRATrainer:
         return [list(range(g, n_samples, k)) for g in range(k)]
 
     def _optimizer_step(self) -> float:
+        self.dist.all_reduce_grads(self.params)  # sum of the ranks' shares = the single-process gradient
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def ppo_step(self, batch: Batch, act_advantages: list[float], cfg: PPOConfig) -> dict[str, float]:
-        """Clipped-surrogate update. `act_advantages[a]` is the advantage of batch.acts[a], given to each of its
-        tokens; tokens are aggregated per turn, trajectory and role (losses.nested_mean_weights)."""
+    def update(self, batch: Batch, objective: Objective, targets: Any) -> dict[str, float]:
+        """The one update path: `objective.prepare` (reference / old log-probs, no grad), then `epochs` passes over
+        the batch split into mini-batches (one optimizer step each), each mini-batch into micro-batches (gradient
+        accumulation). Each mini-batch's loss is scaled by the number of mini-batches because the objectives' weights
+        are fixed over the whole batch (see mini_batches)."""
         t0 = time.perf_counter()
         samples = batch.samples
         if not samples:
             return {"trained_tokens": 0.0}
-        act_w = nested_mean_weights(batch.acts)
-        want_ref = cfg.kl_coef > 0 or self.config.track_kl
-        ref = self.score(samples, reference=True) if want_ref else None
-        stats: dict[str, float] = {}
+        state = objective.prepare(self, batch, targets)
+        state["epochs"] = self.config.epochs
         groups = self.mini_batches(len(samples))
-        for _ in range(self.config.epochs):
-            self.model.train()
-            loss_sum = kl_sum = clip_sum = ratio_sum = 0.0
-            for group in groups:
+        sums: dict[str, float] = {}
+        grad_norm = 0.0
+        for epoch in range(self.config.epochs):
+            for g, group in enumerate(groups):
+                objective.on_minibatch(self, batch, group, state)
+                self.model.train()
                 for mb in self.micro_batches(samples, group):
                     lps = self.token_logprobs([samples[i] for i in mb])
-                    logp = torch.cat(lps)
-                    acts = [a for i in mb for a in samples[i].acts]
-                    old = torch.tensor([x for i in mb for x in samples[i].old_logprobs], device=logp.device)
-                    adv = torch.tensor([act_advantages[a] for a in acts], device=logp.device)
-                    w = torch.tensor([act_w[a] for a in acts], device=logp.device)
-                    ref_lp = torch.cat([ref[i] for i in mb]) if ref is not None else None
-                    tok_loss, st = ppo_token_loss(logp, old, adv, cfg, ref_lp)
-                    loss = (w * tok_loss).sum()
+                    loss, st = objective.loss(self, batch, mb, lps, state, first_step=epoch == 0 and g == 0)
                     (loss * len(groups)).backward()
-                    loss_sum += float(loss.detach())
-                    clip_sum += float(st["clipped"].sum())
-                    ratio_sum += float(st["ratio"].sum())
-                    if "kl" in st:
-                        kl_sum += float(st["kl"].sum())
+                    for k, v in st.items():
+                        sums[k] = sums.get(k, 0.0) + v
                 grad_norm = self._optimizer_step()
-        n = batch.n_trained_tokens
         elapsed = time.perf_counter() - t0
-        stats.update(loss=loss_sum, clip_frac=clip_sum / n, ratio_mean=ratio_sum / n, grad_norm=grad_norm,
-                     trained_tokens=float(n), input_tokens=float(batch.n_input_tokens), update_s=elapsed,
-                     tokens_per_s=n * self.config.epochs / elapsed,
-                     input_tokens_per_s=batch.n_input_tokens * self.config.epochs / elapsed)
-        if ref is not None:
-            stats["kl"] = kl_sum / n
-        return stats
-
-    def maro_step(self, batch: Batch, desirable: list[bool], mismatched: list[Sample],
-                  cfg: MAROConfig) -> dict[str, float]:
-        """MARO update: per act the implicit reward r = sum(log pi - log pi_ref) over its response tokens, the
-        reference point z0 from the mismatched (prompt, response) samples (detached), and the per-act loss of
-        losses.maro_act_loss averaged over the acts."""
-        t0 = time.perf_counter()
-        samples = batch.samples
-        n_acts = len(batch.acts)
-        if n_acts == 0:
-            return {"trained_tokens": 0.0}
-        ref = self.score(samples, reference=True)
-        ref_act = torch.zeros(n_acts)
-        for s, lp in zip(samples, ref):
-            ref_act.index_add_(0, torch.tensor(s.acts), lp.cpu())
-        z_pol, z_ref = self.score(mismatched), self.score(mismatched, reference=True)
-        z0 = kl_reference_point(torch.stack([(p - r).sum().cpu() for p, r in zip(z_pol, z_ref)])
-                                if mismatched else torch.zeros(0))
-        labels = torch.tensor(desirable)
-        groups = self.mini_batches(len(samples))
-        for _ in range(self.config.epochs):
-            self.model.train()
-            loss_sum = r_sum_win = r_sum_lose = 0.0
-            for group in groups:
-                for mb in self.micro_batches(samples, group):
-                    lps = self.token_logprobs([samples[i] for i in mb])
-                    acts = torch.tensor([a for i in mb for a in samples[i].acts])
-                    uniq, inv = torch.unique(acts, return_inverse=True)
-                    pol = torch.zeros(len(uniq), device=lps[0].device).index_add(0, inv.to(lps[0].device),
-                                                                                torch.cat(lps))
-                    r = pol.cpu() - ref_act[uniq]
-                    loss = maro_act_loss(r, z0, labels[uniq], cfg).sum() / n_acts
-                    (loss * len(groups)).backward()
-                    loss_sum += float(loss.detach())
-                    r_sum_win += float(r.detach()[labels[uniq]].sum())
-                    r_sum_lose += float(r.detach()[~labels[uniq]].sum())
-                grad_norm = self._optimizer_step()
         n = batch.n_trained_tokens
-        n_win = int(labels.sum())
-        elapsed = time.perf_counter() - t0
-        return {"loss": loss_sum, "z0": float(z0), "reward_desirable": r_sum_win / max(n_win, 1),
-                "reward_undesirable": r_sum_lose / max(n_acts - n_win, 1), "desirable_acts": float(n_win),
-                "undesirable_acts": float(n_acts - n_win), "grad_norm": grad_norm, "trained_tokens": float(n),
+        return {**objective.summary(sums, batch, state), "grad_norm": grad_norm, "trained_tokens": float(n),
                 "input_tokens": float(batch.n_input_tokens), "update_s": elapsed,
                 "tokens_per_s": n * self.config.epochs / elapsed,
                 "input_tokens_per_s": batch.n_input_tokens * self.config.epochs / elapsed}
+
+    def ppo_step(self, batch: Batch, act_advantages: list[float], cfg: PPOConfig) -> dict[str, float]:
+        """The clipped policy loss with per-act advantages (shorthand for update with the 'ppo' objective)."""
+        return self.update(batch, get_loss("ppo")(cfg), act_advantages)
+
+    def maro_step(self, batch: Batch, desirable: list[bool], mismatched: list[Sample],
+                  cfg: MAROConfig) -> dict[str, float]:
+        """The MARO loss (shorthand for update with the 'maro' objective)."""
+        return self.update(batch, get_loss("maro")(cfg), (desirable, mismatched))
 
     # ---- persistence ---------------------------------------------------------------------------------------
     def save_adapter(self, path: str | Path) -> Path:

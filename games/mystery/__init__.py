@@ -1,0 +1,51 @@
+"""The murder-mystery game (MIRAGE's rules), registered in `stratagem.games.registry` on import as `mystery`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stratagem.games.strategic  # noqa: F401  the strategic games register first: the registry keeps the built-in order
+from stratagem.games.registry import GameSpec, RolloutJob, register_game
+
+
+def make_mystery(config: Any = None, script: str = "lighthouse", seed: int = 0, **params: Any):
+    """A fresh game of `script` (a shipped name or a folder) dealt with `seed`; `config` a MysteryConfig."""
+    from stratagem.games.mystery.game import MysteryConfig, MysteryGame
+    from stratagem.games.mystery.library import load_script
+
+    if params:
+        raise ValueError(f"unknown mystery parameters {sorted(params)}; expected script, seed")
+    return MysteryGame.new(load_script(script), seed, config or MysteryConfig())
+
+
+def build_graph(*args: Any, **kwargs: Any):
+    """`stratagem.games.mystery.graph.build_graph` (imported on use)."""
+    from stratagem.games.mystery.graph import build_graph as build
+
+    return build(*args, **kwargs)
+
+
+async def rollout(job: RolloutJob):
+    """Mystery episodes for training: every seat the learner's policy, the judge the base model; the script and the
+    game options from the run configuration when it has them (run.mystery, run.loop.mystery_script)."""
+    from stratagem.games.mystery.game import MysteryConfig
+    from stratagem.games.mystery.rollout import collect_mystery_episodes
+
+    run = job.run
+    cfg = getattr(run, "mystery", None) or MysteryConfig()
+    script = getattr(getattr(run, "loop", None), "mystery_script", None) or "lighthouse"
+    return await collect_mystery_episodes(script, job.n, base_url=job.base_url, player_model=job.policy,
+                                          judge_model="base", config=cfg, concurrency=job.concurrency,
+                                          seed=job.seed, on_episode=job.on_episode)
+
+
+def check(workdir: Any = None):
+    """The mystery's conformance check (conformance.check_mystery)."""
+    from stratagem.games.mystery.conformance import check_mystery
+
+    return check_mystery(workdir)
+
+
+register_game(GameSpec(name="mystery", kind="social", factory=make_mystery, build_graph=build_graph, rollout=rollout,
+                       training=False, help="Murder mystery (MIRAGE's rules): talk, investigate, vote; culprits "
+                       "against civilians.", app="stratagem.games.mystery.graph:app", check=check))

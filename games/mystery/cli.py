@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 
 from stratagem.games.mystery.library import SCRIPTS_DIR, load_script, script_dir, shipped_scripts
-from stratagem.games.mystery.schema import SCRIPT_FILE, ScriptError, load_script_dir, validate_script_dir
+from stratagem.games.mystery.schema import ScriptError, is_script_dir, load_script_dir, validate_script_dir
 
 mystery_app = typer.Typer(no_args_is_help=True, add_completion=False,
                           help="The murder-mystery game: check and list scripts (play it with `stratagem play mystery`).")
@@ -23,7 +23,9 @@ def _summary(path: Path) -> str:
     s = load_script_dir(path)
     locs = {loc for st in s.stages for loc in st.clues}
     return (f"ok: {path}: {s.title!r}: {len(s.characters)} characters, {len(s.stages)} stage(s), "
-            f"{len(locs)} locations, {s.total_clues} clues, culprit(s): {', '.join(s.culprits)}")
+            f"{len(locs)} locations, {s.total_clues} clues, culprit(s): {', '.join(s.culprits)}"
+            + (f" among the suspects {', '.join(s.candidates)}" if s.candidates else "")
+            + (f", truth from {s.language} MIRAGE data" if s.source == "mirage" else ""))
 
 
 @mystery_app.command("validate")
@@ -34,7 +36,7 @@ def validate(path: str = typer.Argument(..., help="A script folder (or a folder 
     except FileNotFoundError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1)
-    folders = [root] if (root / SCRIPT_FILE).exists() else sorted(p for p in root.iterdir() if (p / SCRIPT_FILE).exists())
+    folders = [root] if is_script_dir(root) else sorted(p for p in root.iterdir() if is_script_dir(p))
     if not folders:
         folders = [root]  # reports the missing files
     bad = 0
@@ -44,7 +46,7 @@ def validate(path: str = typer.Argument(..., help="A script folder (or a folder 
             bad += 1
             typer.secho(f"invalid: {f}", fg="red")
             for e in errors:
-                typer.echo(f"  {f / e.file if e.file in ('script.json', 'clues.json', 'meta.json') else e.file}: "
+                typer.echo(f"  {f / e.file if (f / e.file).exists() or e.file == 'meta.json' else e.file}: "
                            f"{e.path or '<root>'}: expected {e.expected}")
         else:
             typer.echo(_summary(f))
@@ -76,7 +78,8 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
                  seed: int = 0, json_out: bool = False, transcript: Optional[str] = None, rounds: int = 5,
                  base_url: Optional[str] = None, model: Optional[str] = None,
                  player_max_tokens: Optional[int] = None, judge_max_tokens: Optional[int] = None,
-                 concurrency: int = 4) -> dict[str, Any]:
+                 concurrency: int = 4, structured_outputs: bool = True,
+                 summary_tokens: Optional[int] = None) -> dict[str, Any]:
     """Play `episodes` games of `script` with the served model `players` (`MODEL` or `llm:MODEL`) in every seat and
     `judge` as judge; print the aggregated metrics (one JSON object with `json_out`); write the transcript (markdown)
     to `transcript` (default runs/mystery/<script>-<time>.md) and the episodes beside it (.jsonl) with the metrics
@@ -103,7 +106,9 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
     players, judge = _served_name(players), _served_name(judge)
     overrides = {k: v for k, v in (("player_max_tokens", player_max_tokens), ("judge_max_tokens", judge_max_tokens))
                  if v is not None}
-    cfg = MysteryConfig(rounds=rounds, **overrides)
+    if summary_tokens is not None:
+        overrides["summary_tokens"] = summary_tokens
+    cfg = MysteryConfig(rounds=rounds, structured_outputs=structured_outputs, **overrides)
     base_url = base_url or os.environ.get("STRATAGEM_BASE_URL") or None
     md_path = Path(transcript) if transcript else Path("runs/mystery") / f"{s.name}-{time.strftime('%Y%m%d-%H%M%S')}.md"
     md_path.parent.mkdir(parents=True, exist_ok=True)

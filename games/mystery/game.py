@@ -19,6 +19,7 @@ which keeps the summaries deterministic and independent of any tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -46,11 +47,14 @@ class MysteryConfig:
     max_reasks: int = field(default=1, metadata={"help": "Times a character is asked again after a failed action before the turn passes."})
     failed_action_penalty: float = field(default=-1.0, metadata={"help": "Reward recorded on the Turn of a failed action."})
     vote_weight: float | None = field(default=None, metadata={"help": "N in doubt = suspicion - trust + N x votes; None: the number of characters (MIRAGE)."})
+    summary_tokens: int | None = field(default=None, metadata={"help": "Token budget of each character's script summary written by the served model before play (MIRAGE: 1500), counted with the tokenizer of `tokenizer`; cached per script, model and budget. None: clip each field to summary_words instead (no model call)."})
+    tokenizer: str = field(default="default", metadata={"help": "Model (registered name or directory) whose tokenizer counts summary_tokens and whose context bounds every request."})
     summary_words: int = field(default=160, metadata={"help": "Word budget of a character's script summary in the prompt."})
     history_words: int = field(default=220, metadata={"help": "Word budget of the public history in the prompt; older entries are summarised past it."})
     history_entry_words: int = field(default=10, metadata={"help": "Words an older history entry keeps once the budget is exceeded."})
     shuffle_order: bool = field(default=True, metadata={"help": "Shuffle the speaking order with the episode seed (else script order)."})
     response_prefix: str = field(default="", metadata={"help": "Forced start of every conversation reply (e.g. 'Ask'); parsed as part of the reply."})
+    structured_outputs: bool = field(default=True, metadata={"help": "Request conversation moves, votes and judge scores with a JSON schema of the legal choices (vLLM structured outputs); endpoints that reject it fall back to plain text, parsed leniently."})
     player_max_tokens: int = field(default=64, metadata={"help": "Max new tokens per player act."})
     judge_temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the judge (0: its most likely scores; players sample at the agent's own temperature)."})
     judge_max_tokens: int = field(default=64, metadata={"help": "Max new tokens per judge call."})
@@ -120,9 +124,14 @@ def _clean(text: str) -> str:
     return _DECOR.sub(" ", text)
 
 
-def _aliases(names: list[str]) -> list[tuple[str, str]]:
-    """(alias, name) pairs, longest alias first: every full name, and a first word that belongs to one name only."""
+Aliases = dict[str, list[str]]  # name -> other names it goes by (a later stage's name, ...)
+
+
+def _aliases(names: list[str], other: Aliases | None = None) -> list[tuple[str, str]]:
+    """(alias, name) pairs, longest alias first: every full name and its other names, and a first word that belongs
+    to one name only."""
     out = [(n.lower(), n) for n in names]
+    out += [(a.lower(), n) for n in names for a in (other or {}).get(n, [])]
     first: dict[str, list[str]] = {}
     for n in names:
         first.setdefault(n.split()[0].lower(), []).append(n)
@@ -130,23 +139,27 @@ def _aliases(names: list[str]) -> list[tuple[str, str]]:
     return sorted(out, key=lambda p: -len(p[0]))
 
 
-def match_name_at(text: str, names: list[str]) -> tuple[str | None, int]:
+def _word_end(low: str, end: int) -> bool:
+    return end == len(low) or not (low[end].isascii() and low[end].isalnum())
+
+
+def match_name_at(text: str, names: list[str], other: Aliases | None = None) -> tuple[str | None, int]:
     """The known name `text` starts with (case-insensitive, an optional leading 'the '), and where it ends."""
     low = text.lower()
     skip = 4 if low.startswith("the ") else 0
-    for alias, name in _aliases(names):
+    for alias, name in _aliases(names, other):
         for s in ({0, skip}):
             end = s + len(alias)
-            if low.startswith(alias, s) and (end == len(low) or not low[end].isalnum()):
+            if low.startswith(alias, s) and _word_end(low, end):
                 return name, end
     return None, 0
 
 
-def find_first_name(text: str, names: list[str]) -> str | None:
+def find_first_name(text: str, names: list[str], other: Aliases | None = None) -> str | None:
     """The known name mentioned first in `text` (whole words, case-insensitive)."""
     best: tuple[int, int, str] | None = None
     low = text.lower()
-    for alias, name in _aliases(names):
+    for alias, name in _aliases(names, other):
         for m in re.finditer(r"(?<![a-z0-9])" + re.escape(alias) + r"(?![a-z0-9])", low):
             key = (m.start(), -len(alias), name)
             best = key if best is None or key < best else best
@@ -154,28 +167,61 @@ def find_first_name(text: str, names: list[str]) -> str | None:
     return best[2] if best else None
 
 
-_ACTION = re.compile(r"\b(ask|investigate)\b", re.IGNORECASE)
+_JSON_FIELD = re.compile(r'"(move|question|action|target|content)"\s*:\s*"((?:[^"\\]|\\.)*)', re.DOTALL)
 
 
-def parse_converse(text: str, me: str, characters: list[str], locations: list[str]) -> tuple[dict | None, str | None]:
+def json_move(text: str) -> str | None:
+    """A conversation move written as JSON, as structured outputs produce it ({"move": "Ask NAME", "question":
+    TEXT} or {"move": "Investigate PLACE"}; also {"action": ..., "target": ..., "content": ...}), also when cut
+    short at max_tokens, as the plain line 'Ask NAME: QUESTION' or 'Investigate PLACE'; None when the text holds no
+    JSON move."""
+    if "{" not in text:
+        return None
+    fields: dict[str, str] = {}
+    for k, v in _JSON_FIELD.findall(text):
+        if k not in fields:
+            try:
+                fields[k] = json.loads(f'"{v}"')
+            except json.JSONDecodeError:
+                fields[k] = v
+    if "move" in fields:
+        move = fields["move"].strip()
+        if move.lower().startswith(("inv", "调查")):
+            return move
+        return f"{move}: {fields.get('question', '')}"
+    if "action" not in fields:
+        return None
+    target = fields.get("target", "")
+    if fields["action"].strip().lower().startswith(("inv", "调查")):
+        return f"Investigate {target}"
+    return f"Ask {target}: {fields.get('content', '')}"
+
+
+_ACTION = re.compile(r"\b(ask|investigate)\b|(询问|调查)", re.IGNORECASE)
+_VERBS = {"询问": "ask", "调查": "investigate"}
+
+
+def parse_converse(text: str, me: str, characters: list[str], locations: list[str],
+                   aliases: Aliases | None = None) -> tuple[dict | None, str | None]:
     """Parse a conversation reply. Rule: the first word 'Ask' or 'Investigate' (any case, markdown and brackets
-    ignored) must be followed by a known target: a character other than oneself (full name, or a first name no
-    one else has) and then the question, or a location that still has clues. Returns (action, None) or
+    ignored) must be followed by a known target: a character other than oneself (full name, any name they go by in
+    a stage, or a first name no one else has) and then the question, or a location that still has clues. A JSON
+    move (structured outputs, see json_move) is read as the line it stands for. Returns (action, None) or
     (None, reason)."""
-    t = _clean(text)
+    t = _clean(json_move(text) or text)
     m = _ACTION.search(t)
     if not m:
         return None, "no action: expected 'Ask NAME: QUESTION' or 'Investigate PLACE'"
-    verb = m.group(1).lower()
-    rest = t[m.end():].lstrip(" \t:,-\"'")
+    verb = (m.group(1) or _VERBS[m.group(2)]).lower()
+    rest = t[m.end():].lstrip(" \t:,-\"'：，")
     if verb == "ask":
         others = [c for c in characters if c != me]
-        target, end = match_name_at(rest, others)
+        target, end = match_name_at(rest, others, aliases)
         if target is None:
-            if match_name_at(rest, [me])[0]:
+            if match_name_at(rest, [me], aliases)[0]:
                 return None, "a character cannot ask themselves"
             return None, f"Ask needs a character ({', '.join(others)}), got {clip(rest, 4)!r}"
-        question = rest[end:].strip().lstrip(":,-?!. \"'").strip().strip("\"'")
+        question = rest[end:].strip().lstrip(":,-?!. \"'：，").strip().strip("\"'")
         if not question:
             return None, "Ask without a question"
         return {"kind": ASK, "target": target, "question": question}, None
@@ -186,9 +232,10 @@ def parse_converse(text: str, me: str, characters: list[str], locations: list[st
     return {"kind": INVESTIGATE, "location": loc}, None
 
 
-def parse_vote(text: str, me: str, characters: list[str]) -> tuple[str | None, str | None]:
-    """A vote is the first other character named in the reply."""
-    target = find_first_name(_clean(text), [c for c in characters if c != me])
+def parse_vote(text: str, me: str, characters: list[str], aliases: Aliases | None = None) -> tuple[str | None, str | None]:
+    """A vote is the first other suspect (`characters`: the characters, or the script's candidates) named in the
+    reply."""
+    target = find_first_name(_clean(text), [c for c in characters if c != me], aliases)
     return (target, None) if target else (None, "the vote names no other character")
 
 
@@ -211,6 +258,8 @@ class MysteryState:
     public: list[str] = field(default_factory=list)
     votes: dict[str, str] = field(default_factory=dict)
     turns: list[dict[str, Any]] = field(default_factory=list)
+    memories: dict[str, list[str]] = field(default_factory=dict)  # character -> keywords whose memory came back
+    summaries: dict[str, list[str]] = field(default_factory=dict)  # character -> per-stage model summary (summary.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -227,15 +276,44 @@ class MysteryGame:
         self.script, self.state, self.config = script, state, config
 
     @classmethod
-    def new(cls, script: Script, seed: int, config: MysteryConfig) -> "MysteryGame":
+    def new(cls, script: Script, seed: int, config: MysteryConfig,
+            summaries: dict[str, list[str]] | None = None) -> "MysteryGame":
         order = list(script.characters)
         if config.shuffle_order:
             random.Random(seed).shuffle(order)
         st = MysteryState(script_path=script.path, seed=seed, order=order,
-                          clues={k: list(v) for k, v in script.stages[0].clues.items()})
+                          clues={k: list(v) for k, v in script.stages[0].clues.items()},
+                          summaries=dict(summaries or {}))
         game = cls(script, st, config)
-        st.public.append(f"[Case] {script.title}. {script.description}".strip())
+        game._say(f"[Case] {script.title}. {script.description}".strip())
         return game
+
+    def _say(self, text: str) -> None:
+        """Add to the public history, then hand out every keyword memory whose keyword it now mentions (MIRAGE's
+        rule for memories: the owner recalls one when its keyword comes up in the conversation)."""
+        st = self.state
+        st.public.append(text)
+        for owner, mem in self.script.memories.items():
+            got = st.memories.setdefault(owner, [])
+            got += [k for k in mem if k not in got and k in text]
+
+    def shown(self, name: str) -> str:
+        """The name a character goes by in the current stage."""
+        return self.script.shown_name(name, self.state.stage)
+
+    def aliases(self) -> Aliases:
+        return self.script.aliases()
+
+    def summary(self, name: str) -> str:
+        """The character's script as the prompt shows it: the model's summary for this stage when prepared
+        (summary.py), else each field clipped to its word share (character_summary)."""
+        st = self.state
+        if name in st.summaries:
+            return st.summaries[name][min(st.stage, len(st.summaries[name]) - 1)]
+        return character_summary(self.script, name, st.stage, self.config.summary_words)
+
+    def suspects(self, voter: str) -> list[str]:
+        return [c for c in self.script.suspects if c != voter]
 
     # -- who and what ------------------------------------------------------------------------------------------
     def faction(self, name: str) -> str:
@@ -257,18 +335,18 @@ class MysteryGame:
 
     def legal_actions(self, name: str) -> list[str]:
         st = self.state
-        others = [c for c in st.order if c != name]
+        others = [self.shown(c) for c in st.order if c != name]
         if st.phase == CONVERSE:
             return [f"Ask {c}: QUESTION" for c in others] + [f"Investigate {loc}" for loc in self.locations()]
         if st.phase == VOTE:
-            return list(others)
+            return self.suspects(name)
         return []
 
     def instruction(self, name: str) -> str:
         st = self.state
-        others = ", ".join(c for c in st.order if c != name)
+        others = ", ".join(self.shown(c) for c in st.order if c != name)
         if st.phase == INTRODUCTION:
-            return f"Introduce yourself to the others as {name} in two or three sentences."
+            return f"Introduce yourself to the others as {self.shown(name)} in two or three sentences."
         if st.phase == CONVERSE:
             places = ", ".join(self.locations()) or "none"
             stage = f"stage {st.stage + 1}, " if self.script.multi_stage else ""
@@ -277,14 +355,17 @@ class MysteryGame:
                     "Reply with one line: 'Ask NAME: QUESTION' or 'Investigate PLACE'.")
         if st.phase == ANSWER:
             q = st.question
-            return f"{q['asker']} asks you: {q['question']}\nAnswer as {name} in one to three sentences."
-        return f"Vote for the murderer. Reply with one name: {others}."
+            return (f"{self.shown(q['asker'])} asks you: {q['question']}\nAnswer as {self.shown(name)} in one to "
+                    "three sentences.")
+        return f"Vote for the murderer. Reply with one name: {', '.join(self.suspects(name))}."
 
     def observation(self, retry_reason: str | None = None) -> Observation:
         name = self.actor()
         st, cfg = self.state, self.config
-        system = (f"You are {name} in a murder mystery game: {self.script.title}. {self.script.description}\n"
-                  f"Your character:\n{character_summary(self.script, name, st.stage, cfg.summary_words)}\n"
+        recalled = "".join(f"\nYou remember ({k}): {self.script.memories[name][k]}" for k in st.memories.get(name, []))
+        system = (f"You are {self.shown(name)} in a murder mystery game: {self.script.title}. "
+                  f"{self.script.description}\n"
+                  f"Your character:\n{self.summary(name)}{recalled}\n"
                   "Stay in character and keep replies short.")
         user = (f"What happened so far:\n{summarise_history(st.public, cfg.history_words, cfg.history_entry_words)}"
                 f"\n\n{self.instruction(name)}")
@@ -319,7 +400,7 @@ class MysteryGame:
             if st.phase == ANSWER:
                 info["asker"] = st.question["asker"]
         elif st.phase == CONVERSE:
-            parsed, reason = parse_converse(text, name, st.order, self.locations())
+            parsed, reason = parse_converse(text, name, st.order, self.locations(), self.aliases())
             if parsed:
                 phase = parsed["kind"]
                 if phase == ASK:
@@ -329,7 +410,7 @@ class MysteryGame:
                     action = f"Investigate {parsed['location']}"
                     info["location"] = parsed["location"]
         else:
-            target, reason = parse_vote(text, name, st.order)
+            target, reason = parse_vote(text, name, self.script.suspects, self.aliases())
             if target:
                 action = f"Vote {target}"
                 info["target"] = target
@@ -350,15 +431,15 @@ class MysteryGame:
     def _succeed(self, name: str, turn: Turn, text: str) -> None:
         st = self.state
         if st.phase == INTRODUCTION:
-            st.public.append(f"{name} (introduction): {text.strip()}")
+            self._say(f"{self.shown(name)} (introduction): {text.strip()}")
             self._next_introduction()
         elif st.phase == ANSWER:
-            st.public.append(f"{name} answers {st.question['asker']}: {text.strip()}")
+            self._say(f"{self.shown(name)} answers {self.shown(st.question['asker'])}: {text.strip()}")
             st.question = None
             st.phase = CONVERSE
             self._next_conversation_turn()
         elif st.phase == CONVERSE and turn.phase == ASK:
-            st.public.append(f"{name} asks {turn.info['target']}: {turn.info['question']}")
+            self._say(f"{self.shown(name)} asks {self.shown(turn.info['target'])}: {turn.info['question']}")
             st.question = {"asker": name, "target": turn.info["target"], "question": turn.info["question"]}
             st.phase, st.attempts = ANSWER, 0
         elif st.phase == CONVERSE:
@@ -368,7 +449,7 @@ class MysteryGame:
                 del st.clues[loc]
             turn.info["clue"] = clue
             st.revealed.append({"stage": st.stage, "round": st.round, "by": name, "location": loc, "clue": clue})
-            st.public.append(f"[Clue] {name} investigates {loc}: {clue}")
+            self._say(f"[Clue] {self.shown(name)} investigates {loc}: {clue}")
             self._next_conversation_turn()
         else:
             st.votes[name] = turn.info["target"]
@@ -378,14 +459,14 @@ class MysteryGame:
         st = self.state
         turn.info["passed"] = True
         if st.phase == INTRODUCTION:
-            st.public.append(f"{name} (introduction): (says nothing)")
+            self._say(f"{self.shown(name)} (introduction): (says nothing)")
             self._next_introduction()
         elif st.phase == ANSWER:
-            st.public.append(f"{name} does not answer {st.question['asker']}.")
+            self._say(f"{self.shown(name)} does not answer {self.shown(st.question['asker'])}.")
             st.question, st.phase = None, CONVERSE
             self._next_conversation_turn()
         elif st.phase == CONVERSE:
-            st.public.append(f"{name} does nothing this round.")
+            self._say(f"{self.shown(name)} does nothing this round.")
             self._next_conversation_turn()
         else:
             self._next_vote()
@@ -405,7 +486,9 @@ class MysteryGame:
             for loc, clues in new.items():
                 st.clues.setdefault(loc, []).extend(clues)
             where = ", ".join(new) or "no new places"
-            st.public.append(f"[Stage {stage + 1}] The story moves on; each of you learns more. New clues at: {where}.")
+            self._say(f"[Stage {stage + 1}] The story moves on; each of you learns more. New clues at: {where}.")
+        for text in self.script.stages[stage].public:
+            self._say(f"[Public clue] {text}")
         st.phase = CONVERSE if self.config.rounds > 0 else VOTE
         if st.phase == VOTE and stage + 1 < len(self.script.stages):
             self._start_stage(stage + 1)

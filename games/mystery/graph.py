@@ -6,7 +6,8 @@
 human seat's `interrupt()` re-runs nothing but its own act on resume) and a conditional edge routes to the node of
 the next act's phase; `judge` scores the game and writes the finished Episode into the state (`episode`).
 
-Input: `{"script": NAME_OR_PATH, "seed": int, "human_seats": [character, ...]}` (all optional). A human seat needs
+Input: `{"script": NAME_OR_PATH, "seed": int, "human_seats": [character, ...], "summaries": {character:
+[summary per stage]}}` (all optional; summaries come from summary.prepare_summaries). A human seat needs
 a checkpointer: the graph stops with an interrupt carrying the character's observation and resumes with
 `Command(resume=TEXT)`.
 
@@ -40,6 +41,7 @@ class MysteryGraphState(TypedDict, total=False):
     script: str
     seed: int
     human_seats: list[str]
+    summaries: dict[str, list[str]]
     game: dict[str, Any]
     episode: dict[str, Any]
 
@@ -100,7 +102,7 @@ def build_graph(players: Players, judge: Agent, config: MysteryConfig | None = N
         if unknown:
             raise ValueError(f"human_seats {unknown} are not characters of {script.name} "
                              f"({', '.join(script.characters)})")
-        game = MysteryGame.new(script, int(state.get("seed", 0)), cfg)
+        game = MysteryGame.new(script, int(state.get("seed", 0)), cfg, state.get("summaries"))
         return {"game": game.state.to_dict(), "human_seats": humans}
 
     def restore(state: MysteryGraphState) -> MysteryGame:

@@ -152,8 +152,9 @@ async def judge_game(judge: Agent, script: Script, state: MysteryState, config: 
 
     triples = [(u["speaker"], u["suspicion"], u["trust"]) for u in scored]
     n_vote = config.vote_weight if config.vote_weight is not None else float(len(names))
-    doubt = M.doubt_scores(names, triples, state.votes, n_vote)
-    rank = M.ranking(names, doubt, state.votes)
+    suspects = script.suspects  # the characters, or the candidates of a script whose players are detectives
+    doubt = M.doubt_scores(suspects, [x for x in triples if x[0] in suspects], state.votes, n_vote)
+    rank = M.ranking(suspects, doubt, state.votes)
     accused = rank[0]
     m: dict[str, Any] = {
         "victory": M.victory(rank, script.culprits),

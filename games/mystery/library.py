@@ -5,13 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from stratagem.games.mystery.schema import Script, load_script_dir
+from stratagem.games.mystery.schema import Script, is_script_dir, load_script_dir
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
 
 
 def shipped_scripts() -> list[str]:
-    return sorted(p.name for p in SCRIPTS_DIR.iterdir() if (p / "script.json").exists())
+    return sorted(p.name for p in SCRIPTS_DIR.iterdir() if is_script_dir(p))
 
 
 def script_dir(name_or_path: str | Path) -> Path:

@@ -28,12 +28,14 @@ HEADLINE = ("victory", "tii", "cic", "ici", "sci", "overall")
 
 def doubt_scores(order: Sequence[str], utterances: Iterable[tuple[str, int, int]], votes: Mapping[str, str],
                  vote_weight: float) -> dict[str, float]:
-    """utterances: (speaker, suspicion, trust); votes: voter -> target."""
+    """utterances: (speaker, suspicion, trust); votes: voter -> target (a vote for someone outside `order` is
+    ignored)."""
     d = {c: 0.0 for c in order}
     for speaker, s, t in utterances:
         d[speaker] += s - t
     for target in votes.values():
-        d[target] += vote_weight
+        if target in d:
+            d[target] += vote_weight
     return d
 
 

@@ -4,6 +4,7 @@ players and judge over an OpenAI-compatible endpoint (`collect_mystery_episodes`
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, Callable
 
 from stratagem.agents import Agent, close_agents
@@ -16,25 +17,50 @@ __all__ = ["collect_mystery_episodes", "load_script", "make_llm_agent", "play_ep
 
 
 def make_llm_agent(base_url: str, model: str, max_tokens: int, api_key: str | None = None,
-                   temperature: float | None = None) -> Agent:
+                   temperature: float | None = None, structured: bool = True) -> Agent:
+    """An LLM agent for mystery seats or the judge; with `structured`, acts with a closed set of choices are
+    requested with their JSON schema (see structured.py)."""
     from stratagem.agents.llm import LLMAgent, LLMAgentConfig
+    from stratagem.games.mystery.structured import StructuredLLMAgent
 
     kw: dict[str, Any] = {"base_url": base_url, "model": model, "max_tokens": max_tokens}
     if api_key is not None:
         kw["api_key"] = api_key
     if temperature is not None:
         kw["temperature"] = temperature
-    return LLMAgent(LLMAgentConfig(**kw))
+    return (StructuredLLMAgent if structured else LLMAgent)(LLMAgentConfig(**kw))
+
+
+async def script_summaries(script: Any, cfg: MysteryConfig, base_url: str, model: str,
+                           api_key: str | None = None) -> dict[str, list[str]] | None:
+    """The characters' summaries by the served `model` within cfg.summary_tokens (None when that is None), after
+    checking that no game request can exceed the context of cfg.tokenizer's model (summary.check_budget)."""
+    if cfg.summary_tokens is None:
+        return None
+    from stratagem.games.mystery.summary import (check_budget, context_length, hf_token_counter, llm_ask,
+                                                 prepare_summaries)
+    from stratagem.models import resolve
+
+    model_dir = resolve(cfg.tokenizer)
+    context = context_length(model_dir)
+    check_budget(cfg.summary_tokens, cfg, context)
+    ask, close = llm_ask(base_url, model, api_key)
+    try:
+        return await prepare_summaries(script, ask, f"{model}@{Path(model_dir).name}", cfg.summary_tokens,
+                                       hf_token_counter(model_dir), context)
+    finally:
+        await close()
 
 
 async def play_episode(script: str, players: Players, judge: Agent, config: MysteryConfig | None = None,
-                       seed: int = 0, on_turn: Callable[[Turn], None] | None = None) -> Episode:
+                       seed: int = 0, on_turn: Callable[[Turn], None] | None = None,
+                       summaries: dict[str, list[str]] | None = None) -> Episode:
     """Play one game to the end (no human seats: those need a checkpointer, see graph.py)."""
     cfg = config or MysteryConfig()
     if cfg.human_seats:
         raise ValueError("play_episode cannot seat humans; build the graph with a checkpointer instead")
     graph = build_graph(players, judge, cfg, on_turn=on_turn)
-    out = await graph.ainvoke({"script": str(script), "seed": seed},
+    out = await graph.ainvoke({"script": str(script), "seed": seed, "summaries": summaries or {}},
                               config={"recursion_limit": recursion_limit(str(script), cfg)})
     return Episode.from_dict(out["episode"])
 
@@ -50,14 +76,17 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     cfg = config or MysteryConfig()
-    load_script(script)  # fail on a bad script before any request
-    players = make_llm_agent(base_url, player_model, cfg.player_max_tokens, api_key)
-    judge = make_llm_agent(base_url, judge_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature)
+    s = load_script(script)  # fail on a bad script before any request
+    summaries = await script_summaries(s, cfg, base_url, judge_model, api_key)
+    players = make_llm_agent(base_url, player_model, cfg.player_max_tokens, api_key,
+                             structured=cfg.structured_outputs)
+    judge = make_llm_agent(base_url, judge_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
+                           structured=cfg.structured_outputs)
     sem = asyncio.Semaphore(max(1, concurrency))
 
     async def one(i: int) -> Episode:
         async with sem:
-            ep = await play_episode(script, players, judge, cfg, seed + i, on_turn)
+            ep = await play_episode(script, players, judge, cfg, seed + i, on_turn, summaries)
         if on_episode is not None:
             on_episode(ep)
         return ep

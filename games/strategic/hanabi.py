@@ -15,6 +15,10 @@ class Hanabi(SpielGame):
     example_action = "<Play card 0>"  # a concrete action in the right format: small models copy the example
     roles = ("player_0", "player_1")
 
+    def normal_loss(self, seat: int) -> float:
+        """The score so far (MARSHAL's forfeit: -(current score) - 10)."""
+        return float(self.state.returns()[seat])
+
     def system_line(self, seat: int) -> str:
         return f"You are an expert player of {self.title}, a cooperative game. Work with your partner to score."
 

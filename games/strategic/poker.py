@@ -20,6 +20,12 @@ class KuhnPoker(SpielGame):
     spiel_name = "kuhn_poker"
     example_action = "<PASS>"  # a concrete action in the right format: small models copy the example
     roles = ("player_0", "player_1")
+    zero_terminal_bonus = False
+
+    def normal_loss(self, seat: int) -> float:
+        """The seat's chips in the pot: the ante plus its bets (MARSHAL's forfeit: -(own bet) - 10)."""
+        moves = self.state.history()[2:]  # after the two deals, players alternate starting with player 0
+        return 1.0 + sum(a for i, a in enumerate(moves) if i % 2 == seat)
 
     def rules(self) -> str:
         return ("Rules: Kuhn Poker is played with three cards, J < Q < K. Each of two players antes 1 chip and is "
@@ -50,6 +56,12 @@ class LeducPoker(SpielGame):
     spiel_name = "leduc_poker"
     example_action = "<CALL>"
     roles = ("player_0", "player_1")
+    zero_terminal_bonus = False
+
+    def normal_loss(self, seat: int) -> float:
+        """The seat's chips in the pot (MARSHAL's forfeit: -(own bet) - 10)."""
+        money = re.search(r"\[Money: ([^\]]*)\]", self.state.information_state_string(seat)).group(1).split()
+        return float(LEDUC_STACK - int(money[seat]))
 
     def rules(self) -> str:
         return ("Rules: Leduc Hold'em is played with six cards: two each of J < Q < K. Each of two players antes 1 "

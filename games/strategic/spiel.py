@@ -70,7 +70,7 @@ class SpielGame(Game):
         self.state = self.spiel.new_initial_state()
         self.turns: list[Turn] = []
         self.forfeit: int | None = None
-        self._credited = False
+        self._last_turn: dict[int, Turn] = {}  # each seat's most recent turn, where step rewards are credited
         self._history: list[list[dict[str, str]]] = [[] for _ in range(self.info.num_players)]
         self._events: list[list[str]] = [[] for _ in range(self.info.num_players)]
         self._advance_chance()
@@ -133,24 +133,53 @@ class SpielGame(Game):
         rewards = self.config.rewards
         response = (obs.response_prefix + reply.text) if reply.action is None else reply.text
         reward = rewards.format_bonus if why is None else 0.0
-        n_tokens = len(reply.completion_token_ids) if reply.completion_token_ids is not None else 0
-        reward -= rewards.length_penalty * max(0, n_tokens - rewards.length_free_tokens)
-        turn = Turn(seat=seat, role=self.roles[seat], phase="play", messages=obs.messages, response=response,
-                    action=action, illegal_reason=why, prompt_token_ids=reply.prompt_token_ids,
-                    completion_token_ids=reply.completion_token_ids, logprobs=reply.logprobs, reward=reward,
-                    adapter=reply.model, info={"finish_reason": reply.finish_reason} if reply.finish_reason else {})
+        if reply.completion_token_ids is not None:
+            reward += rewards.length_reward(len(reply.completion_token_ids))
+        turn = Turn.from_reply(reply, seat=seat, role=self.roles[seat], phase="play", messages=obs.messages,
+                               response=response, action=action, illegal_reason=why, reward=reward)
         self.turns.append(turn)
+        self._last_turn[seat] = turn
         self._history[seat] = [*obs.messages, {"role": "assistant", "content": response}]
         self._events[seat] = []
         if why is not None:
             self.forfeit = seat
+            self.credit_step(seat, self.forfeit_rewards(seat))
             return turn
         self.state.apply_action(legal[action])
         for other in range(self.info.num_players):
             if other != seat:
                 self._events[other].append(f"{self.roles[seat]} (player {seat}) chose {action}.")
         self._advance_chance()
+        self.credit_step(seat, self.step_rewards())
         return turn
+
+    # --- rewards (MARSHAL's) -----------------------------------------------------------------------------------
+    zero_terminal_bonus = True  # a zero terminal reward becomes rewards.draw (board games, Hanabi; not poker)
+
+    def step_rewards(self) -> list[float]:
+        """The rules engine's rewards for the step just applied (board games and poker: the returns at the end;
+        Hanabi: +1 per card played, minus the score when the last life is lost)."""
+        r = [float(x) for x in self.state.rewards()]
+        if self.state.is_terminal() and self.zero_terminal_bonus:
+            r = [self.config.rewards.draw if x == 0 else x for x in r]
+        return r
+
+    def normal_loss(self, seat: int) -> float:
+        """What `seat` loses in a lost game, before the forfeit penalty (board games: the loss of 1)."""
+        return -float(self.spiel.min_utility())
+
+    def forfeit_rewards(self, seat: int) -> list[float]:
+        """An illegal act ends the game: the offender gets -(normal loss) - penalty, every other seat 0."""
+        out = [0.0] * self.info.num_players
+        out[seat] = -self.normal_loss(seat) - self.config.rewards.illegal_penalty
+        return out
+
+    def credit_step(self, actor: int, step_rewards: list[float]) -> None:
+        """The one place rewards of a step are credited: the actor's current turn and every other seat's most
+        recent turn (a seat that has not acted yet gets nothing, as in MARSHAL)."""
+        for s, r in enumerate(step_rewards):
+            if r and s in self._last_turn:
+                self._last_turn[s].reward += r
 
     def information_key(self, seat: int) -> str | None:
         if self.info.perfect_information:
@@ -165,20 +194,6 @@ class SpielGame(Game):
     def raw_returns(self) -> list[float]:
         return [float(r) for r in self.state.returns()]
 
-    def outcomes(self) -> list[float]:
-        r = self.config.rewards
-        n = self.info.num_players
-        if self.forfeit is not None:
-            normal = [r.win] * n if self.info.zero_sum else [0.0] * n
-            normal[self.forfeit] = (r.loss if self.info.zero_sum else 0.0) - r.illegal_penalty
-            return normal
-        raw = self.raw_returns()
-        if self.info.cooperative:
-            return [x * r.card_played for x in raw]
-        if all(x == raw[0] for x in raw):
-            return [r.draw] * n
-        return [r.win if x > 0 else r.loss for x in raw]
-
     def winners(self) -> list[int]:
         n = self.info.num_players
         if self.forfeit is not None:
@@ -191,14 +206,7 @@ class SpielGame(Game):
     def episode(self, seats: list[Seat]) -> Episode:
         if not self.is_over():
             raise ValueError(f"{self.name}: episode() called before the game ended")
-        outcomes = self.outcomes()
-        last: dict[int, Turn] = {t.seat: t for t in self.turns}
-        if not self._credited:  # credit the outcome once, however often the episode is asked for
-            for seat, turn in last.items():
-                turn.reward += outcomes[seat]
-            self._credited = True
-        returns = [sum(t.reward for t in self.turns if t.seat == s) if s in last else outcomes[s]
-                   for s in range(self.info.num_players)]
+        returns = [sum(t.reward for t in self.turns if t.seat == s) for s in range(self.info.num_players)]
         return Episode(game=self.name, seed=self.seed, seats=seats, turns=list(self.turns), returns=returns,
                        winners=self.winners(), end_reason="terminal" if self.forfeit is None else "illegal",
-                       params=dict(self.params), metrics={"outcomes": outcomes, "raw_returns": self.raw_returns()})
+                       params=dict(self.params), metrics={"raw_returns": self.raw_returns()})

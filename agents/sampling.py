@@ -1,0 +1,42 @@
+"""How a policy is sampled: the one definition of the sampling fields that training, `play`, `eval` and the
+benchmarks share, so a model is evaluated with the reply protocol it was trained with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling of every model reply in a strategic game (MARS's defaults: temperature 0.6, top_p 0.99, top_k 100).
+    The reply format itself (forced prefix, open answers) is `games.base.ReplyFormat`."""
+
+    temperature: float = field(default=0.6, metadata={"help": "Sampling temperature (MARS: 0.6). The trainer divides "
+                               "its logits by the same temperature, so old and new log-probs are those of the "
+                               "sampling distribution.", "min": 0.0})
+    top_p: float = field(default=0.99, metadata={"help": "Nucleus sampling mass (MARS: 0.99).", "min": 0.0,
+                                                 "max": 1.0})
+    top_k: int = field(default=100, metadata={"help": "Sample among the k most likely tokens (MARS: 100; -1 or 0: "
+                       "off). Sent where the endpoint accepts it (vLLM does; the OpenAI API does not)."})
+    max_tokens: int = field(default=48, metadata={"help": "Longest reply of one move; a reply cut here is over-long "
+                            "(an illegal act).", "min": 1})
+    stop: list[str] = field(default_factory=lambda: [">", "\n"], metadata={"help": "Stop strings, kept in the "
+                            "reply. Every action ends with '>', so the reply ends with the action and nothing after "
+                            "it is sampled or trained (see ReplyFormat.open_answer). Empty: none."})
+    vllm_extensions: bool = field(default=True, metadata={"help": "Send vLLM's extra request fields (top_k, "
+                                  "include_stop_str_in_output); off for endpoints that reject unknown fields."})
+
+    def agent_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `make_agent('llm:...')` / `LLMAgentConfig` for this sampling."""
+        extra: dict[str, Any] = {}
+        if self.vllm_extensions:
+            if self.top_k and self.top_k > 0:
+                extra["top_k"] = self.top_k
+            if self.stop:
+                extra["include_stop_str_in_output"] = True
+        kw: dict[str, Any] = dict(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                                  extra_body=extra)
+        if self.stop:
+            kw["stop"] = list(self.stop)
+        return kw

@@ -1,0 +1,289 @@
+"""Many OpenAI-compatible endpoints used as one: games spread by load, a dead endpoint's games moved to the others.
+
+A rollout or an evaluation names its endpoints as a list of base URLs (`--base-url` repeated, comma-separated, or a
+file with one URL per line; see `parse_endpoints`). `EndpointPool.run(n, play_one)` plays n games, at most
+`concurrency` at once; each game starts on the live endpoint with the fewest games in flight (ties: the one that
+started the fewest, then list order), so a faster server, which finishes sooner, gets more games. When a game fails,
+its endpoint is probed (GET /v1/models): if the endpoint is down it is marked dead and the game is played again
+from its start on another endpoint (a game is only ever kept whole: `play_one` builds a fresh game each call and
+only a finished game reaches `on_result`); if it is up, the failure was transient and the game is retried (at most
+`retries` times) or, for an error that is not a server error, raised. When no endpoint is left, `NoEndpointsLeft`.
+
+`install_adapter` puts an adapter on every endpoint and verifies each (the log-prob check of
+`VLLMServer.verify_adapter`); an endpoint that went down is skipped and one that came back gets the adapter again
+and rejoins. The adapter path is read by each server from its own filesystem: on a shared filesystem (NFS, a
+cluster's shared home) the trainer's path is enough; otherwise copy the adapter directory to the same path on every
+server host before it is installed (the `sync` hook, e.g. `rsync -a {path}/ HOST:{path}/`), or give the servers a
+path they can all read.
+
+The pool is generic: `play_one(url, i)` may play a strategic game, a murder mystery (`collect_mystery_episodes`
+with n=1 and seed + i), or answer one benchmark question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
+
+import httpx
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EndpointError(RuntimeError):
+    """Bad endpoint list, or endpoints that cannot do the work."""
+
+
+class NoEndpointsLeft(EndpointError):
+    """Every endpoint is down."""
+
+
+def _server_errors() -> tuple[type[BaseException], ...]:
+    from stratagem.training.rollout import SERVER_ERRORS, RolloutError
+
+    return (*SERVER_ERRORS, RolloutError)
+
+
+def parse_endpoints(spec: str | Sequence[str] | None) -> list[str]:
+    """Base URLs from `spec`: one string or a list of them; each is a URL (http:// or https://), a
+    comma-separated list of URLs, or the path of a file with one URL per line (blank lines and # comments
+    skipped). Trailing slashes are dropped; a repeated URL or anything else is an error naming it."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+
+    def add(u: str, where: str) -> None:
+        u = u.strip().rstrip("/")
+        if not u:
+            return
+        if not u.startswith(("http://", "https://")):
+            raise EndpointError(f"{where}: {u!r} is not an http(s) base URL (e.g. http://127.0.0.1:8000/v1)")
+        if u in urls:
+            raise EndpointError(f"{where}: endpoint {u} is listed twice")
+        urls.append(u)
+
+    for item in items:
+        for piece in str(item).split(","):
+            piece = piece.strip()
+            if not piece:
+                continue
+            if piece.startswith(("http://", "https://")):
+                add(piece, "--base-url")
+                continue
+            path = Path(piece[1:] if piece.startswith("@") else piece).expanduser()
+            if not path.is_file():
+                raise EndpointError(f"--base-url: {piece!r} is neither an http(s) URL nor a file of URLs")
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                line = line.split("#", 1)[0]
+                if line.strip():
+                    add(line, f"{path}:{n}")
+    return urls
+
+
+@dataclass
+class Endpoint:
+    url: str
+    index: int
+    in_flight: int = 0
+    started: int = 0
+    finished: int = 0
+    failed: int = 0
+    alive: bool = True
+    note: str = ""
+
+    @property
+    def root_url(self) -> str:
+        return self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
+
+
+@dataclass
+class PoolStats:
+    moved: int = 0  # games replayed elsewhere because their endpoint died
+    retried: int = 0  # games retried after a transient error on a live endpoint
+    per_endpoint: dict[str, int] = field(default_factory=dict)  # finished games per endpoint
+
+
+class EndpointPool:
+    """Endpoints with their load; see the module docstring."""
+
+    def __init__(self, urls: Iterable[str], *, api_key: str | None = None, health_timeout: float = 5.0):
+        self.endpoints = [Endpoint(u, i) for i, u in enumerate(urls)]
+        if not self.endpoints:
+            raise EndpointError("no endpoints given")
+        self.api_key = api_key
+        self.health_timeout = health_timeout
+        self.stats = PoolStats()
+
+    @property
+    def urls(self) -> list[str]:
+        return [e.url for e in self.endpoints]
+
+    def alive(self) -> list[Endpoint]:
+        return [e for e in self.endpoints if e.alive]
+
+    def pick(self) -> Endpoint:
+        """The live endpoint with the fewest games in flight (then fewest started, then list order)."""
+        live = self.alive()
+        if not live:
+            raise NoEndpointsLeft("every endpoint is down: " + "; ".join(f"{e.url} ({e.note})" for e in self.endpoints))
+        return min(live, key=lambda e: (e.in_flight, e.started, e.index))
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    async def healthy(self, ep: Endpoint) -> bool:
+        """Whether the endpoint answers GET /models (any OpenAI-compatible server does)."""
+        try:
+            async with httpx.AsyncClient(timeout=self.health_timeout) as client:
+                r = await client.get(ep.url + "/models", headers=self._headers())
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def healthy_sync(self, ep: Endpoint) -> bool:
+        try:
+            return httpx.get(ep.url + "/models", headers=self._headers(), timeout=self.health_timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def mark_dead(self, ep: Endpoint, reason: str) -> None:
+        if ep.alive:
+            log.warning("endpoint %s is down (%s); its games move to the other endpoints", ep.url, reason)
+        ep.alive, ep.note = False, reason
+
+    async def run(self, n: int, play_one: Callable[[str, int], Awaitable[T]], *, concurrency: int = 8,
+                  retries: int = 2, on_result: Callable[[T, str], Any] | None = None) -> list[T]:
+        """Play games 0..n-1 (`play_one(url, i)` plays game i whole on the endpoint `url`), at most `concurrency` at
+        once; returns the results in game order. `on_result(result, url)` is called as each game finishes."""
+        if n < 0 or concurrency < 1:
+            raise ValueError(f"EndpointPool.run: need n >= 0 and concurrency >= 1, got n={n}, concurrency={concurrency}")
+        sem = asyncio.Semaphore(concurrency)
+        errors = _server_errors()
+
+        async def one(i: int) -> T:
+            attempts = 0
+            async with sem:
+                while True:
+                    ep = self.pick()
+                    ep.in_flight += 1
+                    ep.started += 1
+                    try:
+                        result = await play_one(ep.url, i)
+                    except Exception as e:  # noqa: BLE001  sorted below: dead endpoint, transient, or a bug
+                        ep.in_flight -= 1
+                        ep.failed += 1
+                        if not await self.healthy(ep):
+                            self.mark_dead(ep, f"{type(e).__name__}: {str(e)[:200]}")
+                            self.stats.moved += 1
+                            continue  # replay game i from its start elsewhere (pick raises when none is left)
+                        if not isinstance(e, errors) or attempts >= retries:
+                            raise
+                        attempts += 1
+                        self.stats.retried += 1
+                        await asyncio.sleep(min(2.0 ** attempts, 10.0))
+                        continue
+                    ep.in_flight -= 1
+                    ep.finished += 1
+                    self.stats.per_endpoint[ep.url] = self.stats.per_endpoint.get(ep.url, 0) + 1
+                    if on_result is not None:
+                        on_result(result, ep.url)
+                    return result
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    # ---- adapters ------------------------------------------------------------------------------------------------
+    def install_adapter(self, servers: Sequence[Any], name: str, path: str | os.PathLike, *,
+                        sync: str | None = None, verify: bool = True) -> dict[str, Any]:
+        """Load adapter `name` from `path` on every endpoint (`servers[i]` is a VLLMServer for endpoint i, attached
+        or owned) and verify each. A dead endpoint is probed first and skipped while it stays down; a revived one
+        gets the adapter and rejoins. `sync` is a shell command run once per endpoint before loading, with {path},
+        {url} and {host} filled in (copy the adapter to a server without the shared filesystem). Returns the
+        largest verification gaps over the endpoints and how many endpoints serve the adapter; raises when none
+        does, or when a live endpoint serves something else (AdapterVerificationError)."""
+        from stratagem.integrations.vllm_server import AdapterVerificationError, ServerError
+
+        if len(servers) != len(self.endpoints):
+            raise EndpointError(f"install_adapter: {len(servers)} servers for {len(self.endpoints)} endpoints")
+        checks: list[dict[str, Any]] = []
+        for ep, srv in zip(self.endpoints, servers):
+            if not self.healthy_sync(ep):
+                self.mark_dead(ep, "down when adapter " + name + " was installed")
+                continue
+            try:
+                if sync:
+                    run_sync(sync, str(Path(path).resolve()), ep.url)
+                srv.load_adapter(name, path, replace=True)
+                check = srv.verify_adapter(name, path) if verify else {}
+            except AdapterVerificationError:
+                raise
+            except (ServerError, httpx.HTTPError) as e:
+                if self.healthy_sync(ep):
+                    raise
+                self.mark_dead(ep, f"died while adapter {name} was installed: {e}")
+                continue
+            if not ep.alive:
+                log.warning("endpoint %s is back and serves %s again", ep.url, name)
+            ep.alive, ep.note = True, ""
+            checks.append(check or {})
+        if not checks:
+            raise NoEndpointsLeft(f"adapter {name} reached no endpoint: every endpoint is down ("
+                                  + "; ".join(f"{e.url}: {e.note}" for e in self.endpoints) + ")")
+        out: dict[str, Any] = {"endpoints": float(len(checks))}
+        for key in ("mean_abs_diff", "max_abs_diff"):
+            vals = [c[key] for c in checks if key in c]
+            if vals:
+                out[key] = max(vals)
+        return out
+
+
+def run_sync(template: str, path: str, url: str) -> None:
+    """Run the adapter sync command for one endpoint ({path}, {url}, {host} substituted, shell-quoted)."""
+    host = httpx.URL(url).host
+    cmd = template.format(path=shlex.quote(path), url=shlex.quote(url), host=shlex.quote(host))
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise EndpointError(f"adapter sync for {url} failed (exit {r.returncode}): {cmd}\n{r.stderr[-1000:]}")
+
+
+class EndpointGroup:
+    """Several endpoints as the training loop's server: `alive()` while any endpoint answers, `install(name, path)`
+    puts an adapter on every live endpoint and verifies it there. The servers are attached (started elsewhere,
+    e.g. `stratagem serve` on each GPU or node); they must serve the same base model as `base` with runtime LoRA
+    loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
+
+    def __init__(self, urls: Sequence[str], model_path: str | None = None, *, api_key: str | None = None,
+                 sync: str | None = None):
+        from stratagem.integrations.vllm_server import VLLMServer
+
+        self.pool = EndpointPool(urls, api_key=api_key)
+        self.servers = [VLLMServer.attach(u, model_path=model_path, api_key=api_key) for u in self.pool.urls]
+        self.sync = sync
+        self._owned = False
+
+    @property
+    def base_url(self) -> str:
+        return ", ".join(self.pool.urls)
+
+    def alive(self) -> bool:
+        return any(self.pool.healthy_sync(e) for e in self.pool.endpoints)
+
+    def install(self, name: str, path: str | os.PathLike) -> dict[str, Any]:
+        return self.pool.install_adapter(self.servers, name, path, sync=self.sync)
+
+    def stop(self) -> None:  # attached servers belong to whoever started them
+        return None

@@ -1,0 +1,195 @@
+"""Training objectives by name: the registry of losses the trainer's one update path runs (after verl's policy-loss
+registry). The formulas live in losses.py; an objective here says what it needs before the update (reference or old
+log-probs), what it recomputes per mini-batch, and how a micro-batch's loss is summed.
+
+    @register_loss("my_loss")
+    class MyLoss(Objective):
+        uses_advantages = True      # fed per-act advantages from an estimator (else per-act labels, as MARO)
+        def loss(self, trainer, batch, mb, logps, state): ...
+
+A loss with `uses_advantages = True` pairs with any registered advantage estimator (`loop.loss`); one without
+advantages is selected by `loop.algo` directly (as `maro` is).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from stratagem.training.losses import (MAROConfig, PPOConfig, kl_reference_point, maro_act_loss,
+                                       nested_mean_weights, ppo_token_loss)
+from stratagem.training.samples import Batch, Sample
+
+
+class Objective:
+    """One training objective. The trainer calls, per update: `prepare` once (no grad), then for each epoch and
+    mini-batch `on_minibatch`, and for each micro-batch `loss` (its returned losses summed over a mini-batch's
+    micro-batches give the mini-batch loss), and finally `summary` with the summed statistics."""
+
+    uses_advantages: bool = True
+    config_section: str | None = None  # the RunConfig section holding this objective's options
+
+    def __init__(self, config: Any = None):
+        self.config = config
+
+    def prepare(self, trainer: Any, batch: Batch, targets: Any) -> dict[str, Any]:
+        return {"targets": targets}
+
+    def on_minibatch(self, trainer: Any, batch: Batch, group: list[int], state: dict[str, Any]) -> None:
+        pass
+
+    def loss(self, trainer: Any, batch: Batch, mb: list[int], logps: list[torch.Tensor], state: dict[str, Any],
+             first_step: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def summary(self, sums: dict[str, float], batch: Batch, state: dict[str, Any]) -> dict[str, float]:
+        return dict(sums)
+
+
+_LOSSES: dict[str, type[Objective]] = {}
+
+
+def register_loss(name: str) -> Callable[[type[Objective]], type[Objective]]:
+    def deco(cls: type[Objective]) -> type[Objective]:
+        if name in _LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        _LOSSES[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def get_loss(name: str) -> type[Objective]:
+    try:
+        return _LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(_LOSSES)}") from None
+
+
+def loss_names(uses_advantages: bool | None = None) -> list[str]:
+    return sorted(n for n, c in _LOSSES.items() if uses_advantages is None or c.uses_advantages == uses_advantages)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+@register_loss("ppo")
+class ClippedPolicyLoss(Objective):
+    """MARS's objective: the per-token clipped surrogate with dual clip and the k3 KL loss to the base model
+    (losses.ppo_token_loss), tokens aggregated per turn, trajectory and role (losses.nested_mean_weights). `targets`
+    are the per-act advantages."""
+
+    uses_advantages = True
+    config_section = "ppo"
+
+    def prepare(self, trainer, batch, targets):
+        cfg: PPOConfig = self.config or PPOConfig()
+        samples = batch.samples
+        want_ref = cfg.kl_coef > 0 or trainer.config.track_kl
+        state: dict[str, Any] = {"adv": list(targets), "w": nested_mean_weights(batch.acts),
+                                 "ref": trainer.score(samples, reference=True) if want_ref else None}
+        endpoint = [torch.tensor(s.old_logprobs, dtype=torch.float32) for s in samples]
+        if cfg.old_logprobs == "trainer":
+            scored = trainer.score(samples, groups=trainer.mini_batches(len(samples)))
+            old = [lp.float().cpu() if lp is not None else torch.full((len(s.positions),), float("nan"))
+                   for lp, s in zip(scored, samples)]
+            if trainer.temperature == 1.0:  # how far the endpoint's log-probs are from the trainer's own
+                ratio = torch.exp(_cat(old) - _cat(endpoint))
+                known = ~torch.isnan(ratio)
+                if known.any():
+                    outside = (ratio[known] - ratio[known].clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)).abs() > 0
+                    state["endpoint_outside_clip_frac"] = float(outside.float().mean())
+            state["old"] = old
+        else:
+            state["old"] = endpoint
+        return state
+
+    def loss(self, trainer, batch, mb, logps, state, first_step):
+        cfg: PPOConfig = self.config or PPOConfig()
+        samples = batch.samples
+        logp = torch.cat(logps)
+        dev = logp.device
+        acts = [a for i in mb for a in samples[i].acts]
+        old = torch.cat([state["old"][i] for i in mb]).to(dev)
+        adv = torch.tensor([state["adv"][a] for a in acts], device=dev, dtype=torch.float32)
+        w = torch.tensor([state["w"][a] for a in acts], device=dev, dtype=torch.float32)
+        ref = torch.cat([state["ref"][i] for i in mb]).to(dev) if state["ref"] is not None else None
+        tok_loss, st = ppo_token_loss(logp, old, adv, cfg, ref)
+        loss = (w * tok_loss).sum()
+        sums = {"loss": float(loss.detach()), "clipped_tokens": float(st["clipped"].sum()),
+                "ratio_sum": float(st["ratio"].sum())}
+        if first_step:
+            sums["first_step_tokens"] = float(len(logp))
+            sums["first_step_outside"] = float(st["clipped"].sum())
+        if "kl" in st:
+            sums["kl_sum"] = float(st["kl"].sum())
+        return loss, sums
+
+    def summary(self, sums, batch, state):
+        n = max(batch.n_trained_tokens * max(state.get("epochs", 1), 1), 1)
+        out = {"loss": sums.get("loss", 0.0), "clip_frac": sums.get("clipped_tokens", 0.0) / n,
+               "ratio_mean": sums.get("ratio_sum", 0.0) / n,
+               "clip_frac_first_step": sums.get("first_step_outside", 0.0) / max(sums.get("first_step_tokens", 0), 1)}
+        if "kl_sum" in sums:
+            out["kl"] = sums["kl_sum"] / n
+        if "endpoint_outside_clip_frac" in state:
+            out["endpoint_clip_frac"] = state["endpoint_outside_clip_frac"]
+        return out
+
+
+@register_loss("maro")
+class MAROLoss(Objective):
+    """MARO: per act the implicit reward r = sum over its tokens of log pi - log pi_ref, the reference point z0 from
+    mismatched (prompt, response) pairs, and lambda (1 - sigmoid(beta (r - z0))) (losses.maro_act_loss), averaged
+    over acts. `targets` = (desirable labels per act, mismatched samples)."""
+
+    uses_advantages = False
+    config_section = "maro"
+
+    def prepare(self, trainer, batch, targets):
+        desirable, mismatched = targets
+        samples = batch.samples
+        ref = trainer.score(samples, reference=True)
+        ref_act = torch.zeros(len(batch.acts))
+        for s, lp in zip(samples, ref):
+            ref_act.index_add_(0, torch.tensor(s.acts, dtype=torch.long), lp.float().cpu())
+        return {"labels": torch.tensor(desirable, dtype=torch.bool), "ref_act": ref_act, "mismatched": mismatched,
+                "z0": torch.zeros(())}
+
+    def on_minibatch(self, trainer, batch, group, state):
+        # z0 with the current weights, recomputed before each optimizer step (KTO recomputes it per batch)
+        mism: list[Sample] = state["mismatched"]
+        if not mism:
+            state["z0"] = torch.zeros(())
+            return
+        pol, ref = trainer.score(mism), trainer.score(mism, reference=True)
+        state["z0"] = kl_reference_point(torch.stack([(p.float() - r.float()).sum().cpu()
+                                                      for p, r in zip(pol, ref)]))
+
+    def loss(self, trainer, batch, mb, logps, state, first_step):
+        cfg: MAROConfig = self.config or MAROConfig()
+        samples = batch.samples
+        lp = torch.cat(logps)
+        acts = torch.tensor([a for i in mb for a in samples[i].acts], dtype=torch.long)
+        uniq, inv = torch.unique(acts, return_inverse=True)
+        pol = torch.zeros(len(uniq), device=lp.device, dtype=lp.dtype).index_add(0, inv.to(lp.device), lp)
+        r = pol.float().cpu() - state["ref_act"][uniq]
+        labels = state["labels"][uniq]
+        loss = maro_act_loss(r, state["z0"], labels, cfg).sum() / len(batch.acts)
+        rd = r.detach()
+        return loss, {"loss": float(loss.detach()), "r_win": float(rd[labels].sum()),
+                      "r_lose": float(rd[~labels].sum()), "z0_sum": float(state["z0"])}
+
+    def summary(self, sums, batch, state):
+        labels = state["labels"]
+        n_win = int(labels.sum())
+        n_lose = len(labels) - n_win
+        passes = max(state.get("epochs", 1), 1)
+        return {"loss": sums.get("loss", 0.0), "z0": float(state["z0"]),
+                "reward_desirable": sums.get("r_win", 0.0) / max(n_win * passes, 1),
+                "reward_undesirable": sums.get("r_lose", 0.0) / max(n_lose * passes, 1),
+                "desirable_acts": float(n_win), "undesirable_acts": float(n_lose)}
+
