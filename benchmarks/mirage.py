@@ -51,10 +51,11 @@ def main() -> None:
         for f in folders:
             out = Path(args.out) / f"{f.name.replace(' ', '_')}.md"
             try:
-                r = play_mystery(str(f), players="base", judge="base", episodes=1, seed=args.seed, json_out=True,
-                                 transcript=str(out), rounds=args.rounds, base_url=url, concurrency=1,
-                                 structured_outputs=not args.no_structured_outputs,
-                                 summary_tokens=args.summary_tokens)
+                with contextlib.redirect_stdout(sys.stderr):  # one JSON object on stdout: ours
+                    r = play_mystery(str(f), players="base", judge="base", episodes=1, seed=args.seed, json_out=True,
+                                     transcript=str(out), rounds=args.rounds, base_url=url, concurrency=1,
+                                     structured_outputs=not args.no_structured_outputs,
+                                     summary_tokens=args.summary_tokens)
             except Exception as e:  # noqa: BLE001  a script that fails is reported, the others still run
                 per_script[f.name] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"{f.name}: {e}", file=sys.stderr)

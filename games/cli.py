@@ -185,6 +185,11 @@ def play(
     rounds: int = typer.Option(5, help="mystery: conversation rounds per stage."),
     player_max_tokens: Optional[int] = typer.Option(None, help="mystery: longest player reply."),
     judge_max_tokens: Optional[int] = typer.Option(None, help="mystery: longest judge reply."),
+    structured_outputs: bool = typer.Option(True, "--structured-outputs/--no-structured-outputs",
+                                            help="mystery: ask the endpoint for schema-constrained acts and judge "
+                                            "answers (lenient parsing when it has no such support)."),
+    summary_tokens: Optional[int] = typer.Option(None, help="mystery: summarise each character's script with the "
+                                                 "served model to this many tokens (cached); default: no summary."),
 ) -> None:
     """Play games and print a summary (per-seat mean return, wins / draws / losses, illegal-move rate, mean turns);
     episodes are written as JSONL."""
@@ -194,7 +199,7 @@ def play(
         play_mystery(script=script, players=players or "base", judge=judge, episodes=episodes, seed=seed,
                      json_out=json_out, transcript=transcript, rounds=rounds, base_url=base_url, model=model,
                      player_max_tokens=player_max_tokens, judge_max_tokens=judge_max_tokens,
-                     concurrency=concurrency)
+                     concurrency=concurrency, structured_outputs=structured_outputs, summary_tokens=summary_tokens)
         return
     if players is None:
         raise typer.BadParameter("--players is required, e.g. --players mcts:100,random")

@@ -249,9 +249,3 @@ def is_correct(prediction: str | None, gold: str, kind: str = "math") -> bool:
     if not gold_parsed or not pred_parsed:
         return prediction.strip() == gold.strip()
     return bool(verify(gold_parsed, pred_parsed, **vtimeout))
-
-
-def score_reply(text: str, q: Question) -> tuple[str | None, bool]:
-    """(extracted prediction, correct) for a full reply to question `q`."""
-    pred = extract_answer(text, q.kind)
-    return pred, is_correct(pred, q.gold, q.kind)

@@ -431,6 +431,17 @@ class VLLMServer:
         self.policy_version = version
         return self.verify_adapter(BASE_NAME, adapter_path)
 
+    def load_base_weights(self) -> None:
+        """Serve the unmodified base model as `base` again (undoes load_policy_weights without a restart)."""
+        if not self.config.weight_reload or self.model_path is None:
+            raise ServerError("this server cannot replace its weights (start it with weight_reload=True)")
+        r = self._request("POST", "/collective_rpc", timeout=600,
+                          json={"method": "reload_weights", "kwargs": {"weights_path": str(self.model_path)}})
+        if r.status_code != 200:
+            raise ServerError(f"reloading the base weights failed: HTTP {r.status_code} {r.text[:300]}")
+        self._request("POST", "/reset_prefix_cache")
+        self.policy_version = None
+
     def greedy_logprobs(self, model: str, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
         """The tokens `model` generates greedily after `prompt_ids` (exactly max_tokens of them) and their
         log-probs, as the sampler reports them."""

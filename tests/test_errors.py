@@ -105,3 +105,16 @@ def test_play_with_the_server_down_is_one_line_and_non_zero():
                       "`stratagem serve` and pass its URL with --base-url (default 127.0.0.1:8000/v1), or leave "
                       "--base-url out to let the command start one"]
     assert len((r.stdout + r.stderr).splitlines()) < 10 and "Traceback" not in r.stderr
+
+
+def test_eval_mas_exits_non_zero_when_questions_failed(tmp_path):
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": "What is 2+3?", "answer": "2+3=5\n#### 5"}) + "\n")
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    r = subprocess.run([sys.executable, "-m", "stratagem.cli", "eval", "mas", "--benchmark", "gsm8k", "--data",
+                        str(data), "--base-url", url, "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    summary = json.loads(r.stdout.strip().splitlines()[-1])  # the results are still printed
+    assert summary["models"]["base"]["errors"] == 1 and summary["models"]["base"]["n"] == 1
+    assert r.stderr.strip().splitlines()[-1] == (f"error: 1 question(s) failed on the endpoint {url} (see 'error' in "
+                                                 "the JSONL); rerun with --out to resume")

@@ -14,11 +14,11 @@ detected, the server restarted (when this loop owns it) and the iteration retrie
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -28,12 +28,13 @@ from stratagem.config import ConfigError, check as check_config, from_dict as co
 from stratagem.config import to_dict as config_to_dict
 from stratagem.games.base import ReplyFormat, RewardConfig
 from stratagem.games.core import Episode
+from stratagem.games.metrics import episode_metrics
 from stratagem.games.mystery.game import MysteryConfig
 from stratagem.integrations.vllm_server import ServerConfig
 from stratagem.training.advantages import AdvantageConfig, get_advantage
-from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels, mismatched_pairs
+from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels
 from stratagem.training.run_store import RunStore
-from stratagem.training.samples import build_batch, mismatched_samples
+from stratagem.training.samples import build_batch
 from stratagem.training.trainer import LoRATrainer, TrainerConfig
 
 MYSTERY = "mystery"
@@ -77,6 +78,13 @@ class LoopConfig:
                                  "vLLM server died (restarted first when this run started it).", "min": 0})
     max_lora_rank: int = field(default=16, metadata={"help": "--max-lora-rank of a server this run starts (raised "
                                "to the trainer's rank if smaller).", "min": 1})
+    eval_episodes: int = field(default=0, metadata={"help": "Before the first iteration and after the last, play "
+                               "this many games per seat order of each strategic training game against "
+                               "eval_opponent with the starting and the final policy, in the run's reply protocol; "
+                               "the comparison (illegal-act rate, win rate, normalized return, 95% intervals) is "
+                               "printed and saved in RUN/eval/ (0: off).", "min": 0})
+    eval_opponent: str = field(default="random", metadata={"help": "Opponent of that evaluation: an agent spec, "
+                               "'auto' (the paper's: MCTS, CFR, self for Hanabi) or GAME=SPEC pairs."})
     policy_weights: str = field(default="auto", metadata={"help": "How the server samples the current policy iter-k: "
                                 "'lora' hot-loads it as an adapter (vLLM's LoRA path, about a third of base speed on "
                                 "a CPU); 'merged' merges it into the base weights and reloads them in place (base "
@@ -288,29 +296,6 @@ def learner_for(cfg: LoopConfig) -> Callable[[Episode, int], bool]:
 
 # ---- metrics ------------------------------------------------------------------------------------------------
 
-def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
-    """Per (game, role): mean return and win rate; per game: the share of model turns that were illegal."""
-    ret: dict[str, list[float]] = defaultdict(list)
-    win: dict[str, list[float]] = defaultdict(list)
-    illegal: dict[str, list[float]] = defaultdict(list)
-    for ep in episodes:
-        for s in ep.seats:
-            key = f"{ep.game}/{s.role}"
-            ret[key].append(float(ep.returns[s.index]))
-            won = (s.faction == ep.winning_faction) if ep.winning_faction is not None else s.index in ep.winners
-            win[key].append(float(won))
-        for t in ep.turns:
-            if t.completion_token_ids is not None:
-                illegal[ep.game].append(float(not t.legal))
-    out: dict[str, float] = {}
-    for k, v in ret.items():
-        out[f"return/{k}"] = sum(v) / len(v)
-        out[f"win_rate/{k}"] = sum(win[k]) / len(win[k])
-    for g, v in illegal.items():
-        out[f"illegal_rate/{g}"] = sum(v) / len(v)
-    return out
-
-
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     if not xs:
         return 0.0, 0.0
@@ -338,7 +323,7 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
         labels = maro_labels(episodes, learner, cfg.maro, rng)
         batch = build_batch(episodes, lambda i, j: (i, j) in labels, pack=tc.pack, max_seq_len=tc.max_seq_len)
         desirable = [labels[(a.episode, a.turn)] for a in batch.acts]
-        targets: Any = (desirable, mismatched_samples(episodes, batch, mismatched_pairs(len(batch.acts))))
+        targets: Any = (desirable, episodes, rng)  # mismatched pairs are drawn per mini-batch
     else:
         adv = get_advantage(lc.algo)(episodes, learner, cfg.advantage, adv_state)
         batch = build_batch(episodes, lambda i, j: adv[i][j] is not None, pack=tc.pack, max_seq_len=tc.max_seq_len)
@@ -414,7 +399,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
         rollout = rollout or default_rollout(cfg, server.base_url, endpoints.pool if endpoints else None)
     sleeps = started is not None and started.sleep_enabled
 
-    trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed,
+    trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed, temperature=cfg.sampling.temperature,
                           adapter_path=store.adapter_dir(done) if done else None)
     adv_state: dict[str, Any] = {}
     if done:
@@ -429,6 +414,12 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(str(store.tb_dir), purge_step=done + 1)
+    evaluating = lc.eval_episodes > 0 and dist.is_main
+    if evaluating and not (store.root / "eval" / "before.json").is_file():
+        from stratagem.training.compare import evaluate_policy
+
+        # the policy this run starts from (the base model, or the adapter a resume starts from)
+        evaluate_policy(cfg, server.base_url, policies.served(done), "before", store.root / "eval")
     try:
         for k in range(done + 1, lc.iterations + 1):
             policy = adapter_name(k - 1)
@@ -478,6 +469,13 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
             if progress:
                 _print_summary(metrics)
             dist.barrier()
+        if evaluating:
+            from stratagem.training.compare import evaluate_policy, print_comparison
+
+            final = store.completed_iterations()
+            after = evaluate_policy(cfg, server.base_url, policies.served(final), "after", store.root / "eval")
+            before = json.loads((store.root / "eval" / "before.json").read_text())
+            print_comparison(before, after, "start", adapter_name(final))
     finally:
         if tb is not None:
             tb.close()

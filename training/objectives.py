@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 
 from stratagem.training.losses import (MAROConfig, PPOConfig, kl_reference_point, maro_act_loss,
-                                       nested_mean_weights, ppo_token_loss)
-from stratagem.training.samples import Batch, Sample
+                                       mismatched_pairs, nested_mean_weights, ppo_token_loss)
+from stratagem.training.samples import Batch, mismatched_samples
 
 
 class Objective:
@@ -143,31 +143,45 @@ class ClippedPolicyLoss(Objective):
 @register_loss("maro")
 class MAROLoss(Objective):
     """MARO: per act the implicit reward r = sum over its tokens of log pi - log pi_ref, the reference point z0 from
-    mismatched (prompt, response) pairs, and lambda (1 - sigmoid(beta (r - z0))) (losses.maro_act_loss), averaged
-    over acts. `targets` = (desirable labels per act, mismatched samples)."""
+    mismatched (prompt, response) pairs re-drawn per mini-batch, and lambda (1 - sigmoid(beta (r - z0)))
+    (losses.maro_act_loss), averaged over acts."""
 
     uses_advantages = False
     config_section = "maro"
 
     def prepare(self, trainer, batch, targets):
-        desirable, mismatched = targets
+        """`targets`: (desirable per act, episodes, rng): mismatched pairs are drawn afresh for every mini-batch
+        from its own acts (losses.mismatched_pairs); or (desirable per act, fixed mismatched samples)."""
+        desirable, *rest = targets
         samples = batch.samples
         ref = trainer.score(samples, reference=True)
         ref_act = torch.zeros(len(batch.acts))
         for s, lp in zip(samples, ref):
             ref_act.index_add_(0, torch.tensor(s.acts, dtype=torch.long), lp.float().cpu())
-        return {"labels": torch.tensor(desirable, dtype=torch.bool), "ref_act": ref_act, "mismatched": mismatched,
-                "z0": torch.zeros(())}
+        state = {"labels": torch.tensor(desirable, dtype=torch.bool), "ref_act": ref_act, "z0": torch.zeros(()),
+                 "z0_sum": 0.0, "z0_n": 0}
+        if len(rest) == 2:
+            state["episodes"], state["rng"] = rest
+        else:
+            state["mismatched"] = rest[0]
+        return state
 
     def on_minibatch(self, trainer, batch, group, state):
-        # z0 with the current weights, recomputed before each optimizer step (KTO recomputes it per batch)
-        mism: list[Sample] = state["mismatched"]
+        # z0 with the current weights on this mini-batch's own mismatched pairs (KTO recomputes it per batch)
+        if "episodes" in state:
+            idx = sorted({a for i in group for a in batch.samples[i].acts})
+            pairs = mismatched_pairs([batch.acts[i] for i in idx], state["rng"])
+            mism = mismatched_samples(state["episodes"], batch, [(idx[i], idx[j]) for i, j in pairs])
+        else:
+            mism = state["mismatched"]
         if not mism:
             state["z0"] = torch.zeros(())
-            return
-        pol, ref = trainer.score(mism), trainer.score(mism, reference=True)
-        state["z0"] = kl_reference_point(torch.stack([(p.float() - r.float()).sum().cpu()
-                                                      for p, r in zip(pol, ref)]))
+        else:
+            pol, ref = trainer.score(mism), trainer.score(mism, reference=True)
+            state["z0"] = kl_reference_point(torch.stack([(p.float() - r.float()).sum().cpu()
+                                                          for p, r in zip(pol, ref)]))
+        state["z0_sum"] += float(state["z0"])
+        state["z0_n"] += 1
 
     def loss(self, trainer, batch, mb, logps, state, first_step):
         cfg: MAROConfig = self.config or MAROConfig()
@@ -181,14 +195,14 @@ class MAROLoss(Objective):
         loss = maro_act_loss(r, state["z0"], labels, cfg).sum() / len(batch.acts)
         rd = r.detach()
         return loss, {"loss": float(loss.detach()), "r_win": float(rd[labels].sum()),
-                      "r_lose": float(rd[~labels].sum()), "z0_sum": float(state["z0"])}
+                      "r_lose": float(rd[~labels].sum())}
 
     def summary(self, sums, batch, state):
         labels = state["labels"]
         n_win = int(labels.sum())
         n_lose = len(labels) - n_win
         passes = max(state.get("epochs", 1), 1)
-        return {"loss": sums.get("loss", 0.0), "z0": float(state["z0"]),
+        return {"loss": sums.get("loss", 0.0), "z0": state["z0_sum"] / max(state["z0_n"], 1),
                 "reward_desirable": sums.get("r_win", 0.0) / max(n_win * passes, 1),
                 "reward_undesirable": sums.get("r_lose", 0.0) / max(n_lose * passes, 1),
                 "desirable_acts": float(n_win), "undesirable_acts": float(n_lose)}

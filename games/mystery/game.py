@@ -30,8 +30,8 @@ from stratagem.games.mystery.schema import Script
 
 GAME = "mystery"
 CULPRIT, CIVILIAN = "culprit", "civilian"
-INTRODUCTION, CONVERSE, ASK, INVESTIGATE, ANSWER, VOTE, JUDGE, DONE = (
-    "introduction", "converse", "ask", "investigate", "answer", "vote", "judge", "done")
+INTRODUCTION, CONVERSE, ASK, INVESTIGATE, ANSWER, VOTE, JUDGE = (
+    "introduction", "converse", "ask", "investigate", "answer", "vote", "judge")
 PLAYER_PHASES = (INTRODUCTION, CONVERSE, ANSWER, VOTE)
 
 # Share of the summary budget per script field, in the order they are shown: what a character may do and wants

@@ -83,7 +83,7 @@ def build_episode(game: MysteryGame, verdict_metrics: dict[str, Any], utterance_
         game=GAME, seed=st.seed, seats=seats, turns=turns, returns=returns,
         winners=[s.index for s in seats if s.faction == winner], end_reason="vote", winning_faction=winner,
         id=f"mystery-{script.name}-{st.seed}-{uuid.uuid4().hex[:8]}", metrics=verdict_metrics,
-        params={"script": script.name, "title": script.title, "stages": len(script.stages),
+        params={"script": script.name, "script_path": script.path, "title": script.title, "stages": len(script.stages),
                 "rounds": config.rounds, "order": st.order, "culprits": script.culprits,
                 "max_reasks": config.max_reasks, "revealed": st.revealed, "human_seats": humans},
     )

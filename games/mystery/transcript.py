@@ -8,7 +8,7 @@ from stratagem.games.mystery.metrics import HEADLINE
 
 
 def episode_markdown(ep: Episode) -> str:
-    script = load_script(ep.params["script"])
+    script = load_script(ep.params.get("script_path") or ep.params["script"])
     m = ep.metrics
     out = [f"## {script.title} (episode {ep.id}, seed {ep.seed})", "",
            f"Speaking order: {', '.join(ep.params['order'])}. Culprit(s): {', '.join(script.culprits)}.", ""]
