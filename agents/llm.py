@@ -17,7 +17,9 @@ from stratagem.games.core import Observation, Reply
 
 @dataclass
 class LLMAgentConfig:
-    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible endpoint."})
+    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible endpoint; "
+                          "several, comma-separated, serving the same models: each request goes to the least-loaded "
+                          "live one (integrations.endpoints.RoutedClient)."})
     model: str = field(default="base", metadata={"help": "Served model or adapter name (e.g. base, iter-3)."})
     api_key: str = field(default="EMPTY", metadata={"help": "API key sent as a bearer token."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (1.0: sample the policy as is, "
@@ -46,9 +48,15 @@ class LLMAgent:
         if config is not None and overrides:
             raise TypeError("pass either a config or keyword overrides, not both")
         self.name = f"llm:{self.config.model}"
-        self._client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key,
-                                          timeout=self.config.timeout,
-                                          max_retries=self.config.retries)
+        if "," in self.config.base_url:  # several endpoints: each request to the least-loaded live one
+            from stratagem.integrations.endpoints import RoutedClient, parse_endpoints
+
+            self._client = RoutedClient(parse_endpoints(self.config.base_url), api_key=self.config.api_key,
+                                        timeout=self.config.timeout, max_retries=self.config.retries)
+        else:
+            self._client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key,
+                                              timeout=self.config.timeout,
+                                              max_retries=self.config.retries)
 
     def request(self, observation: Observation) -> dict[str, Any]:
         """The keyword arguments of the chat-completion call for this observation."""

@@ -13,6 +13,7 @@ teacher-forced prompt log-probs of a LoRA request are batched with other request
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stratagem.integrations.vllm_server import BASE_NAME, AdapterVerificationError, read_adapter_config
@@ -40,28 +41,84 @@ def probe_prompt_ids(model_path: str, probe: str = DEFAULT_PROBE) -> list[int]:
     return tok(prompt, add_special_tokens=False)["input_ids"]
 
 
+class ReferenceModel:
+    """The fp32 reference of a base model with one LoRA adapter, kept in memory for a whole run: installing the
+    next iteration's adapter swaps its weights in place instead of reading the base model from disk again, and the
+    same copy scores the verification probe and writes the merged weights. fp32, because the CPU engine serves
+    fp32 and the check is tight (1e-3); a bf16 trainer's copy could not tell a 1e-3 gap from its own rounding."""
+
+    def __init__(self, model_path: str):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.model_path = model_path
+        self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.model = None  # a PeftModel around `base` once an adapter was set
+        self._adapter_config: dict | None = None
+        self.loads = 1  # base-model loads from disk (a test checks it stays at one)
+
+    def set_adapter(self, adapter_path: str) -> None:
+        """Make `adapter_path` the active adapter: its weights are copied in when its LoRA shape matches the
+        current one, else the adapter is attached afresh (the base weights stay in memory either way)."""
+        from peft import PeftModel, set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        cfg = read_adapter_config(adapter_path)
+        shape = {k: cfg.get(k) for k in ("r", "lora_alpha", "target_modules", "base_model_name_or_path")}
+        if self.model is not None and shape == self._adapter_config:
+            result = set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_path), device="cpu"))
+            if getattr(result, "unexpected_keys", None):
+                raise AdapterVerificationError(f"{adapter_path}: unexpected adapter weights "
+                                               f"{list(result.unexpected_keys)[:3]}")
+        else:
+            if self.model is not None:
+                self.base = self.model.unload()
+            self.model = PeftModel.from_pretrained(self.base, str(adapter_path)).eval()
+            self._adapter_config = shape
+
+    def logprobs(self, prompt_ids: list[int], reply_ids: list[int]) -> tuple[list[float], list[float]]:
+        """Log-probs of `reply_ids` after `prompt_ids` with the adapter and with it disabled."""
+        import torch
+
+        assert self.model is not None, "set_adapter first"
+        ids = torch.tensor([prompt_ids + reply_ids])
+        at = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1)
+
+        def score() -> list[float]:
+            with torch.no_grad():
+                logits = self.model(input_ids=ids).logits[0, at].float()
+            return torch.log_softmax(logits, dim=-1).gather(-1, ids[0, at + 1, None])[:, 0].tolist()
+
+        with_adapter = score()
+        with self.model.disable_adapter():
+            base = score()
+        return with_adapter, base
+
+    def save_merged(self, out: str | Path) -> Path:
+        """Write base + the active adapter merged into one fp32 checkpoint (weights and config), merged on a copy
+        so this model keeps its unmerged base weights exactly."""
+        import copy
+
+        assert self.model is not None, "set_adapter first"
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        copy.deepcopy(self.model).merge_and_unload().save_pretrained(out, safe_serialization=True)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def reference_model(model_path: str) -> ReferenceModel:
+    """The process's reference copy of `model_path` (one at a time)."""
+    return ReferenceModel(model_path)
+
+
 def reference_logprobs(model_path: str, adapter_path: str, prompt_ids: list[int],
                        reply_ids: list[int]) -> tuple[list[float], list[float]]:
-    """Log-probs of `reply_ids` after `prompt_ids`, fp32 on the CPU, with the adapter and with it disabled (one
-    model load for both)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
-                                      adapter_path).eval()
-    ids = torch.tensor([prompt_ids + reply_ids])
-    at = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1)
-
-    def score() -> list[float]:
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, at].float()
-        return torch.log_softmax(logits, dim=-1).gather(-1, ids[0, at + 1, None])[:, 0].tolist()
-
-    with_adapter = score()
-    with model.disable_adapter():
-        base = score()
-    return with_adapter, base
+    """Log-probs of `reply_ids` after `prompt_ids`, fp32 on the CPU, with the adapter and with it disabled (the
+    base model is read from disk once per process; see ReferenceModel)."""
+    ref = reference_model(model_path)
+    ref.set_adapter(adapter_path)
+    return ref.logprobs(prompt_ids, reply_ids)
 
 
 def verify_adapter(server: "VLLMServer", name: str, adapter_path: str, *, tolerance: float = 0.05,

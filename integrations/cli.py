@@ -24,13 +24,21 @@ def _split(csv_list: str, what: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def endpoint(base_url: Optional[str], adapters: list[str], model: str = "default") -> Iterator[str]:
-    """The endpoint to use: `base_url` as given, or a server started here (adapters loaded) for the block."""
+def endpoint(base_url: Optional[list[str]] | str, adapters: list[str], model: str = "default") -> Iterator[str]:
+    """The endpoint to use: `base_url` as given (one URL, or several joined by commas: repeated --base-url,
+    comma-separated lists and files of URLs, see integrations.endpoints.parse_endpoints), or a server started here
+    (adapters loaded) for the block."""
     if base_url:
+        from stratagem.integrations.endpoints import EndpointError, parse_endpoints
+
+        try:
+            urls = parse_endpoints(base_url)
+        except EndpointError as e:
+            raise typer.BadParameter(str(e)) from None
         if adapters:
             raise typer.BadParameter("--adapter loads adapters into a server this command starts; with --base-url "
                                      "load them into that server instead")
-        yield base_url
+        yield ",".join(urls)
         return
     from stratagem.cli import _parse_adapters
     from stratagem.integrations.vllm_server import ServerConfig, VLLMServer
@@ -57,7 +65,9 @@ def eval_mas(
     models: str = typer.Option("base", help="Comma-separated served model / adapter names; the first is the reference."),
     out: Optional[str] = typer.Option(None, help="Directory for per-question JSONL with transcripts (resumable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    base_url: Optional[str] = typer.Option(None, help="Use this endpoint instead of starting a server."),
+    base_url: Optional[list[str]] = typer.Option(None, help="Use this endpoint instead of starting a server; "
+                                                 "repeat it, or give a comma-separated list or a file of URLs, to "
+                                                 "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
     concurrency: int = typer.Option(8, help="Questions in flight at once."),
     max_tokens: int = typer.Option(256, help="Longest reply of one agent turn."),
@@ -133,7 +143,9 @@ def eval_games(
                                                    "vLLM's extra request fields (top_k, stop strings kept)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
     out: Optional[str] = typer.Option(None, help="Directory for the episodes (JSONL) and the summary."),
-    base_url: Optional[str] = typer.Option(None, help="Use this endpoint instead of starting a server."),
+    base_url: Optional[list[str]] = typer.Option(None, help="Use this endpoint instead of starting a server; "
+                                                 "repeat it, or give a comma-separated list or a file of URLs, to "
+                                                 "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
     concurrency: int = typer.Option(8, help="Games in flight at once."),
     seed: int = typer.Option(0, help="Seed of the first game."),
@@ -188,7 +200,9 @@ def eval_mystery(
                                                  "model to this many tokens first (MIRAGE: 1500)."),
     out: str = typer.Option("runs/eval-mystery", help="Folder of per-game JSONL and transcripts; reruns resume."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
-    base_url: Optional[str] = typer.Option(None, help="Use this endpoint instead of starting a server."),
+    base_url: Optional[list[str]] = typer.Option(None, help="Use this endpoint instead of starting a server; "
+                                                 "repeat it, or give a comma-separated list or a file of URLs, to "
+                                                 "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
     concurrency: int = typer.Option(2, help="Games in flight at once."),
 ) -> None:

@@ -277,7 +277,9 @@ class EndpointGroup:
 
     @property
     def base_url(self) -> str:
-        return ", ".join(self.pool.urls)
+        """One live endpoint (the first), for work that needs a single URL (e.g. the run's before/after evaluation)."""
+        live = self.pool.alive()
+        return (live[0] if live else self.pool.endpoints[0]).url
 
     def alive(self) -> bool:
         return any(self.pool.healthy_sync(e) for e in self.pool.endpoints)
@@ -287,3 +289,72 @@ class EndpointGroup:
 
     def stop(self) -> None:  # attached servers belong to whoever started them
         return None
+
+
+# ---- request-level routing (evaluation) ----------------------------------------------------------------------------
+
+_SHARED: dict[tuple[str, ...], EndpointPool] = {}
+
+
+def shared_pool(urls: Sequence[str], api_key: str | None = None) -> EndpointPool:
+    """One pool (one set of load counts and dead marks) per endpoint list in this process, shared by every agent
+    that talks to the same endpoints."""
+    key = tuple(urls)
+    if key not in _SHARED:
+        _SHARED[key] = EndpointPool(urls, api_key=api_key)
+    return _SHARED[key]
+
+
+class _Completions:
+    def __init__(self, owner: "RoutedClient"):
+        self._owner = owner
+
+    async def create(self, **kw: Any) -> Any:
+        return await self._owner._create(**kw)
+
+
+class _Chat:
+    def __init__(self, owner: "RoutedClient"):
+        self.completions = _Completions(owner)
+
+
+class RoutedClient:
+    """What `openai.AsyncOpenAI` offers an agent (`chat.completions.create`, `close`), over several endpoints: each
+    request goes to the live endpoint with the fewest requests in flight; a request that failed because its endpoint
+    is down is sent again, whole, to another. Used for evaluation (`stratagem eval ... --base-url A --base-url B`),
+    where consecutive turns of one game may be answered by different endpoints serving the same models; training
+    moves whole games instead (`EndpointPool.run`), so that an episode's turns all come from one server."""
+
+    def __init__(self, urls: Sequence[str], *, api_key: str | None = None, timeout: float = 600.0,
+                 max_retries: int = 2):
+        import openai
+
+        self.pool = shared_pool(list(urls), api_key if api_key not in (None, "EMPTY") else None)
+        self._clients = {u: openai.AsyncOpenAI(base_url=u, api_key=api_key or "EMPTY", timeout=timeout,
+                                               max_retries=max_retries) for u in self.pool.urls}
+        self.chat = _Chat(self)
+
+    async def _create(self, **kw: Any) -> Any:
+        import openai
+
+        while True:
+            ep = self.pool.pick()
+            ep.in_flight += 1
+            ep.started += 1
+            try:
+                resp = await self._clients[ep.url].chat.completions.create(**kw)
+            except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as e:
+                if await self.pool.healthy(ep):
+                    raise
+                self.pool.mark_dead(ep, f"{type(e).__name__}: {str(e)[:200]}")
+                self.pool.stats.moved += 1
+                continue
+            finally:
+                ep.in_flight -= 1
+            ep.finished += 1
+            self.pool.stats.per_endpoint[ep.url] = self.pool.stats.per_endpoint.get(ep.url, 0) + 1
+            return resp
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            await c.close()

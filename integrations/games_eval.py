@@ -33,7 +33,6 @@ from stratagem.games.metrics import seat_summary
 
 PAPER_OPPONENTS: dict[str, str] = {"tictactoe": "mcts:100", "connect_four": "mcts:100", "kuhn_poker": "cfr",
                                    "leduc_poker": "cfr", "mini_hanabi": "self", "simple_hanabi": "self"}
-PAPER_MCTS_SIMULATIONS: dict[str, tuple[int, ...]] = {"tictactoe": (100, 1000), "connect_four": (10, 100)}
 BOT_KINDS = ("random", "mcts", "cfr")
 
 

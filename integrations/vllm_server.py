@@ -470,14 +470,10 @@ class VLLMServer:
 
 
 def merge_adapter(model_path: str, adapter_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write base + LoRA merged into one fp32 safetensors checkpoint (the weights only; the tokenizer stays)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    """Write base + LoRA merged into one fp32 safetensors checkpoint, from the process's in-memory reference copy of
+    the base model (adapter_check.ReferenceModel: read from disk once per run, not once per iteration)."""
+    from stratagem.integrations.adapter_check import reference_model
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out, safe_serialization=True)
-    return out
+    ref = reference_model(str(model_path))
+    ref.set_adapter(str(adapter_path))
+    return ref.save_merged(out)

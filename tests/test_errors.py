@@ -118,3 +118,11 @@ def test_eval_mas_exits_non_zero_when_questions_failed(tmp_path):
     assert summary["models"]["base"]["errors"] == 1 and summary["models"]["base"]["n"] == 1
     assert r.stderr.strip().splitlines()[-1] == (f"error: 1 question(s) failed on the endpoint {url} (see 'error' in "
                                                  "the JSONL); rerun with --out to resume")
+
+
+def test_train_with_the_server_down_fails_before_the_run_starts(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    r = subprocess.run([sys.executable, "-m", "stratagem.cli", "train", "--base-url", url, "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith(f"error: cannot reach the model endpoint {url} "), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()  # no run directory, no model

@@ -70,6 +70,18 @@ def train_config(argv: list[str]) -> tuple[Any, Path, bool]:
     return RunConfig.from_dict(merge(raw or {}, overrides)), ns.out, ns.resume
 
 
+def check_endpoints(base_url: str | None, api_key: str | None = None) -> None:
+    """Fail now, before a run directory is made or a model loads, when an endpoint of `--base-url` cannot be
+    reached: the connection error propagates (the console script reports it in one line with what to run)."""
+    import httpx
+
+    from stratagem.integrations.endpoints import parse_endpoints
+
+    for url in parse_endpoints(base_url):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        httpx.get(f"{url}/models", headers=headers, timeout=10)  # any answer will do: it is reachable
+
+
 def register(app: typer.Typer) -> None:
     @app.command(add_help_option=False,
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -80,6 +92,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             cfg, out, resume = train_config(list(ctx.args))
+            check_endpoints(cfg.loop.base_url, cfg.server.api_key)
             store = run_training(cfg, out, resume=resume)
         except (ValueError, FileExistsError, FileNotFoundError) as e:
             typer.secho(f"error: {e}", fg="red", err=True)

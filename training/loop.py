@@ -392,6 +392,8 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
                                        colocated=cfg.server.colocated or not on_cpu)
             started = server = VLLMServer(scfg)
             server.start()
+    if server is not None and hasattr(server, "pool"):
+        endpoints = server  # an EndpointGroup given by the caller
     owned = server if getattr(server, "_owned", False) else None  # only a server we manage can be restarted
     can_reload = owned is not None and getattr(getattr(server, "config", None), "weight_reload", False)
     policies = PolicyServer(server, store, merged_policy(lc, can_reload, on_cpu), endpoints) if dist.is_main else None

@@ -32,7 +32,6 @@ GAME = "mystery"
 CULPRIT, CIVILIAN = "culprit", "civilian"
 INTRODUCTION, CONVERSE, ASK, INVESTIGATE, ANSWER, VOTE, JUDGE = (
     "introduction", "converse", "ask", "investigate", "answer", "vote", "judge")
-PLAYER_PHASES = (INTRODUCTION, CONVERSE, ANSWER, VOTE)
 
 # Share of the summary budget per script field, in the order they are shown: what a character may do and wants
 # comes first, so a tight budget cuts background before it cuts the rules of play.

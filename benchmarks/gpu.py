@@ -1,0 +1,276 @@
+"""One LoRA training step and generation throughput of a Qwen3-4B-shaped model with random weights.
+
+Training: bf16 weights, LoRA on every linear layer of the decoder, AdamW on the LoRA weights, packed sequences of
+--seq-len tokens (several documents back to back in one row, loss on every token), --batch rows per step. Reported:
+tokens/s and MFU, the model FLOPs a step must do over the GPU's dense bf16 peak. The FLOPs of one token, with N the
+matmul weights of the model (decoder linears and the output layer), r the LoRA weights, L layers, T the packed
+length, d the attention width (heads x head dim):
+
+    4 N            forward (2N) + the backward pass to the activations (2N); frozen weights get no weight gradient
+  + 6 r            LoRA weights: forward, activation and weight gradients
+  + 3 * 2 L T d    attention scores and mixing over T/2 causal positions on average (2 matmuls x 2 FLOPs x T/2 x d
+                   per layer), forward plus a backward of twice that
+
+(the usual 6N of full fine-tuning would credit work a LoRA step does not do). Generation: tokens/s of greedy
+decoding, batched, with vLLM when it is importable, else transformers `generate`.
+
+Needs only torch and transformers (peft for the training step, vLLM optionally); what is missing is skipped and
+named in the output. `--tiny` runs a tiny shape on the CPU (what the test suite runs). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from typing import Any
+
+# dense bf16 tensor-core peaks (no sparsity), TFLOP/s, matched against torch.cuda.get_device_name in this order
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),  # SXM
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("L4", 121.0),
+)
+
+QWEN3_4B = dict(hidden_size=2560, num_hidden_layers=36, intermediate_size=9728, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+                max_position_embeddings=40960, rope_theta=1_000_000.0, rms_norm_eps=1e-6)
+TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, vocab_size=256, tie_word_embeddings=True, max_position_embeddings=512)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
+
+def flops_per_token(n_matmul: int, n_lora: int, layers: int, seq_len: int, attn_width: int) -> float:
+    """Model FLOPs of one trained token (see the module docstring). Hand check, the tiny shape of the test: N =
+    2 x (64x64 + 64x32 + 64x32 + 64x64 + 3 x 64x128) + 256x64 = 2 x 36864 + 16384 = 90112; r = 0 gives
+    4 x 90112 + 3 x 2 x 2 x 128 x 64 = 360448 + 98304 = 458752."""
+    return 4.0 * n_matmul + 6.0 * n_lora + 3.0 * 2.0 * layers * seq_len * attn_width
+
+
+def build_model(shape: dict[str, Any], dtype: Any, device: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from transformers import Qwen3Config as Config
+    except ImportError:  # older transformers: a Llama of the same shape (Qwen3 adds q/k norms, a rounding error)
+        from transformers import LlamaConfig as Config
+    cfg = Config(**shape)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    return model
+
+
+def matmul_params(model: Any) -> int:
+    """Weights that take part in a matmul: every nn.Linear (the output layer included, even when tied)."""
+    import torch
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dtype: Any) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = build_model(shape, dtype, device)
+    n_matmul = matmul_params(model)
+    if args.grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear", lora_dropout=0.0,
+                      bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_lora = sum(p.numel() for p in params)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    step_fn = model
+    if args.compile:
+        step_fn = torch.compile(model)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(0, shape["vocab_size"], (args.batch, args.seq_len), generator=g).to(device)
+
+    def step() -> float:
+        loss = step_fn(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    losses = [step() for _ in range(args.steps)]
+    sync()
+    dt = (time.perf_counter() - t0) / args.steps
+    tokens = args.batch * args.seq_len
+    attn_width = shape["num_attention_heads"] * shape["head_dim"]
+    fpt = flops_per_token(n_matmul, n_lora, shape["num_hidden_layers"], args.seq_len, attn_width)
+    achieved = fpt * tokens / dt / 1e12
+    peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
+    out = {"dtype": str(dtype).replace("torch.", ""), "batch": args.batch, "seq_len": args.seq_len,
+           "tokens_per_step": tokens, "steps": args.steps, "step_s": dt, "tokens_per_s": tokens / dt,
+           "matmul_params": n_matmul, "lora_params": n_lora, "lora_rank": args.rank, "flops_per_token": fpt,
+           "achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
+           "gradient_checkpointing": bool(args.grad_ckpt), "compiled": bool(args.compile),
+           "loss": losses[-1]}
+    if device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    del model, opt, step_fn
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def generate_transformers(shape: dict[str, Any], args: argparse.Namespace, device: Any, dtype: Any) -> dict[str, Any]:
+    import torch
+
+    model = build_model(shape, dtype, device).eval()
+    g = torch.Generator(device="cpu").manual_seed(1)
+    ids = torch.randint(0, shape["vocab_size"], (args.gen_batch, args.prompt_len), generator=g).to(device)
+    kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+              pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        model.generate(ids[:, : min(8, args.prompt_len)], max_new_tokens=2, min_new_tokens=2, do_sample=False,
+                       pad_token_id=0, eos_token_id=None)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = model.generate(ids, **kw)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+    new = (out.shape[1] - args.prompt_len) * args.gen_batch
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"engine": "transformers", "batch": args.gen_batch, "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens, "seconds": dt, "tokens_per_s": new / dt}
+
+
+def generate_vllm(shape: dict[str, Any], args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
+    """vLLM's offline engine on the same random weights (saved once to a temporary directory; no tokenizer, the
+    prompts are token ids)."""
+    import torch
+    from vllm import LLM, SamplingParams
+
+    with tempfile.TemporaryDirectory() as d:
+        build_model(shape, dtype, "cpu").save_pretrained(d)
+        llm = LLM(model=d, skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=0.85,
+                  max_model_len=args.prompt_len + args.new_tokens + 16, seed=0)
+        g = torch.Generator().manual_seed(1)
+        prompts = [{"prompt_token_ids": torch.randint(0, shape["vocab_size"], (args.prompt_len,), generator=g).tolist()}
+                   for _ in range(args.gen_batch)]
+        sp = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True, temperature=0.0, detokenize=False)
+        llm.generate(prompts[:2], sp)  # warm-up
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, sp)
+        dt = time.perf_counter() - t0
+    new = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"engine": "vllm", "batch": args.gen_batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+            "seconds": dt, "tokens_per_s": new / dt}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="A tiny shape on the CPU (smoke test).")
+    ap.add_argument("--seq-len", type=int, default=None, help="Packed tokens per row (default 4096; tiny: 128).")
+    ap.add_argument("--batch", type=int, default=None, help="Rows per step (default 2; tiny: 2).")
+    ap.add_argument("--rank", type=int, default=16, help="LoRA rank.")
+    ap.add_argument("--steps", type=int, default=None, help="Timed steps (default 5; tiny: 2).")
+    ap.add_argument("--warmup", type=int, default=None, help="Untimed steps first (default 2; tiny: 1).")
+    ap.add_argument("--grad-ckpt", action="store_true", help="Gradient checkpointing (less memory, ~1.3x compute).")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model.")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="Peak of the device (default: the table).")
+    ap.add_argument("--gen-batch", type=int, default=None, help="Prompts decoded at once (default 64; tiny: 4).")
+    ap.add_argument("--prompt-len", type=int, default=None, help="Prompt tokens (default 512; tiny: 16).")
+    ap.add_argument("--new-tokens", type=int, default=None, help="Generated tokens each (default 256; tiny: 8).")
+    ap.add_argument("--engine", choices=("auto", "vllm", "transformers", "none"), default="auto",
+                    help="Generation engine (auto: vLLM if importable, else transformers).")
+    args = ap.parse_args(argv)
+    tiny = {"seq_len": 128, "batch": 2, "steps": 2, "warmup": 1, "gen_batch": 4, "prompt_len": 16, "new_tokens": 8}
+    full = {"seq_len": 4096, "batch": 2, "steps": 5, "warmup": 2, "gen_batch": 64, "prompt_len": 512,
+            "new_tokens": 256}
+    for k, v in (tiny if args.tiny else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+    result: dict[str, Any] = {"benchmark": "gpu", "shape": "tiny" if args.tiny else "qwen3-4b", "skipped": {}}
+    try:
+        import torch
+    except ImportError:
+        result["skipped"]["all"] = "torch is not installed"
+        print(json.dumps(result))
+        return result
+    try:
+        import transformers
+    except ImportError:
+        result["skipped"]["all"] = "transformers is not installed"
+        print(json.dumps(result))
+        return result
+    cuda = torch.cuda.is_available() and not args.tiny
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    shape = dict(TINY if args.tiny else QWEN3_4B)
+    result.update(device=torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or 'unknown'}, "
+                  f"{torch.get_num_threads()} threads)", torch=torch.__version__, transformers=transformers.__version__,
+                  model=shape)
+    if not cuda and not args.tiny:
+        result["skipped"]["gpu"] = "no CUDA device: the Qwen3-4B shape runs on a GPU only (use --tiny on a CPU)"
+        print(json.dumps(result))
+        return result
+
+    try:
+        import peft  # noqa: F401
+
+        result["train"] = train_step(shape, args, device, dtype)
+    except ImportError:
+        result["skipped"]["train"] = "peft is not installed"
+
+    engine = args.engine
+    if engine == "auto":
+        try:
+            import vllm  # noqa: F401
+
+            engine = "vllm" if cuda else "transformers"
+        except ImportError:
+            engine = "transformers"
+    if engine == "vllm":
+        result["generation"] = generate_vllm(shape, args, dtype)
+    elif engine == "transformers":
+        result["generation"] = generate_transformers(shape, args, device, dtype)
+    else:
+        result["skipped"]["generation"] = "--engine none"
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

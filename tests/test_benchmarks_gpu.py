@@ -1,0 +1,56 @@
+"""benchmarks/gpu.py: the FLOP count on a hand-worked shape, the peak table, and a --tiny run on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_flops_per_token_hand_example():
+    g = _module()
+    # tiny shape: per layer q 64x64, k 64x32, v 64x32, o 64x64, gate/up/down 64x128 -> 36864; 2 layers + head 256x64
+    model = g.build_model(g.TINY, None, "cpu")
+    assert g.matmul_params(model) == 2 * 36864 + 16384 == 90112
+    assert g.flops_per_token(90112, 0, 2, 128, 64) == 4 * 90112 + 3 * 2 * 2 * 128 * 64 == 458752
+    # LoRA weights cost 6 FLOPs each: 32768 rank-16 weights add 196608
+    assert g.flops_per_token(90112, 32768, 2, 128, 64) == 458752 + 196608
+
+
+def test_peak_table():
+    g = _module()
+    assert g.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert g.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert g.peak_tflops("NVIDIA H200") == 989.0
+    assert g.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert g.peak_tflops("Some Future Card") is None
+
+
+@pytest.mark.slow
+def test_tiny_run_prints_positive_finite_numbers():
+    r = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--peak-tflops", "1"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["shape"] == "tiny" and out["skipped"] == {}
+    train, gen = out["train"], out["generation"]
+    assert train["tokens_per_step"] == 2 * 128 and train["lora_params"] == 32768 and train["matmul_params"] == 90112
+    for key in ("step_s", "tokens_per_s", "flops_per_token", "achieved_tflops", "mfu", "loss"):
+        assert isinstance(train[key], float) and math.isfinite(train[key]) and train[key] > 0, key
+    assert train["mfu"] == pytest.approx(train["achieved_tflops"] / 1.0)
+    assert train["tokens_per_s"] == pytest.approx(train["tokens_per_step"] / train["step_s"])
+    assert gen["engine"] == "transformers" and gen["tokens_per_s"] > 0 and math.isfinite(gen["tokens_per_s"])

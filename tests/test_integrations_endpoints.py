@@ -1,0 +1,222 @@
+"""Several endpoints as one: parsing, load spreading, a dead endpoint's games moved (unit tests with a scripted
+pool), then the real thing: two vLLM servers, a two-iteration run, one server killed mid-rollout."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stratagem.integrations.endpoints import EndpointError, EndpointPool, NoEndpointsLeft, parse_endpoints
+
+A, B = "http://127.0.0.1:18001/v1", "http://127.0.0.1:18002/v1"
+
+
+def test_parse_endpoints_lists_commas_and_files(tmp_path):
+    f = tmp_path / "urls.txt"
+    f.write_text(f"# two servers\n{A}/\n\n{B}  # the second\n")
+    assert parse_endpoints(f"{A}, {B}") == [A, B]
+    assert parse_endpoints([A, B + "/"]) == [A, B]
+    assert parse_endpoints(str(f)) == [A, B] and parse_endpoints("@" + str(f)) == [A, B]
+    assert parse_endpoints(None) == [] and parse_endpoints([]) == []
+    with pytest.raises(EndpointError, match="listed twice"):
+        parse_endpoints([A, A])
+    with pytest.raises(EndpointError, match="neither an http"):
+        parse_endpoints("127.0.0.1:8000")
+    f.write_text("localhost:8000\n")
+    with pytest.raises(EndpointError, match=r"urls.txt:1: 'localhost:8000' is not an http"):
+        parse_endpoints(str(f))
+
+
+class ScriptedPool(EndpointPool):
+    """Health is a set of URLs instead of an HTTP probe."""
+
+    def __init__(self, urls, up):
+        super().__init__(urls)
+        self.up = up
+
+    async def healthy(self, ep):
+        return ep.url in self.up
+
+    def healthy_sync(self, ep):
+        return ep.url in self.up
+
+
+def test_pick_prefers_the_least_loaded_endpoint():
+    pool = ScriptedPool([A, B], {A, B})
+    a, b = pool.endpoints
+    assert pool.pick() is a  # tie: list order
+    a.in_flight, a.started = 1, 1
+    assert pool.pick() is b
+    b.in_flight, b.started = 1, 1
+    assert pool.pick() is a  # tie on load and starts
+    a.in_flight = 3
+    assert pool.pick() is b
+    b.alive = False
+    assert pool.pick() is a
+    a.alive = False
+    with pytest.raises(NoEndpointsLeft, match="every endpoint is down"):
+        pool.pick()
+
+
+def test_dead_endpoints_games_are_replayed_whole_elsewhere():
+    """B dies after its first finished game: its games in flight fail, are started again from scratch on A, and
+    every game is delivered exactly once (a half-played game never reaches on_result)."""
+    pool = ScriptedPool([A, B], {A, B})
+    starts: list[tuple[int, str]] = []
+    delivered: list[tuple[int, str]] = []
+
+    async def play_one(url, i):
+        starts.append((i, url))
+        await asyncio.sleep(0.01 * (1 + i % 3))
+        if url == B and (i, url) != starts_on_b[0]:
+            pool.up.discard(B)  # the server is gone
+            raise httpx.ConnectError("connection refused")
+        return {"game": i, "moves": [f"{i}-{m}" for m in range(3)]}
+
+    starts_on_b: list[tuple[int, str]] = []
+    orig = play_one
+
+    async def tracked(url, i):
+        if url == B and not starts_on_b:
+            starts_on_b.append((i, url))
+        return await orig(url, i)
+
+    results = asyncio.run(pool.run(10, tracked, concurrency=4, on_result=lambda r, url: delivered.append((r["game"], url))))
+    assert [r["game"] for r in results] == list(range(10))
+    assert sorted(g for g, _ in delivered) == list(range(10))  # each game once
+    assert sum(1 for _, u in delivered if u == B) == 1  # B finished exactly its first game
+    assert pool.stats.moved >= 1 and not pool.endpoints[1].alive
+    moved = [i for i, u in starts if u == B and (i, u) != starts_on_b[0]]
+    assert moved and all((i, A) in starts for i in moved)  # replayed on A from the start
+
+
+def test_transient_errors_retry_and_bugs_raise():
+    pool = ScriptedPool([A], {A})
+    calls = {"n": 0}
+
+    async def flaky(url, i):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ReadTimeout("slow")
+        return i
+
+    pool_sleep = asyncio.sleep
+
+    async def fast_sleep(_):
+        await pool_sleep(0)
+
+    asyncio.sleep = fast_sleep
+    try:
+        assert asyncio.run(pool.run(1, flaky)) == [0] and pool.stats.retried == 1
+
+        async def bug(url, i):
+            raise KeyError("a bug, not the server")
+
+        with pytest.raises(KeyError):
+            asyncio.run(pool.run(2, bug))
+        pool.up.clear()
+        with pytest.raises(NoEndpointsLeft):
+            asyncio.run(pool.run(2, bug))
+    finally:
+        asyncio.sleep = pool_sleep
+
+
+# ---- two real vLLM servers ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_servers(model_path):
+    """Two servers started at once. Each is started, and later stopped, by a thread that lives as long as its
+    server: the process guard ties a server's life to the thread that spawned it (PR_SET_PDEATHSIG)."""
+    from stratagem.integrations.vllm_server import VLLMServer
+
+    servers = [VLLMServer(model=model_path, max_lora_rank=8, max_loras=2, kv_cache_gib=1) for _ in range(2)]
+    errors: list[BaseException] = []
+    ready = [threading.Event() for _ in servers]
+    done = threading.Event()
+
+    def keep(s, up):
+        try:
+            s.start()
+        except BaseException as e:  # noqa: BLE001  reported below
+            errors.append(e)
+        finally:
+            up.set()
+        done.wait()
+        s.stop()
+
+    threads = [threading.Thread(target=keep, args=(s, up), daemon=True) for s, up in zip(servers, ready)]
+    for t in threads:
+        t.start()
+    for up in ready:
+        up.wait()
+    try:
+        if errors:
+            raise errors[0]
+        yield servers
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_two_endpoints_survive_a_server_killed_mid_run(two_servers, model_path, tmp_path):
+    """Iteration 1 plays on both servers and installs + verifies iter-1 on both; during iteration 2's rollout
+    server B is killed; its games are finished on A and the iteration's episodes are all there, each once and
+    whole; iter-2 is installed on A alone."""
+    from stratagem.integrations.endpoints import EndpointGroup
+    from stratagem.training.loop import RunConfig, default_rollout, run_training
+    from stratagem.training.run_store import RunStore
+
+    a, b = two_servers
+    group = EndpointGroup([a.base_url, b.base_url], model_path=model_path)
+    cfg = RunConfig()
+    cfg.loop.games = ["tictactoe"]
+    cfg.loop.iterations = 2
+    cfg.loop.episodes_per_iteration = 8
+    cfg.loop.concurrency = 4
+    cfg.loop.model = model_path
+    cfg.loop.policy_weights = "lora"
+    cfg.trainer.rank = 4
+    cfg.trainer.micro_batch_tokens = 4096
+    inner = default_rollout(cfg, group.base_url, group.pool)
+    seen: dict[int, list[str]] = {1: [], 2: []}
+    killed = {}
+
+    async def rollout(game, model, n, seed, on_episode):
+        k = 1 if model == "base" else 2
+
+        def watch(ep):
+            seen[k].append(ep.metrics["endpoint"])
+            if k == 2 and ep.metrics["endpoint"] == b.base_url and not killed:
+                killed["after"] = len(seen[2])
+                os.killpg(b.proc.pid, signal.SIGKILL)  # a crash, mid-rollout: B still has games in flight
+            on_episode(ep)
+
+        return await inner(game, model, n, seed, watch)
+
+    store = run_training(cfg, tmp_path / "run", server=group, rollout=rollout, progress=False)
+
+    assert killed, "server B finished no game in iteration 2"
+    assert set(seen[1]) == {a.base_url, b.base_url}  # episodes from both endpoints
+    assert len(seen[1]) == len(seen[2]) == 8  # nothing lost
+    after = seen[2][killed["after"]:]
+    assert seen[2].count(b.base_url) == 1 and after == [a.base_url] * len(after)
+    assert group.pool.stats.moved >= 1  # games in flight on B were replayed on A, from their start
+    eps = [e for e in store.episodes() if e.iteration == 2]
+    assert sorted(e.seed for e in eps) == sorted({e.seed for e in eps}) and len(eps) == 8  # each game once
+    for e in eps:  # whole games: every model turn carries its sampled tokens and the game reached its end
+        assert e.end_reason and all(t.completion_token_ids for t in e.turns)
+    assert not group.pool.endpoints[1].alive
+    m1, m2 = store.metrics()
+    assert m1["verify/endpoints"] == 2.0 and m1["verify/mean_abs_diff"] < 1e-3  # iter-1 verified on both
+    assert m1["episodes"] == m2["episodes"] == 8
+    assert m2["verify/endpoints"] == 1.0 and m2["games_moved"] >= 1  # iter-2 on A alone
+    assert "iter-2" in a.models()
