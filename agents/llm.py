@@ -86,6 +86,15 @@ class LLMAgent:
         await self._client.close()
 
 
+def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> None:
+    """Fail at once when the endpoint cannot be reached (before games or a run start): the httpx connection error
+    propagates, and the console script reports it in one line with what to run. Any HTTP answer passes."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=timeout)
+
+
 def reply_from_completion(resp: Any) -> Reply:
     """A Reply from an OpenAI chat completion, with vLLM's token ids and log-probs when present."""
     choice = resp.choices[0]

@@ -109,6 +109,10 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
         from stratagem.integrations.vllm_server import ServerConfig, VLLMServer
 
         server = VLLMServer(ServerConfig(model=model or "default"))
+    elif uses_llm:
+        from stratagem.agents.llm import check_endpoint
+
+        check_endpoint(base_url)  # an unreachable endpoint fails now, not after every game's retries
     t0 = time.perf_counter()
     with server as srv:
         url = base_url or (srv.base_url if uses_llm else None)

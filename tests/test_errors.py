@@ -59,7 +59,8 @@ def flaky():
     server.server_close()
 
 
-OBS = Observation(game="g", seat=0, role="x", phase="play", messages=[{"role": "user", "content": "move"}], legal_actions=["A"])
+OBS = Observation(game="g", seat=0, role="x", phase="play", messages=[{"role": "user", "content": "move"}],
+                  legal_actions=["A"])
 
 
 async def test_llm_agent_retries_with_the_client_and_gives_up_after_retries(flaky):

@@ -166,6 +166,34 @@ def two_servers(model_path):
 
 
 @pytest.mark.vllm
+def test_routed_requests_spread_over_both_and_skip_a_dead_one(two_servers):
+    """Evaluation's routing (an agent whose base_url lists two endpoints): concurrent requests reach both servers;
+    a request to an endpoint that is down goes to the other one (here B's URL with a port nothing listens on)."""
+    from stratagem.agents.llm import LLMAgent, LLMAgentConfig
+    from stratagem.games.core import Observation
+    from stratagem.integrations.vllm_server import free_port
+
+    a, b = two_servers
+    obs = Observation(game="t", seat=0, role="r", phase="p", messages=[{"role": "user", "content": "Say hi."}],
+                      legal_actions=[])
+
+    async def ask(urls: str, n: int):
+        agent = LLMAgent(LLMAgentConfig(base_url=urls, max_tokens=4, logprobs=False, retries=0))
+        try:
+            replies = await asyncio.gather(*(agent.act(obs) for _ in range(n)))
+        finally:
+            await agent.aclose()
+        return agent._client.pool, replies
+
+    pool, replies = asyncio.run(ask(f"{a.base_url},{b.base_url}", 8))
+    assert len(replies) == 8 and pool.stats.per_endpoint == {a.base_url: 4, b.base_url: 4}
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    pool, replies = asyncio.run(ask(f"{dead},{a.base_url}", 4))
+    assert len(replies) == 4 and pool.stats.per_endpoint == {a.base_url: 4} and pool.stats.moved >= 1
+    assert not pool.endpoints[0].alive
+
+
+@pytest.mark.vllm
 @pytest.mark.slow
 def test_two_endpoints_survive_a_server_killed_mid_run(two_servers, model_path, tmp_path):
     """Iteration 1 plays on both servers and installs + verifies iter-1 on both; during iteration 2's rollout

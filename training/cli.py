@@ -72,14 +72,12 @@ def train_config(argv: list[str]) -> tuple[Any, Path, bool]:
 
 def check_endpoints(base_url: str | None, api_key: str | None = None) -> None:
     """Fail now, before a run directory is made or a model loads, when an endpoint of `--base-url` cannot be
-    reached: the connection error propagates (the console script reports it in one line with what to run)."""
-    import httpx
-
+    reached (`agents.llm.check_endpoint`)."""
+    from stratagem.agents.llm import check_endpoint
     from stratagem.integrations.endpoints import parse_endpoints
 
     for url in parse_endpoints(base_url):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        httpx.get(f"{url}/models", headers=headers, timeout=10)  # any answer will do: it is reachable
+        check_endpoint(url, api_key)
 
 
 def register(app: typer.Typer) -> None:

@@ -246,15 +246,11 @@ class LoRATrainer:
     def save_adapter(self, path: str | Path) -> Path:
         """Write the adapter (peft format, float32 LoRA weights) atomically: a kill leaves either the old
         directory or the complete new one."""
-        import shutil
+        from stratagem.files import atomic_directory
 
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(str(tmp))
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
-        return path
+        with atomic_directory(path) as tmp:
+            self.model.save_pretrained(str(tmp))
+        return Path(path)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "rng": rng_state()}

@@ -8,7 +8,8 @@ the same `out` loads the games already there and plays only the missing ones (re
 
 from __future__ import annotations
 
-import asyncio
+from stratagem.concurrency import map_concurrent
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,6 @@ async def run_mystery_eval(cfg: MysteryEvalConfig, base_url: str,
     folders = expand_scripts(cfg.scripts)
     for f in folders:
         load_script(f)  # every script valid before any game
-    sem = asyncio.Semaphore(max(1, cfg.concurrency))
     games: dict[tuple[str, str], list[dict[str, float]]] = {}
 
     async def one(model: str, folder: Path, seed: int) -> None:
@@ -68,10 +68,8 @@ async def run_mystery_eval(cfg: MysteryEvalConfig, base_url: str,
         if path.exists():
             eps = list(read_jsonl(path))
         else:
-            async with sem:
-                eps = await collect_mystery_episodes(str(folder), 1, base_url=base_url, player_model=model,
-                                                     judge_model=cfg.judge, config=cfg.game, concurrency=1,
-                                                     seed=seed)
+            eps = await collect_mystery_episodes(str(folder), 1, base_url=base_url, player_model=model,
+                                                 judge_model=cfg.judge, config=cfg.game, concurrency=1, seed=seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.with_suffix(".md").write_text(transcript_markdown(eps), encoding="utf-8")
             write_jsonl(eps, path)
@@ -81,7 +79,8 @@ async def run_mystery_eval(cfg: MysteryEvalConfig, base_url: str,
         if on_game is not None:
             on_game()
 
-    await asyncio.gather(*(one(m, f, cfg.seed + k) for m in cfg.models for f in folders for k in range(cfg.seeds)))
+    jobs = [(m, f, cfg.seed + k) for m in cfg.models for f in folders for k in range(cfg.seeds)]
+    await map_concurrent(lambda job: one(*job), jobs, max(1, cfg.concurrency))
     return summarise(games, cfg.models, [f.name for f in folders])
 
 

@@ -7,7 +7,8 @@ of range are clamped into it.
 
 from __future__ import annotations
 
-import asyncio
+from stratagem.concurrency import map_concurrent
+
 import json
 import re
 from dataclasses import dataclass
@@ -107,11 +108,8 @@ class JudgeVerdict:
 
 async def judge_game(judge: Agent, script: Script, state: MysteryState, config: MysteryConfig) -> JudgeVerdict:
     """Score every legal utterance and every character, then compute the metrics (see metrics.py)."""
-    sem = asyncio.Semaphore(max(1, config.judge_concurrency))
-
     async def ask(obs: Observation) -> str:
-        async with sem:
-            return (await judge.act(obs)).text or ""
+        return (await judge.act(obs)).text or ""
 
     utter = [(i, t) for i, t in enumerate(state.turns)
              if t["illegal_reason"] is None and t["phase"] in (INTRODUCTION, ASK, ANSWER)]
@@ -126,11 +124,10 @@ async def judge_game(judge: Agent, script: Script, state: MysteryState, config: 
     names = list(state.order)
     acts = {n: behaviour(state, n, 160) for n in names}
     roles = {n: clip(script.field_text(n, "Script"), 120) for n in names}
-    jobs = [ask(utterance_prompt(t["role"], clip(utter_text(t), 80), context(i))) for i, t in utter]
+    prompts = [utterance_prompt(t["role"], clip(utter_text(t), 80), context(i)) for i, t in utter]
     for n in names:
-        jobs += [ask(ici_prompt(n, acts[n])), ask(roleplay_prompt(n, roles[n], acts[n])),
-                 ask(reconstruct_prompt(n, acts[n]))]
-    replies = await asyncio.gather(*jobs)
+        prompts += [ici_prompt(n, acts[n]), roleplay_prompt(n, roles[n], acts[n]), reconstruct_prompt(n, acts[n])]
+    replies = await map_concurrent(ask, prompts, max(1, config.judge_concurrency))
 
     failures = 0
     scored: list[dict[str, Any]] = []
@@ -172,7 +169,7 @@ async def judge_game(judge: Agent, script: Script, state: MysteryState, config: 
         "acts": len(state.turns),
         "failed_actions": failed,
         "failed_action_rate": failed / len(state.turns) if state.turns else 0.0,
-        "judge_calls": len(jobs),
+        "judge_calls": len(prompts),
         "judge_parse_failures": failures,
         "accused": accused,
         "ranking": rank,

@@ -3,7 +3,8 @@ players and judge over an OpenAI-compatible endpoint (`collect_mystery_episodes`
 
 from __future__ import annotations
 
-import asyncio
+from stratagem.concurrency import map_concurrent
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,16 +83,10 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
                              structured=cfg.structured_outputs)
     judge = make_llm_agent(base_url, judge_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
                            structured=cfg.structured_outputs)
-    sem = asyncio.Semaphore(max(1, concurrency))
-
     async def one(i: int) -> Episode:
-        async with sem:
-            ep = await play_episode(script, players, judge, cfg, seed + i, on_turn, summaries)
-        if on_episode is not None:
-            on_episode(ep)
-        return ep
+        return await play_episode(script, players, judge, cfg, seed + i, on_turn, summaries)
 
     try:
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
+        return await map_concurrent(one, range(n), max(1, concurrency), on_result=on_episode)
     finally:
         await close_agents([players, judge])
