@@ -111,8 +111,15 @@ def test_maro_and_rae_iterations(tiny, tmp_path):
                              rollout=make_fake_rollout([]), progress=False)
         m = store.metrics()[0]
         assert m["trained_acts"] > 0
-        if algo == "maro":
-            assert m["desirable_acts"] == m["undesirable_acts"]  # 1 vs 1 seats: balanced
+        if algo == "maro":  # the trainer got exactly the act-balanced labels of the iteration's episodes
+            import random
+
+            from stratagem.training.losses import MAROConfig, maro_labels
+
+            labels = maro_labels(list(store.episodes()), lambda ep, s: True, MAROConfig(), random.Random(1))  # seed 0, iteration 1
+            assert (m["desirable_acts"], m["undesirable_acts"]) == (sum(labels.values()),
+                                                                    len(labels) - sum(labels.values()))
+            assert m["desirable_acts"] > 0 and m["undesirable_acts"] > 0
         else:
             state = store.load_state(1)["loop"]["advantage_state"]
             assert set(state["rae_baseline"]) == {"tictactoe|x", "tictactoe|o"}
