@@ -120,6 +120,7 @@ class EndpointPool:
             raise EndpointError("no endpoints given")
         self.api_key = api_key
         self.health_timeout = health_timeout
+        self.retry_delay = 1.0  # seconds before the first retry of a game after a transient error; doubles after
         self.stats = PoolStats()
 
     @property
@@ -188,7 +189,7 @@ class EndpointPool:
                             raise
                         attempts += 1
                         self.stats.retried += 1
-                        await asyncio.sleep(min(2.0 ** attempts, 10.0))
+                        await asyncio.sleep(min(self.retry_delay * 2.0 ** attempts, 10.0))
                         continue
                     ep.in_flight -= 1
                     ep.finished += 1

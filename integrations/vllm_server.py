@@ -76,9 +76,10 @@ class ServerConfig:
                             "for the trainer, and wakes it before the new adapter is installed. on, off, or auto "
                             "(on when colocated on a GPU). Needs vLLM's dev endpoints (VLLM_SERVER_DEV_MODE=1), so "
                             "keep such a server on loopback.", "choices": ("auto", "on", "off")})
-    sleep_level: int = field(default=1, metadata={"help": "1: weights copied to CPU memory and KV cache dropped "
-                             "(fast wake; needs the weights' size in host RAM); 2: both dropped (weights reloaded "
-                             "from disk on wake).", "choices": (1, 2)})
+    sleep_level: int = field(default=1, metadata={"help": "1: weights (LoRA slots included) copied to CPU memory and "
+                             "the KV cache dropped (fast wake; needs the weights' size in host RAM); 2: both dropped, "
+                             "the base weights read from disk again after waking (for hosts short of RAM; adapters "
+                             "are installed and verified afresh each iteration anyway).", "choices": (1, 2)})
     startup_timeout: float = field(default=300.0, metadata={"help": "Seconds to wait for a healthy server."})
     weight_reload: bool = field(default=False, metadata={"help": "Allow replacing the served base weights in place "
                                 "(merged-policy sampling; turns on vLLM's dev endpoints, so only on loopback)."})
@@ -391,10 +392,12 @@ class VLLMServer:
     def sleep(self, level: int | None = None) -> None:
         """Free the engine's GPU memory until `wake_up` (POST /sleep?level=N). Requests in flight are aborted, so
         call it between a rollout and the update."""
-        r = self._request("POST", "/sleep", params={"level": level or self.config.sleep_level}, timeout=600)
+        level = level or self.config.sleep_level
+        r = self._request("POST", "/sleep", params={"level": level}, timeout=600)
         if r.status_code != 200:
             raise ServerError(f"vLLM refused to sleep: HTTP {r.status_code} {r.text[:300]} (was it started with "
                               "--enable-sleep-mode and VLLM_SERVER_DEV_MODE=1?)")
+        self._slept_level = level
 
     def wake_up(self) -> None:
         """Give the engine its weights and KV cache back (POST /wake_up) and check GET /is_sleeping. Release the
@@ -404,6 +407,13 @@ class VLLMServer:
             raise ServerError(f"vLLM could not wake up: HTTP {r.status_code} {r.text[:300]}")
         if self.is_sleeping():
             raise ServerError("vLLM still reports is_sleeping after /wake_up")
+        if getattr(self, "_slept_level", 1) == 2:  # level 2 dropped the weights: read them again
+            r = self._request("POST", "/collective_rpc", timeout=600,
+                              json={"method": "reload_weights", "kwargs": {"weights_path": self.model_path}})
+            if r.status_code != 200:
+                raise ServerError(f"reloading the weights after a level-2 sleep failed: HTTP {r.status_code} "
+                                  f"{r.text[:300]}")
+        self._slept_level = None
 
     def is_sleeping(self) -> bool:
         r = self._request("GET", "/is_sleeping")

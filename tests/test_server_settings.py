@@ -63,3 +63,38 @@ def test_run_config_has_a_checked_server_section():
         RunConfig.from_dict({"server": {"tensor_parallel_size": 0}})
     with pytest.raises(ValueError, match="server.sleep_mode"):
         RunConfig.from_dict({"server": {"sleep_mode": "sometimes"}})
+
+
+def test_sleep_and_wake_call_vllms_endpoints(monkeypatch):
+    """The HTTP calls of a sleep / wake cycle (vLLM's dev endpoints), level 1 and level 2 (weights read again)."""
+    import httpx
+
+    calls = []
+
+    def fake(method, url, headers=None, timeout=None, **kw):
+        calls.append((method, url.split("127.0.0.1:1")[1], kw.get("params"), (kw.get("json") or {}).get("method")))
+        body = {"is_sleeping": False} if url.endswith("/is_sleeping") else {}
+        return httpx.Response(200, json=body, request=httpx.Request(method, url))
+
+    monkeypatch.setattr(httpx, "request", fake)
+    srv = VLLMServer.attach("http://127.0.0.1:1/v1", model_path="/models/m")
+    srv.sleep()
+    srv.wake_up()
+    assert calls == [("POST", "/sleep", {"level": 1}, None), ("POST", "/wake_up", None, None),
+                     ("GET", "/is_sleeping", None, None)]
+    calls.clear()
+    srv.sleep(2)
+    srv.wake_up()
+    assert calls[0] == ("POST", "/sleep", {"level": 2}, None)
+    assert calls[-1] == ("POST", "/collective_rpc", None, "reload_weights")
+
+
+def test_wake_up_that_leaves_it_asleep_is_an_error(monkeypatch):
+    import httpx
+
+    def fake(method, url, headers=None, timeout=None, **kw):
+        return httpx.Response(200, json={"is_sleeping": True}, request=httpx.Request(method, url))
+
+    monkeypatch.setattr(httpx, "request", fake)
+    with pytest.raises(ServerError, match="still reports is_sleeping"):
+        VLLMServer.attach("http://127.0.0.1:1/v1").wake_up()

@@ -85,7 +85,7 @@ def test_two_processes_take_the_single_process_step(tmp_path):
     assert not set(m0["trained_samples"]) & set(m1["trained_samples"])
     assert sorted(m0["trained_samples"] + m1["trained_samples"]) == s["trained_samples"]
     # the gradient norm (before clipping) and the reduced loss match the single process: gradients were summed once
-    for key in ("grad_norm", "loss", "clip_frac", "kl"):
+    for key in ("grad_norm", "loss", "clip_frac", "kl", "ratio_mean", "clip_frac_first_step"):
         assert m0["stats"][key] == pytest.approx(s["stats"][key], rel=1e-4, abs=1e-7), key
     # rank 0 saved a loadable peft adapter
     assert (multi / "adapter" / "adapter_config.json").exists() and not (multi / "adapter.tmp").exists()

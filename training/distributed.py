@@ -97,13 +97,18 @@ class Distributed:
             offset += n
 
     def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
-        """Sum each value over the ranks (e.g. loss sums and counts for the metrics)."""
-        if not self.enabled or not values:
+        """Sum each value over the ranks (e.g. the loss and count sums of an update, for its metrics). The ranks may
+        hold different keys (a rank whose shard was empty has none): a missing key counts as 0."""
+        if not self.enabled:
             return dict(values)
         import torch.distributed as dist
 
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+        key_lists: list[Any] = [None] * self.world_size
+        dist.all_gather_object(key_lists, sorted(values))
+        keys = sorted(set().union(*key_lists))
+        if not keys:
+            return {}
+        t = torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64,
                          device=self.device if self._backend_needs_device() else "cpu")
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return dict(zip(keys, t.cpu().tolist()))
@@ -190,16 +195,3 @@ def shutdown() -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
     _CURRENT = None
-
-
-def reduce_update_stats(stats: dict[str, Any], dist_: Distributed | None = None) -> dict[str, Any]:
-    """Per-rank update metrics made global: `loss` and the per-token means that trainer.ppo_step divides by the
-    global token count (clip_frac, ratio_mean, kl) are partial sums on each rank, so they are summed; timings,
-    counts of the whole batch and the (already global) gradient norm are left as they are."""
-    d = dist_ or current()
-    partial = {k: float(v) for k, v in stats.items() if k in PARTIAL_KEYS and isinstance(v, (int, float))}
-    return {**stats, **d.all_reduce_sum(partial)}
-
-
-# metrics that each rank computes over its own shard only (sums over its samples)
-PARTIAL_KEYS = ("loss", "clip_frac", "ratio_mean", "kl", "reward_desirable", "reward_undesirable")

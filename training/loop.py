@@ -348,7 +348,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
     the update (their share of the samples, gradients summed); only rank 0 writes to the run directory, which must
     be on a filesystem every node reads (a resume loads the adapter and optimizer state from it on every rank)."""
     from stratagem.models import resolve
-    from stratagem.training.distributed import current, reduce_update_stats
+    from stratagem.training.distributed import current
 
     dist = current()
     store = RunStore(out)
@@ -441,7 +441,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
             if sleeps:
                 started.sleep()
             t1 = time.perf_counter()
-            stats = reduce_update_stats(update(trainer, cfg, episodes, k, adv_state), dist)
+            stats = update(trainer, cfg, episodes, k, adv_state)  # metrics already summed over the ranks
             update_s = time.perf_counter() - t1
 
             # 4. save iter-k (adapter + optimizer + RNG), put it on the server, prove the server samples from it

@@ -228,6 +228,7 @@ class LoRATrainer:
                 grad_norm = self._optimizer_step()
         elapsed = time.perf_counter() - t0
         n = batch.n_trained_tokens
+        sums = self.dist.all_reduce_sum(sums)  # each rank summed over its shard only
         return {**objective.summary(sums, batch, state), "grad_norm": grad_norm, "trained_tokens": float(n),
                 "input_tokens": float(batch.n_input_tokens), "update_s": elapsed,
                 "tokens_per_s": n * self.config.epochs / elapsed,
