@@ -86,6 +86,11 @@ class ServerConfig:
     seed: int = field(default=0, metadata={"help": "Engine seed."})
     log_path: str | None = field(default=None, metadata={"help": "Server log file; default under the cache dir."})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "More vLLM command-line arguments."})
+    adapter_sync: str | None = field(default=None, metadata={"help": "With endpoints on other hosts that do not share "
+                                     "the run directory's filesystem: a shell command run before each adapter is "
+                                     "installed on an endpoint, with {path} (the adapter directory), {url} and "
+                                     "{host} filled in, e.g. 'rsync -a --mkpath {path}/ {host}:{path}/'. None: the "
+                                     "servers read the trainer's path (one machine, or a shared filesystem)."})
 
 
 def port_in_use(host: str, port: int) -> bool:

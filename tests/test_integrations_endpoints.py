@@ -32,6 +32,20 @@ def test_parse_endpoints_lists_commas_and_files(tmp_path):
         parse_endpoints(str(f))
 
 
+def test_eval_commands_take_repeated_and_listed_base_urls(tmp_path):
+    import typer
+
+    from stratagem.integrations.cli import endpoint
+
+    f = tmp_path / "more.txt"
+    f.write_text("http://127.0.0.1:18003/v1\n")
+    with endpoint([A, f"{B},{f}"], []) as url:
+        assert url == f"{A},{B},http://127.0.0.1:18003/v1"  # what LLMAgent routes over
+    with pytest.raises(typer.BadParameter, match="listed twice"):
+        with endpoint([A, A], []):
+            pass
+
+
 class ScriptedPool(EndpointPool):
     """Health is a set of URLs instead of an HTTP probe."""
 
@@ -116,6 +130,44 @@ def test_transient_errors_retry_and_bugs_raise():
     pool.up.clear()  # the same failure with the server gone: the game moves, and no endpoint is left
     with pytest.raises(NoEndpointsLeft):
         asyncio.run(pool.run(2, bug))
+
+
+class FakeServer:
+    def __init__(self, url, gap=0.0):
+        self.url, self.gap, self.loaded = url, gap, []
+
+    def load_adapter(self, name, path, replace=False):
+        self.loaded.append(name)
+        return name
+
+    def verify_adapter(self, name, path=None):
+        from stratagem.integrations.vllm_server import AdapterVerificationError
+
+        if self.gap > 0.1:
+            raise AdapterVerificationError(f"{name} does not match on {self.url}")
+        return {"mean_abs_diff": self.gap, "max_abs_diff": 2 * self.gap}
+
+
+def test_install_adapter_everywhere_skips_the_dead_and_takes_back_the_revived(tmp_path):
+    log = tmp_path / "sync.log"
+    adapter = tmp_path / "iter-1"
+    adapter.mkdir()
+    pool = ScriptedPool([A, B], {A, B})
+    servers = [FakeServer(A, 1e-4), FakeServer(B, 3e-4)]
+    out = pool.install_adapter(servers, "iter-1", adapter, sync=f"echo {{host}} {{path}} >> {log}")
+    assert out == {"endpoints": 2.0, "mean_abs_diff": 3e-4, "max_abs_diff": 6e-4}  # the worst endpoint
+    assert log.read_text().split("\n")[:2] == [f"127.0.0.1 {adapter}"] * 2
+    pool.up.discard(B)
+    assert pool.install_adapter(servers, "iter-2", adapter)["endpoints"] == 1.0 and not pool.endpoints[1].alive
+    pool.up.add(B)  # restarted by its owner: it gets the current adapter and rejoins
+    assert pool.install_adapter(servers, "iter-3", adapter)["endpoints"] == 2.0 and pool.endpoints[1].alive
+    assert servers[1].loaded == ["iter-1", "iter-3"]
+    servers[1].gap = 0.5  # a live endpoint serving something else is an error, not a skip
+    with pytest.raises(Exception, match="does not match"):
+        pool.install_adapter(servers, "iter-4", adapter)
+    pool.up.clear()
+    with pytest.raises(NoEndpointsLeft, match="reached no endpoint"):
+        pool.install_adapter(servers, "iter-5", adapter)
 
 
 # ---- two real vLLM servers ---------------------------------------------------------------------------------------

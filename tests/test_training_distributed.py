@@ -62,10 +62,10 @@ def test_two_processes_take_the_single_process_step(tmp_path):
     single.mkdir()
     multi.mkdir()
     worker = str(HERE / "distributed_worker.py")
-    _run([sys.executable, worker, str(model), str(single)], tmp_path)
+    _run([sys.executable, worker, "step", str(model), str(single)], tmp_path)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     # --standalone: a local rendezvous on a free port (parallel test runs do not collide)
-    _run([torchrun, "--standalone", "--nproc_per_node", "2", worker, str(model), str(multi)], tmp_path)
+    _run([torchrun, "--standalone", "--nproc_per_node", "2", worker, "step", str(model), str(multi)], tmp_path)
 
     one = torch.load(single / "rank0.pt")
     r0, r1 = torch.load(multi / "rank0.pt"), torch.load(multi / "rank1.pt")
@@ -89,3 +89,34 @@ def test_two_processes_take_the_single_process_step(tmp_path):
         assert m0["stats"][key] == pytest.approx(s["stats"][key], rel=1e-4, abs=1e-7), key
     # rank 0 saved a loadable peft adapter
     assert (multi / "adapter" / "adapter_config.json").exists() and not (multi / "adapter.tmp").exists()
+
+
+@pytest.mark.slow
+def test_two_process_training_run_matches_one_process(tmp_path):
+    """run_training under torchrun: rank 0 rolls out (scripted) and writes the run, rank 1 only joins the updates;
+    after two iterations the saved adapter is the one-process run's."""
+    from safetensors.torch import load_file
+
+    from stratagem.training.run_store import RunStore
+    from training_fakes import tiny_model
+
+    model = tiny_model(tmp_path / "model")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir()
+    multi.mkdir()
+    worker = str(HERE / "distributed_worker.py")
+    _run([sys.executable, worker, "run", str(model), str(single)], tmp_path)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    _run([torchrun, "--standalone", "--nproc_per_node", "2", worker, "run", str(model), str(multi)], tmp_path)
+
+    one, two = RunStore(single / "run"), RunStore(multi / "run")
+    assert one.completed_iterations() == two.completed_iterations() == 2
+    assert json.loads((multi / "rank1.json").read_text()) == {"world_size": 2, "iterations": 2}
+    assert len(two.metrics()) == 2 and len(list(two.episodes())) == 8  # written once, by rank 0
+    a = load_file(str(one.adapter_dir(2) / "adapter_model.safetensors"))
+    b = load_file(str(two.adapter_dir(2) / "adapter_model.safetensors"))
+    gap = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert gap < TOLERANCE, f"after two iterations the 2-process adapter differs by {gap}"
+    for m1, m2 in zip(one.metrics(), two.metrics()):
+        assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4, abs=1e-7)
+        assert m2["trained_tokens"] == m1["trained_tokens"]

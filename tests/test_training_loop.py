@@ -82,6 +82,7 @@ def test_merged_policy_is_reloaded_in_place_and_recorded_under_its_version(tiny,
     assert [c[1] for c in calls] == ["base", "base"]  # the merged policy is served as `base`
     assert server.policy_loads == ["iter-1", "iter-2"] and server.loaded == []
     assert {t.adapter for e in store.episodes() if e.iteration == 2 for t in e.turns} == {"iter-1"}
+    assert {s.agent for e in store.episodes() if e.iteration == 2 for s in e.seats} == {"llm:iter-1"}
     assert "verify/max_abs_diff" in store.metrics()[1]
     # a server that cannot reload its weights falls back to LoRA under auto, and refuses an explicit merged
     cfg = _cfg(tiny, iterations=1)

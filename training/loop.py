@@ -377,8 +377,9 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
         from stratagem.integrations.vllm_server import VLLMServer
 
         urls = parse_endpoints(lc.base_url)
-        if len(urls) > 1:
-            server = endpoints = EndpointGroup(urls, model_path=model_path, api_key=cfg.server.api_key)
+        if len(urls) > 1 or (urls and cfg.server.adapter_sync):
+            server = endpoints = EndpointGroup(urls, model_path=model_path, api_key=cfg.server.api_key,
+                                               sync=cfg.server.adapter_sync)
         elif urls:
             server = VLLMServer.attach(urls[0], model_path=model_path, api_key=cfg.server.api_key)
         else:
@@ -524,6 +525,9 @@ async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, served
             for t in ep.turns:
                 if t.adapter == served:
                     t.adapter = policy
+            for seat in ep.seats:  # the seat's agent names the policy too, not the served name that sampled it
+                if seat.agent == f"llm:{served}":
+                    seat.agent = f"llm:{policy}"
             store.append_episode(ep)
             bar.advance(task)
 

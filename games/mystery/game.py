@@ -413,11 +413,12 @@ class MysteryGame:
             if target:
                 action = f"Vote {target}"
                 info["target"] = target
-        turn = Turn(seat=self.seat(name), role=name, phase=phase, messages=obs.messages, response=reply.text or "",
-                    action=action, illegal_reason=reason, prompt_token_ids=reply.prompt_token_ids,
-                    completion_token_ids=reply.completion_token_ids, logprobs=reply.logprobs,
-                    reward=self.config.failed_action_penalty if reason else 0.0,
-                    adapter=adapter or reply.model, faction=self.faction(name), info=info)
+        turn = Turn.from_reply(reply, seat=self.seat(name), role=name, phase=phase, messages=obs.messages,
+                               response=reply.text or "", action=action, illegal_reason=reason,
+                               reward=self.config.failed_action_penalty if reason else 0.0,
+                               faction=self.faction(name), info=info)
+        if adapter:
+            turn.adapter = adapter
         if reason is None:
             self._succeed(name, turn, text)
         elif st.attempts < self.config.max_reasks:
