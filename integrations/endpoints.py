@@ -179,7 +179,6 @@ class EndpointPool:
                     try:
                         result = await play_one(ep.url, i)
                     except Exception as e:  # noqa: BLE001  sorted below: dead endpoint, transient, or a bug
-                        ep.in_flight -= 1
                         ep.failed += 1
                         if not await self.healthy(ep):
                             self.mark_dead(ep, f"{type(e).__name__}: {str(e)[:200]}")
@@ -191,7 +190,8 @@ class EndpointPool:
                         self.stats.retried += 1
                         await asyncio.sleep(min(self.retry_delay * 2.0 ** attempts, 10.0))
                         continue
-                    ep.in_flight -= 1
+                    finally:
+                        ep.in_flight -= 1
                     ep.finished += 1
                     self.stats.per_endpoint[ep.url] = self.stats.per_endpoint.get(ep.url, 0) + 1
                     if on_result is not None:

@@ -30,6 +30,9 @@ BASE_NAME = "base"
 # vLLM's memory share when the trainer shares its GPU: on an 80 GB card a 4B model's engine gets 32 GB (8 GB bf16
 # weights, ~21 GB KV cache = ~150k tokens) and the trainer keeps 48 GB (the README's memory plan)
 COLOCATED_GPU_MEMORY = 0.4
+# what torchrun / accelerate launch put in the environment of each trainer process
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+                "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU")
 
 
 class ServerError(RuntimeError):
@@ -266,7 +269,8 @@ class VLLMServer:
         elif port_in_use(c.host, self.port):
             raise ServerError(f"port {self.port} on {c.host} is already in use; pick another with --port")
         cmd = self.command()
-        env = dict(os.environ)
+        # a server started by rank 0 of a torchrun / accelerate launch job is not part of the trainers' process group
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")}
         env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib))
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

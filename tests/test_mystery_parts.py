@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
@@ -12,6 +14,7 @@ from stratagem.games.mystery import metrics as M
 from stratagem.games.mystery.game import MysteryConfig, MysteryGame, parse_converse, parse_vote, summarise_history
 from stratagem.games.mystery.graph import app, build_graph, recursion_limit
 from stratagem.games.mystery.judge import parse_scores
+from stratagem.games.mystery.rollout import play_episode
 from stratagem.games.mystery.library import load_script
 
 CHARS = ["Nora Vance", "Owen Hale", "Bram Keel", "Iris Marr"]
@@ -56,6 +59,36 @@ def test_parse_vote():
 def test_parse_scores(text, values, ok):
     p = parse_scores(text, ("suspicion", "trust"), 0, 2)
     assert p.values == values and p.ok is ok
+
+
+class TemplateCopyingJudge:
+    """Answers as the default model judging greedily did: a JSON object shown in the request is copied verbatim;
+    without one it gives its own scores (suspicion 2, trust 1; ICI 10, 12, 14, 16; role-play 8)."""
+
+    name = "copying-judge"
+    OWN = {"judge_utterance": '{"suspicion": 2, "trust": 1}', "judge_roleplay": '{"roleplay": 8}',
+           "judge_ici": '{"reasoning": 10, "communication": 12, "detail": 14, "creativity": 16}'}
+
+    async def act(self, obs):
+        from stratagem.games.core import Reply
+
+        shown = re.search(r"\{[^{}]*\}", obs.messages[-1]["content"])
+        return Reply(text=shown.group(0) if shown else self.OWN.get(obs.phase, "a reconstruction"))
+
+
+async def test_judge_prompts_show_no_score_to_copy():
+    """ICI was 0.0 in every real game: the judge prompts ended with a JSON template filled with zeros, which the
+    greedy judge copied. Now no score value is shown, so the judge's own scores reach the metrics:
+    ICI = (10 + 12 + 14 + 16) / 80 = 0.65 for every character; TII = 2 / (2 + 1) per speaker."""
+    replies = {n: ["Hello, I was in the lamp room.", "Iris Marr" if n == "Owen Hale" else "Owen Hale"]
+               for n in CHARS}  # introduce, vote
+    ep = await play_episode("lighthouse", ScriptedPlayers(replies), TemplateCopyingJudge(),
+                            MysteryConfig(rounds=0, shuffle_order=False))
+    m = ep.metrics
+    assert m["judge_parse_failures"] == 0
+    assert m["ici"] == pytest.approx(0.65)
+    assert m["tii"] == pytest.approx(2 / 3)
+    assert all(c["roleplay"] == 8 for c in m["characters"].values())
 
 
 def test_summarise_history_budget():

@@ -14,7 +14,7 @@ Every process holds the whole model and the same LoRA adapter. One update is spl
 
 The process group is set up by accelerate's `PartialState` (the same code under `torchrun` and `accelerate
 launch`, on one node or several): gloo on a CPU, NCCL on GPUs, one GPU per process (`cuda:LOCAL_RANK`). Without
-a launcher (WORLD_SIZE unset or 1) nothing is initialized and every helper is a no-op.
+a launcher (WORLD_SIZE unset or 1) nothing is initialized and every collective is a no-op.
 
 Sharding the weights (FSDP) is a different trade: see `DistributedConfig.strategy`.
 """
@@ -36,9 +36,9 @@ class DistributedConfig:
     strategy: str = field(default="ddp", metadata={"help": "How N processes share an update. ddp: every process "
                           "holds the whole base model (bf16) and adapter, samples are sharded and LoRA gradients "
                           "all-reduced; right whenever the base weights plus one micro-batch of activations fit one "
-                          "GPU (up to about 30B parameters on 80 GB: the optimizer state of a LoRA adapter is "
-                          "small). Models whose weights do not fit one GPU need their weights sharded (FSDP "
-                          "through `accelerate launch --use_fsdp`): not supported by this trainer yet.",
+                          "GPU (up to about 20B parameters in bf16 on 80 GB: the optimizer state of a LoRA adapter "
+                          "is small). Models whose weights do not fit one GPU need the weights themselves sharded "
+                          "(FSDP, torch's fully_shard per decoder layer): not supported by this trainer yet.",
                           "choices": STRATEGIES})
     cpu: bool = field(default=False, metadata={"help": "Force the CPU and the gloo backend even where a GPU exists."})
     timeout_minutes: float = field(default=180.0, metadata={"help": "How long a rank waits in a collective: the "

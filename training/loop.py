@@ -31,6 +31,7 @@ from stratagem.games.core import Episode
 from stratagem.games.metrics import episode_metrics
 from stratagem.games.mystery.game import MysteryConfig
 from stratagem.integrations.vllm_server import ServerConfig
+from stratagem.training.distributed import DistributedConfig
 from stratagem.training.advantages import AdvantageConfig, get_advantage
 from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels
 from stratagem.training.run_store import RunStore
@@ -116,6 +117,9 @@ class RunConfig:
     server: ServerConfig = field(default_factory=ServerConfig, metadata={"help": "The vLLM server a run starts "
                                  "when loop.base_url is not given (its model is loop.model; memory share, tensor "
                                  "parallelism, sleep mode)."})
+    distributed: DistributedConfig = field(default_factory=DistributedConfig, metadata={"help": "Several trainer "
+                                           "processes (under torchrun / accelerate launch): strategy, backend, "
+                                           "collective timeout."})
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -348,9 +352,9 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
     the update (their share of the samples, gradients summed); only rank 0 writes to the run directory, which must
     be on a filesystem every node reads (a resume loads the adapter and optimizer state from it on every rank)."""
     from stratagem.models import resolve
-    from stratagem.training.distributed import current
+    from stratagem.training.distributed import init_distributed
 
-    dist = current()
+    dist = init_distributed(cfg.distributed)  # a single process without a launcher
     store = RunStore(out)
     if resume:
         saved = RunConfig.from_dict(store.read_config())

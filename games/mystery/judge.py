@@ -59,6 +59,13 @@ def parse_scores(text: str, keys: tuple[str, ...], lo: float, hi: float, default
     return Parsed({k: min(hi, max(lo, found.get(k, default))) for k in keys}, ok)
 
 
+def reply_format(keys: tuple[str, ...]) -> str:
+    """The reply instruction of a score request: the JSON keys, without example values. A template with filled-in
+    numbers ('{"reasoning": 0, ...}') is copied verbatim by a small model judging greedily, which made every ICI and
+    role-play score 0; the structured-output schema (structured.JUDGE_SCHEMAS) already fixes the form."""
+    return f"Reply with a JSON object with the keys {', '.join(keys)} and nothing else."
+
+
 def _obs(phase: str, user: str) -> Observation:
     return Observation(game=GAME, seat=-1, role="judge", phase=phase, legal_actions=[],
                        messages=[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}])
@@ -67,8 +74,8 @@ def _obs(phase: str, user: str) -> Observation:
 def utterance_prompt(speaker: str, text: str, context: str) -> Observation:
     return _obs(JUDGE_UTTERANCE,
                 f"Conversation before:\n{context}\n\nStatement by {speaker}: \"{text}\"\n"
-                f"How suspicious does this statement make {speaker} look (0 = not, 2 = very), and how trustworthy "
-                f"(0 = not, 2 = very)? Reply only with JSON: {{\"suspicion\": 0, \"trust\": 0}}")
+                f"How suspicious does this statement make {speaker} look, and how trustworthy? Rate each with an "
+                f"integer: 0 (not at all), 1 (somewhat) or 2 (very). {reply_format(('suspicion', 'trust'))}")
 
 
 def behaviour(state: MysteryState, name: str, words: int) -> str:
@@ -83,15 +90,16 @@ def behaviour(state: MysteryState, name: str, words: int) -> str:
 
 def ici_prompt(name: str, acts: str) -> Observation:
     return _obs(JUDGE_ICI,
-                f"Everything {name} said and did in the game:\n{acts}\n\nScore {name} from 0 to 20 on reasoning, "
-                "communication, detail observation and creative thinking. Reply only with JSON: "
-                "{\"reasoning\": 0, \"communication\": 0, \"detail\": 0, \"creativity\": 0}")
+                f"Everything {name} said and did in the game:\n{acts}\n\nRate {name} on reasoning, communication, "
+                "detail observation and creative thinking, each with an integer from 0 (very poor) to 20 "
+                f"(excellent). {reply_format(M.ICI_KEYS)}")
 
 
 def roleplay_prompt(name: str, role: str, acts: str) -> Observation:
     return _obs(JUDGE_ROLEPLAY,
                 f"The role of {name}:\n{role}\n\nWhat {name} said and did:\n{acts}\n\nHow faithfully did {name} "
-                "play this role, from 0 to 20? Reply only with JSON: {\"roleplay\": 0}")
+                f"play this role? Rate it with an integer from 0 (not at all) to 20 (perfectly). "
+                f"{reply_format(('roleplay',))}")
 
 
 def reconstruct_prompt(name: str, acts: str) -> Observation:
