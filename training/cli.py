@@ -95,8 +95,11 @@ def register(app: typer.Typer) -> None:
         except (ValueError, FileExistsError, FileNotFoundError) as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2)
-        typer.echo(f"{store.completed_iterations()} iterations done; adapters in {store.adapters_dir}; "
-                   f"plots: stratagem report {out}")
+        from stratagem.training.distributed import current
+
+        if current().is_main:  # under torchrun every rank returns here; one line is enough
+            typer.echo(f"{store.completed_iterations()} iterations done; adapters in {store.adapters_dir}; "
+                       f"plots: stratagem report {out}")
 
     @app.command()
     def report(run_dir: Path = typer.Argument(..., help="A run directory written by `stratagem train`.")) -> None:

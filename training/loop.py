@@ -77,8 +77,6 @@ class LoopConfig:
                                 "(a shipped script's name or a folder)."})
     rollout_retries: int = field(default=2, metadata={"help": "Times an iteration's rollout is retried after the "
                                  "vLLM server died (restarted first when this run started it).", "min": 0})
-    max_lora_rank: int = field(default=16, metadata={"help": "--max-lora-rank of a server this run starts (raised "
-                               "to the trainer's rank if smaller).", "min": 1})
     eval_episodes: int = field(default=0, metadata={"help": "Before the first iteration and after the last, play "
                                "this many games per seat order of each strategic training game against "
                                "eval_opponent with the starting and the final policy, in the run's reply protocol; "
@@ -392,7 +390,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
             # colocated: a GPU shared with this process's trainer gets the smaller memory share and sleep mode
             scfg = dataclasses.replace(cfg.server, model=model_path, adapters=dict(cfg.server.adapters),
                                        extra_args=list(cfg.server.extra_args),
-                                       max_lora_rank=max(lc.max_lora_rank, cfg.server.max_lora_rank, cfg.trainer.rank),
+                                       max_lora_rank=max(cfg.server.max_lora_rank, cfg.trainer.rank),
                                        weight_reload=cfg.server.weight_reload or merged_policy(lc, True, on_cpu),
                                        colocated=cfg.server.colocated or not on_cpu)
             started = server = VLLMServer(scfg)

@@ -35,15 +35,17 @@ def make_llm_agent(base_url: str, model: str, max_tokens: int, api_key: str | No
 async def script_summaries(script: Any, cfg: MysteryConfig, base_url: str, model: str,
                            api_key: str | None = None) -> dict[str, list[str]] | None:
     """The characters' summaries by the served `model` within cfg.summary_tokens (None when that is None), after
-    checking that no game request can exceed the context of cfg.tokenizer's model (summary.check_budget)."""
+    checking that no game request can exceed the context (the smaller of cfg.tokenizer's model's and the one the
+    endpoint grants `model`; summary.check_budget)."""
     if cfg.summary_tokens is None:
         return None
-    from stratagem.games.mystery.summary import (check_budget, context_length, hf_token_counter, llm_ask,
-                                                 prepare_summaries)
+    from stratagem.games.mystery.summary import (check_budget, context_length, endpoint_context, hf_token_counter,
+                                                 llm_ask, prepare_summaries)
     from stratagem.models import resolve
 
     model_dir = resolve(cfg.tokenizer)
-    context = context_length(model_dir)
+    served = await endpoint_context(base_url, model, api_key)  # a server may grant less than the model's own
+    context = min(context_length(model_dir), served or context_length(model_dir))
     check_budget(cfg.summary_tokens, cfg, context)
     ask, close = llm_ask(base_url, model, api_key)
     try:

@@ -59,6 +59,29 @@ def context_length(model_dir: str) -> int:
     return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048)
 
 
+def served_context(models: dict[str, Any], model: str) -> int | None:
+    """The context an OpenAI-compatible server grants `model`, from its `/v1/models` reply (vLLM reports
+    `max_model_len`, which the server may set below the model's own context); None when it does not say."""
+    for m in models.get("data", []):
+        if m.get("id") == model and isinstance(m.get("max_model_len"), int):
+            return m["max_model_len"]
+    return None
+
+
+async def endpoint_context(base_url: str, model: str, api_key: str | None = None) -> int | None:
+    """`served_context` of the server at `base_url` (None when it cannot be asked)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.get(base_url.rstrip("/") + "/models", headers=headers)
+            r.raise_for_status()
+            return served_context(r.json(), model)
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 @lru_cache(maxsize=4)
 def hf_token_counter(model_dir: str) -> Callable[[str], int]:
     """Token counter of the served model's tokenizer (transformers AutoTokenizer from the model directory)."""
