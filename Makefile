@@ -19,10 +19,13 @@ $(BIN)/.stratagem-installed: pyproject.toml
 setup: $(BIN)/.stratagem-installed
 	$(BIN)/stratagem model fetch
 
-# the main job: a short self-play training run on the default model, on the CPU
+# the main job: a short MARS self-play training run on the default model, on the CPU, ending with the starting and
+# the trained policy side by side (tic-tac-toe against the random bot, 95% intervals) and the plots
+QUICKSTART_ARGS ?=
 quickstart: setup
-	$(BIN)/stratagem train --algo mars --games tictactoe --iterations 2 --episodes-per-iteration 8 \
-		--out runs/quickstart
+	rm -rf runs/quickstart
+	$(BIN)/stratagem train --algo mars --games tictactoe --iterations 4 --episodes-per-iteration 16 \
+		--loop.eval-episodes 30 --loop.eval-opponent random --out runs/quickstart $(QUICKSTART_ARGS)
 	$(BIN)/stratagem report runs/quickstart
 
 test: setup
