@@ -16,8 +16,11 @@ seed, the judge always the base model:
 rates with Wilson 95% intervals over games, metrics with Student-t 95% intervals over seeds. Without --mirage the
 evaluation is skipped with a message in the JSON.
 
-    python benchmarks/maro.py --mirage path/to/MIRAGE/dataset/En           # the defaults: about 20 min on 2 cores
+    python benchmarks/maro.py --mirage path/to/MIRAGE/dataset/En    # the defaults: one iteration of 3 games, 3 seeds
     python benchmarks/maro.py --mirage DIR --iterations 4 --episodes-per-iteration 24 --eval-seeds 16 --rounds 2
+
+On 2 CPU cores the defaults take 20-30 minutes: the MARO update (reference, policy and mismatched-pair passes over
+about 15,000 prompt tokens) is most of the training time, and the adapter's games are sampled on vLLM's LoRA path.
 
 The endpoint is --base-url (a server of the default model with runtime LoRA loading, e.g. `stratagem serve`), else
 a vLLM server is started and stopped around the run. The run directory (--out) keeps the training run (resumed when
@@ -78,8 +81,8 @@ def train(a: argparse.Namespace, server: Any, scripts: list[str]) -> tuple[str, 
                          rollout=multi_script_rollout(cfg, server.base_url, scripts), progress=a.progress)
     k = store.completed_iterations()
     name = adapter_name(k)
-    if name not in server.models():  # a resumed run whose last adapter is not on this server yet
-        server.load_adapter(name, store.adapter_dir(k), replace=True)
+    # this run's adapter under that name, also after a resume or when the server holds another run's iter-k
+    server.load_adapter(name, store.adapter_dir(k), replace=True)
     keep = ("iteration", "episodes", "rollout_s", "update_s", "loss", "z0", "kl", "trained_acts", "dropped_acts",
             "illegal_rate/mystery")
     per_it = [{key: (round(v, 4) if isinstance(v, float) else v) for key, v in m.items() if key in keep}
@@ -187,13 +190,13 @@ def main() -> None:
                     "evaluate on.")
     ap.add_argument("--scripts", default="", help="Comma-separated training scripts (shipped names or folders); "
                     "default: every shipped script.")
-    ap.add_argument("--iterations", type=int, default=2, help="Training iterations (rollout + MARO update).")
-    ap.add_argument("--episodes-per-iteration", type=int, default=6, help="Games per iteration, split over the "
+    ap.add_argument("--iterations", type=int, default=1, help="Training iterations (rollout + MARO update).")
+    ap.add_argument("--episodes-per-iteration", type=int, default=3, help="Games per iteration, split over the "
                     "training scripts.")
     ap.add_argument("--rounds", type=int, default=1, help="Conversation rounds per stage, in training and evaluation.")
     ap.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate.")
     ap.add_argument("--epochs", type=int, default=1, help="Passes over each iteration's batch.")
-    ap.add_argument("--eval-seeds", type=int, default=4, help="Evaluation games per model and setup (seeds).")
+    ap.add_argument("--eval-seeds", type=int, default=3, help="Evaluation games per model and setup (seeds).")
     ap.add_argument("--eval-seed", type=int, default=1000, help="First evaluation seed.")
     ap.add_argument("--summary-tokens", type=int, default=None, help="Model summaries of the held-out script's "
                     "characters to this many tokens (default: word-clipped scripts, no model call).")

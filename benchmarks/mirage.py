@@ -1,7 +1,8 @@
 """MIRAGE end to end on the default model: one full game of each script of a MIRAGE `dataset/<language>` folder
 through `play_mystery` (what `stratagem play mystery` runs), every seat and the judge served by the same model, with
 bounded conversation rounds. Prints one JSON object: per script the wall time, acts, failed-action rate, judge
-parse failures and the MIRAGE metrics, and the failed-action rate over all acts.
+parse failures, the MIRAGE metrics and the longest act in tokens (prompt + reply, to compare with the server's
+context), and the failed-action rate over all acts.
 
     python benchmarks/mirage.py --data path/to/MIRAGE/dataset/En [--rounds 1] [--base-url URL]
         [--summary-tokens 1500] [--no-structured-outputs]
@@ -20,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from stratagem.games.core import read_jsonl
 from stratagem.games.mystery.cli import play_mystery
 from stratagem.games.mystery.schema import is_script_dir
 
@@ -61,9 +63,11 @@ def main() -> None:
                 print(f"{f.name}: {e}", file=sys.stderr)
                 continue
             m = r["metrics"]
+            longest = max((len(t.prompt_token_ids or []) + len(t.completion_token_ids or [])
+                           for ep in read_jsonl(r["episodes_path"]) for t in ep.turns), default=0)
             acts += m["acts"]
             failed += m["failed_actions"]
-            per_script[f.name] = {"wall_s": r["wall_s"], **{k: round(m[k], 4) for k in (
+            per_script[f.name] = {"wall_s": r["wall_s"], "longest_act_tokens": longest, **{k: round(m[k], 4) for k in (
                 "acts", "failed_actions", "failed_action_rate", "judge_parse_failures", "victory", "tii", "cic",
                 "ici", "sci", "overall", "civilians_win")}}
     print(json.dumps({"data": str(args.data), "rounds": args.rounds, "summary_tokens": args.summary_tokens,

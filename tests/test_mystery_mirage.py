@@ -290,6 +290,21 @@ def test_context_budget_errors_name_the_budget():
         asyncio.run(Summariser(None, lambda t: len(t.split()), 100).summarise("A", "Script", "w " * 500, 50))
 
 
+def test_the_context_is_the_one_the_server_grants():
+    """vLLM may serve a model with --max-model-len below its own context (the default server: 4096 of SmolLM2's
+    8192); the summaries and the budget check use what /v1/models reports for the served name."""
+    from stratagem.games.mystery.summary import served_context
+
+    reply = {"data": [{"id": "base", "max_model_len": 4096}, {"id": "iter-1", "max_model_len": 2048},
+                      {"id": "other"}]}
+    assert served_context(reply, "base") == 4096 and served_context(reply, "iter-1") == 2048
+    assert served_context(reply, "other") is None and served_context({}, "base") is None
+    # 1500 + 220 words x 2 + 400 + 64 = 2404 fits 4096; a 3500-token summary does not (at most 3192)
+    check_budget(1500, MysteryConfig(), 4096)
+    with pytest.raises(ContextBudgetError, match="lower summary_tokens to at most 3192"):
+        check_budget(3500, MysteryConfig(), 4096)
+
+
 @pytest.mark.skipif(not MIRAGE_DIR, reason="set STRATAGEM_MIRAGE_DIR to a MIRAGE dataset/<language> folder")
 def test_the_real_benchmark_validates():
     root = Path(MIRAGE_DIR)

@@ -5,6 +5,7 @@ Kept short for a slow CPU server: the 4-character script, 2 rounds, few tokens p
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,37 @@ def test_play_one_short_game(vllm_server, tmp_path):
         assert t.adapter == "base"
     assert ep.metrics["judge_calls"] >= 3 * 4
     assert "Verdict" in md.read_text()
+
+
+def test_summaries_by_the_served_model_fit_the_budget_and_are_cached(vllm_server, model_path, monkeypatch, tmp_path):
+    """The summaries the real model writes stay within each field's token share of the model's own tokenizer
+    (max_tokens = the share), the context is the one the server grants, and a second preparation is read from the
+    cache without any request."""
+    import asyncio
+    import dataclasses
+
+    from stratagem.games.mystery.game import SUMMARY_SHARES, MysteryConfig
+    from stratagem.games.mystery.rollout import script_summaries
+    from stratagem.games.mystery.summary import (context_length, endpoint_context, hf_token_counter,
+                                                 prepare_summaries)
+
+    monkeypatch.setenv("STRATAGEM_CACHE", str(tmp_path / "cache"))
+    granted = asyncio.run(endpoint_context(vllm_server.base_url, "base"))
+    assert isinstance(granted, int) and 0 < granted <= context_length(model_path)
+    full = load_script("lighthouse")
+    s = dataclasses.replace(full, characters=full.characters[:1])  # one character: a few short model calls
+    budget = 60  # shares of 6-21 tokens, at least 16 each
+    out = asyncio.run(script_summaries(s, MysteryConfig(summary_tokens=budget), vllm_server.base_url, "base"))
+    count = hf_token_counter(model_path)
+    assert set(out) == set(s.characters)
+    for name, (summary,) in out.items():
+        for line in summary.split("\n"):
+            field, _, text = line.partition(": ")
+            if field in SUMMARY_SHARES:
+                assert count(text) <= max(16, int(budget * SUMMARY_SHARES[field])), (name, field, text)
+
+    async def never(obs, max_tokens):
+        raise AssertionError("the cached summaries were asked for again")
+
+    key = f"base@{Path(model_path).name}"
+    assert asyncio.run(prepare_summaries(s, never, key, budget, count, granted)) == out
