@@ -51,15 +51,14 @@ def run_config(name: str, a: argparse.Namespace, fixed_opponent: str):
 
 
 def game_score(per_seat: dict) -> dict:
-    """The model's normalized return in one game: the mean over its seat orders (first, second) or the team."""
-    vals = [s["normalized_return"] for s in per_seat.values()]
-    cis = [s.get("normalized_return_ci95") for s in per_seat.values()]
-    out = {"normalized_return": round(sum(vals) / len(vals), 4),
-           "illegal_rate": round(sum(s["illegal_rate"] for s in per_seat.values()) / len(per_seat), 4),
-           "seats": per_seat}
-    if all(cis):  # mean of independent seat orders: the interval of a mean of the two endpoints, conservatively
-        out["ci95"] = [round(sum(c[0] for c in cis) / len(cis), 4), round(sum(c[1] for c in cis) / len(cis), 4)]
-    return out
+    """The model's score in one game: its seat orders pooled (normalized return: the mean of the model-first and
+    model-second games, or the team's in Hanabi, with the interval of that mean; illegal rate over all its turns)."""
+    from stratagem.games.metrics import pooled_seats
+
+    p = pooled_seats(per_seat)
+    return {"normalized_return": round(p["normalized_return"], 4), "illegal_rate": round(p["illegal_rate"], 4),
+            **({"ci95": [round(x, 4) for x in p["normalized_return_ci95"]]} if p["normalized_return_ci95"] else {}),
+            "seats": per_seat}
 
 
 def evaluate(server, a: argparse.Namespace, label: str) -> dict:
@@ -111,6 +110,7 @@ def main() -> None:
 
     from stratagem.integrations.vllm_server import VLLMServer
     from stratagem.models import resolve
+    from stratagem.files import atomic_write
     from stratagem.settings import cache_dir
     from stratagem.training.loop import run_training
 
@@ -123,6 +123,7 @@ def main() -> None:
                     "fixed_opponent": a.fixed_opponent, "out": str(out), "models": {}}
     with VLLMServer(model=model_path, weight_reload=True, max_lora_rank=16) as server:
         result["models"]["base"] = {"eval": evaluate(server, a, "base")}
+        atomic_write(out / "ablation.partial.json", json.dumps(result, indent=1))
         for name in names:
             t0 = time.perf_counter()
             server.load_base_weights()
@@ -138,6 +139,7 @@ def main() -> None:
                                                             "clip_frac"))},
                 "eval": evaluate(server, a, name)}
             print(f"[ablation] {name}: trained in {train_s:.0f}s", file=sys.stderr)
+            atomic_write(out / "ablation.partial.json", json.dumps(result, indent=1))  # an interrupted run keeps these
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
     result["table_markdown"] = markdown(result)
     print(json.dumps(result, indent=1))

@@ -243,7 +243,8 @@ def seat_summary(episodes: list[Episode], seat: int, min_utility: float, max_uti
     k, turns = illegal_counts(episodes, seat)
     nr = mean(norm)
     ci = [max(0.0, nr["ci95"][0]), min(1.0, nr["ci95"][1])] if nr["ci95"] else None  # the mean lies in [0, 1]
-    return {"n": n, "normalized_return": nr["mean"], "normalized_return_ci95": ci,
+    sd = math.sqrt(sum((x - nr["mean"]) ** 2 for x in norm) / (n - 1)) if n > 1 else None
+    return {"n": n, "normalized_return": nr["mean"], "normalized_return_ci95": ci, "normalized_return_sd": sd,
             "wins": wins, "draws": draws, "losses": n - wins - draws,
             "win_rate": wins / n if n else 0.0, "win_rate_ci95": list(wilson_interval(wins, n)),
             "illegal_rate": k / turns if turns else 0.0, "illegal_rate_ci95": list(wilson_interval(k, turns)),
@@ -251,6 +252,28 @@ def seat_summary(episodes: list[Episode], seat: int, min_utility: float, max_uti
             "illegal_endings": sum(ep.end_reason == "illegal" and offender(ep) == seat for ep in episodes)}
 
 
+def pooled_seats(seats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The model over all its seat orders of one game (seat_summary entries, e.g. first and second): illegal rate
+    over all its turns and win rate over all its games (Wilson 95%), and the normalized return as the paper
+    averages it, the mean of the seat orders' means with the interval of that mean (seat orders are independent
+    samples: half-width z * sqrt(sum sd_i^2 / n_i) / k, cut to [0, 1]; none when a seat has no spread estimate)."""
+    s = list(seats.values())
+    k = len(s)
+    n = sum(x["n"] for x in s)
+    wins = sum(x["wins"] for x in s)
+    acts, turns = sum(x["illegal_acts"] for x in s), sum(x["model_turns"] for x in s)
+    nr = sum(x["normalized_return"] for x in s) / k
+    ci = None
+    if all(x.get("normalized_return_sd") is not None and x["n"] > 1 for x in s):
+        half = Z95 * math.sqrt(sum(x["normalized_return_sd"] ** 2 / x["n"] for x in s)) / k
+        ci = [max(0.0, nr - half), min(1.0, nr + half)]
+    return {"n": n, "normalized_return": nr, "normalized_return_ci95": ci,
+            "wins": wins, "draws": sum(x["draws"] for x in s), "losses": sum(x["losses"] for x in s),
+            "win_rate": wins / n if n else 0.0, "win_rate_ci95": list(wilson_interval(wins, n)),
+            "illegal_rate": acts / turns if turns else 0.0, "illegal_rate_ci95": list(wilson_interval(acts, turns)),
+            "illegal_acts": acts, "model_turns": turns}
+
+
 __all__ = ["SeatResult", "Z95", "episode_metrics", "illegal_counts", "is_cooperative", "is_draw", "is_illegal_act", "is_model_turn",
-           "mean", "mean_interval", "normalized_return", "offender", "rate", "role_summary", "seat_results",
+           "mean", "mean_interval", "normalized_return", "offender", "pooled_seats", "rate", "role_summary", "seat_results",
            "seat_summary", "seat_won", "utility_range", "wilson_interval"]

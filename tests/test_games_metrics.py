@@ -9,7 +9,7 @@ import pytest
 from stratagem.games.core import Episode, Seat, Turn
 from stratagem.games.metrics import (episode_metrics, illegal_counts, is_draw, is_illegal_act, is_model_turn,
                                      mean_interval,
-                                     normalized_return, offender, role_summary, seat_summary, seat_won,
+                                     normalized_return, offender, pooled_seats, role_summary, seat_summary, seat_won,
                                      wilson_interval)
 
 
@@ -122,6 +122,23 @@ def test_seat_summary_of_an_evaluation():
     assert s["win_rate"] == pytest.approx(1 / 3)
     two = seat_summary([B, C], 0, -1, 1, False)  # 1 and 0.5: mean 0.75, se 0.25, t(0.975, 1) = 12.7062
     assert two["normalized_return"] == 0.75 and two["normalized_return_ci95"] == [0.0, 1.0]
+    assert s["normalized_return_sd"] == pytest.approx(0.5) and two["normalized_return_sd"] == pytest.approx(0.5 ** 0.5 / 2)
+
+
+def test_pooled_seats_of_two_seat_orders():
+    first = {"n": 4, "normalized_return": 0.625, "normalized_return_sd": 0.5, "wins": 2, "draws": 1, "losses": 1,
+             "illegal_acts": 1, "model_turns": 10}
+    second = {"n": 4, "normalized_return": 0.25, "normalized_return_sd": 0.3, "wins": 1, "draws": 0, "losses": 3,
+              "illegal_acts": 3, "model_turns": 10}
+    p = pooled_seats({"first": first, "second": second})
+    assert (p["n"], p["wins"], p["draws"], p["losses"]) == (8, 3, 1, 4)
+    assert p["win_rate"] == 0.375 and p["win_rate_ci95"] == list(wilson_interval(3, 8))
+    assert p["illegal_rate"] == 0.2 and p["illegal_rate_ci95"] == list(wilson_interval(4, 20))
+    # mean of the seat means 0.4375; se of that mean sqrt(0.25/4 + 0.09/4) / 2 = 0.1457738, times 1.959964
+    assert p["normalized_return"] == 0.4375
+    assert p["normalized_return_ci95"] == pytest.approx([0.1517884, 0.7232116], abs=1e-6)
+    assert pooled_seats({"first": {**first, "normalized_return_sd": None}, "second": second})[
+        "normalized_return_ci95"] is None
 
 
 def test_role_summary_per_game_and_role():

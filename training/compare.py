@@ -43,10 +43,20 @@ def _cell(entry: dict[str, Any], key: str) -> str:
 
 
 def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per game and seat order, then one per game with the seat orders pooled ("both": twice the games, so
+    the narrower interval), each with before and after cells."""
+    from stratagem.games.metrics import pooled_seats
+
+    def with_pooled(seats: dict[str, Any]) -> dict[str, Any]:
+        return {**seats, "both": {**pooled_seats(seats), "opponent": next(iter(seats.values())).get("opponent", "")}} \
+            if len(seats) > 1 else seats
+
     rows = []
-    for game, seats in after.get("per_game", {}).items():
-        for seat, a in seats.items():
-            b = before.get("per_game", {}).get(game, {}).get(seat, {})
+    for game, after_seats in after.get("per_game", {}).items():
+        before_seats = before.get("per_game", {}).get(game, {})
+        before_seats = with_pooled(before_seats) if before_seats else {}
+        for seat, a in with_pooled(after_seats).items():
+            b = before_seats.get(seat, {})
             rows.append({"game": game, "seat": seat, "opponent": a.get("opponent", ""),
                          **{f"{k} {when}": _cell(e, k) for k in ("illegal_rate", "win_rate", "normalized_return")
                             for when, e in (("before", b), ("after", a))}})
