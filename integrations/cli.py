@@ -150,6 +150,8 @@ def eval_games(
                                                  "repeat it, or give a comma-separated list or a file of URLs, to "
                                                  "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Bearer token for --base-url (a server started "
+                                          "with --api-key)."),
     concurrency: int = typer.Option(8, help="Games in flight at once."),
     seed: int = typer.Option(0, help="Seed of the first game."),
 ) -> None:
@@ -174,7 +176,7 @@ def eval_games(
             ("response_prefix", response_prefix), ("open_answer", open_answer), ("think", think)) if v is not None})
         cfg = GamesEvalConfig(models=_split(models, "--models"), opponent=opponent, mcts_simulations=mcts_simulations,
                               episodes=episodes, out=out, concurrency=concurrency, seed=seed, sampling=sampling,
-                              reply=reply, **({"games": _split(games, "--games")} if games else {}))
+                              reply=reply, api_key=api_key, **({"games": _split(games, "--games")} if games else {}))
         check(sampling, "sampling")
         total = len(plan(cfg)) * episodes
     except ValueError as e:

@@ -57,6 +57,8 @@ class GamesEvalConfig:
                                          "Connect Four).", "min": 1})
     episodes: int = field(default=10, metadata={"help": "Games per model, game and seat order.", "min": 1})
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible endpoint."})
+    api_key: str | None = field(default=None, metadata={"help": "Bearer token for the endpoint (a server started "
+                                "with --api-key)."})
     out: str | None = field(default=None, metadata={"help": "Directory for the episodes (JSONL) and summary.json."})
     concurrency: int = field(default=8, metadata={"help": "Games in flight at once.", "min": 1})
     seed: int = field(default=0, metadata={"help": "Seed of the first game; game i uses seed + i (bots are seeded "
@@ -139,18 +141,22 @@ def opponent_for(config: GamesEvalConfig, game: str, perfect_information: bool, 
     return spec
 
 
+def _llm_options(config: GamesEvalConfig) -> dict[str, Any]:
+    return {**config.sampling.agent_kwargs(), **({"api_key": config.api_key} if config.api_key else {})}
+
+
 def model_agent(model: str, config: GamesEvalConfig) -> Any:
     """The evaluated model's agent: unseeded sampling in the training protocol."""
     from stratagem.agents import make_agent
 
-    return make_agent(f"llm:{model}", base_url=config.base_url, **config.sampling.agent_kwargs())
+    return make_agent(f"llm:{model}", base_url=config.base_url, **_llm_options(config))
 
 
 def _agent(spec: str, config: GamesEvalConfig, game: str, seed: int) -> Any:
     from stratagem.agents import make_agent
 
     if spec.startswith("llm:"):
-        return make_agent(spec, base_url=config.base_url, **config.sampling.agent_kwargs())
+        return make_agent(spec, base_url=config.base_url, **_llm_options(config))
     return make_agent(spec, seed=seed, game=game)
 
 

@@ -218,3 +218,17 @@ async def test_the_training_loop_validates_and_rolls_out_a_registered_game_throu
             RunConfig.from_dict({"loop": {"games": ["pennies"]}})
     finally:
         register_game(pennies)
+
+
+def test_a_servers_api_key_reaches_every_llm_seat_of_rollouts_and_evals():
+    from stratagem.integrations.games_eval import GamesEvalConfig, _agent, model_agent
+    from stratagem.training.loop import RunConfig
+    from stratagem.training.rollout import strategic_settings
+
+    cfg = RunConfig.from_dict({"server": {"api_key": "sesame"}})
+    assert strategic_settings(cfg)[0]["api_key"] == "sesame"
+    assert "api_key" not in strategic_settings(RunConfig())[0]  # the agent's own default ("EMPTY") stays
+    ec = GamesEvalConfig(api_key="sesame")
+    assert model_agent("base", ec).config.api_key == "sesame"
+    assert _agent("llm:iter-1", ec, "tictactoe", 0).config.api_key == "sesame"
+    assert model_agent("base", GamesEvalConfig()).config.api_key == "EMPTY"

@@ -23,7 +23,8 @@ def evaluate_policy(cfg: Any, base_url: str, served: str, label: str, out_dir: P
     if not games:
         return {}
     ec = GamesEvalConfig(models=[served], games=games, opponent=lc.eval_opponent, episodes=lc.eval_episodes,
-                         base_url=base_url, concurrency=lc.concurrency, seed=10_000_000 + lc.seed,
+                         base_url=base_url, api_key=cfg.server.api_key, concurrency=lc.concurrency,
+                         seed=10_000_000 + lc.seed,
                          sampling=cfg.sampling, reply=cfg.reply)
     result = asyncio.run(run_games_eval(ec))
     result["label"] = label

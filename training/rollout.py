@@ -62,14 +62,15 @@ async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: 
 
 def strategic_settings(run: Any) -> tuple[dict[str, Any], GameConfig, list[str]]:
     """From a run configuration (a RunConfig, or None for the defaults): the LLM agent options of the policy's
-    seats (`run.sampling`), the game config (`run.reply`, `run.rewards`) and the opponents' agent specs
+    seats (`run.sampling`, and `run.server.api_key` when set), the game config (`run.reply`, `run.rewards`) and the opponents' agent specs
     (`run.loop.opponents`)."""
     from stratagem.agents.sampling import SamplingConfig
 
     if run is None:
         return SamplingConfig().agent_kwargs(), GameConfig(), []
-    return (run.sampling.agent_kwargs(), GameConfig(rewards=run.rewards, reply=run.reply),
-            list(run.loop.opponents))
+    key = run.server.api_key  # a server started with --api-key refuses requests without it
+    return ({**run.sampling.agent_kwargs(), **({"api_key": key} if key else {})},
+            GameConfig(rewards=run.rewards, reply=run.reply), list(run.loop.opponents))
 
 
 async def rollout_strategic(job: RolloutJob) -> list[Episode]:
