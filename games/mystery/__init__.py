@@ -36,7 +36,8 @@ async def rollout(job: RolloutJob):
     script = getattr(getattr(run, "loop", None), "mystery_script", None) or "lighthouse"
     return await collect_mystery_episodes(script, job.n, base_url=job.base_url, player_model=job.policy,
                                           judge_model="base", config=cfg, concurrency=job.concurrency,
-                                          seed=job.seed, on_episode=job.on_episode)
+                                          seed=job.seed, on_episode=job.on_episode,
+                                          api_key=getattr(getattr(run, "server", None), "api_key", None))
 
 
 def check(workdir: Any = None):
