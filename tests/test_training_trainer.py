@@ -148,3 +148,21 @@ def test_logprobs_are_those_of_the_tempered_distribution(model_path, tokenizer):
     assert not torch.allclose(t1.score([s])[0].float(), want, atol=1e-2)
     with pytest.raises(ValueError, match="temperature"):
         LoRATrainer(model_path, TrainerConfig(), temperature=0.0)
+
+
+def test_gradient_checkpointing_gives_the_same_update(model_path, tokenizer):
+    """Recomputing activations in the backward pass changes memory, not the gradients: one PPO update with and
+    without it moves every LoRA weight to the same place (fp32, same seed)."""
+    eps = _episodes(tokenizer)
+    batch = build_batch(eps, lambda i, j: True)
+    adv = [1.0 if eps[a.episode].turns[a.turn].reward > 0 else -1.0 for a in batch.acts]
+    out = []
+    for ckpt in (False, True):
+        trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-3, dtype="float32", gradient_checkpointing=ckpt), seed=0)
+        assert trainer.model.get_base_model().is_gradient_checkpointing == ckpt
+        stats = trainer.ppo_step(batch, adv, PPOConfig())
+        out.append((stats["loss"], _snapshot(trainer)))
+    (loss0, w0), (loss1, w1) = out
+    assert loss1 == pytest.approx(loss0, abs=1e-6)
+    assert max(float((w0[n] - w1[n]).abs().max()) for n in w0) < 1e-6
+    assert any(float(w1[n].abs().max()) > 0 for n in w1 if "lora_B" in n)  # the update did move B

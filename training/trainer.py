@@ -57,6 +57,10 @@ class TrainerConfig:
                                                   "min": 1})
     track_kl: bool = field(default=True, metadata={"help": "Compute the KL to the reference (one extra no-grad "
                            "pass) for the metrics even when the KL penalty is off."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute each decoder layer's "
+                                         "activations in the backward pass instead of keeping them: about 1.3x the "
+                                         "compute for a fraction of the activation memory (long sequences on a GPU; "
+                                         "benchmarks/gpu.py --grad-ckpt measures it)."})
 
 
 def cpu_has_native_bf16() -> bool:
@@ -123,6 +127,8 @@ class LoRATrainer:
         self.dist.broadcast_params(self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
         inner = self.model.get_base_model()
+        if c.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad hook
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._decoder = inner.get_decoder()
         self._head = inner.get_output_embeddings()
 
