@@ -24,8 +24,8 @@ setup: $(BIN)/.stratagem-installed
 QUICKSTART_ARGS ?=
 quickstart: setup
 	rm -rf runs/quickstart
-	$(BIN)/stratagem train --algo mars --games tictactoe --iterations 4 --episodes-per-iteration 16 \
-		--loop.eval-episodes 30 --loop.eval-opponent random --out runs/quickstart $(QUICKSTART_ARGS)
+	$(BIN)/stratagem train --algo mars --games tictactoe --iterations 5 --episodes-per-iteration 16 \
+		--loop.eval-episodes 50 --loop.eval-opponent random --out runs/quickstart $(QUICKSTART_ARGS)
 	$(BIN)/stratagem report runs/quickstart
 
 test: setup

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,4 +78,5 @@ def print_comparison(before: dict[str, Any], after: dict[str, Any], before_name:
         t.add_column(col.replace("_", " "))
     for r in rows:
         t.add_row(*r.values())
-    Console().print(t)
+    # piped to a file or a CI log there is no terminal to fit, and rich's 80-column default would fold every cell
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
