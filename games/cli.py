@@ -83,7 +83,7 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
                    open_answer: Optional[bool] = None) -> dict[str, Any]:
     """Play `episodes` games; model seats reply in the training protocol (`SamplingConfig`, `ReplyFormat`) unless
     the given options change it."""
-    from rich.console import Console
+    from stratagem.console import console as make_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stratagem.agents import make_agent
@@ -103,7 +103,7 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
         raise typer.BadParameter(f"--episodes must be >= 1, got {episodes}")
     uses_llm = any(s.startswith("llm:") for s in specs)
     base_url = base_url or os.environ.get("STRATAGEM_BASE_URL") or None
-    console = Console(stderr=json_out)
+    console = make_console(stderr=json_out)
     server: Any = contextlib.nullcontext()
     if uses_llm and base_url is None:
         from stratagem.integrations.vllm_server import ServerConfig, VLLMServer

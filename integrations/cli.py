@@ -79,7 +79,7 @@ def eval_mas(
     seed: int = typer.Option(0, help="Seed (sampling, option shuffling, bootstrap)."),
 ) -> None:
     """Run a multi-agent system on a benchmark with each model; accuracy with 95% CIs and paired differences."""
-    from rich.console import Console
+    from stratagem.console import console
 
     from stratagem.integrations.benchmarks import BenchmarkFormatError, load_benchmark
     from stratagem.integrations.mas_eval import CI_METHODS, SYSTEMS, EvalConfig, run_eval, summary_table
@@ -108,7 +108,7 @@ def eval_mas(
     if json_out:
         typer.echo(json.dumps(summary))
     else:
-        Console().print(summary_table(summary))
+        console().print(summary_table(summary))
     failed = sum(m["errors"] for m in summary["models"].values())
     if failed:
         typer.secho(f"error: {failed} question(s) failed on the endpoint {url} (see 'error' in the JSONL); rerun "
@@ -159,7 +159,7 @@ def eval_games(
     95% intervals, in the training reply protocol."""
     import dataclasses
 
-    from rich.console import Console
+    from stratagem.console import console
 
     from stratagem.agents.sampling import SamplingConfig
     from stratagem.config import check
@@ -189,7 +189,7 @@ def eval_games(
     if json_out:
         typer.echo(json.dumps(result))
     else:
-        Console().print(results_table(result))
+        console().print(results_table(result))
 
 
 @eval_app.command("mystery")
@@ -213,7 +213,7 @@ def eval_mystery(
 ) -> None:
     """The murder mystery as MIRAGE evaluates it: Victory, TII, CIC, ICI, SCI, Overall per script and averaged,
     95% intervals over seeds, a leaderboard row per model."""
-    from rich.console import Console
+    from stratagem.console import console
 
     from stratagem.games.mystery.evaluate import MysteryEvalConfig, expand_scripts, leaderboard, run_mystery_eval
     from stratagem.games.mystery.game import MysteryConfig
@@ -232,7 +232,7 @@ def eval_mystery(
     if json_out:
         typer.echo(json.dumps(result))
     else:
-        Console().print(leaderboard(result))
+        console().print(leaderboard(result))
 
 
 def register(app: typer.Typer) -> None:

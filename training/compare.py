@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,7 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[
 
 
 def print_comparison(before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str) -> None:
-    from rich.console import Console
+    from stratagem.console import console
     from rich.table import Table
 
     rows = comparison_rows(before, after)
@@ -78,5 +77,4 @@ def print_comparison(before: dict[str, Any], after: dict[str, Any], before_name:
         t.add_column(col.replace("_", " "))
     for r in rows:
         t.add_row(*r.values())
-    # piped to a file or a CI log there is no terminal to fit, and rich's 80-column default would fold every cell
-    Console(width=None if sys.stdout.isatty() else 200).print(t)
+    console().print(t)

@@ -85,7 +85,7 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
     to `transcript` (default runs/mystery/<script>-<time>.md) and the episodes beside it (.jsonl) with the metrics
     (.metrics.json). The endpoint is `base_url`, else $STRATAGEM_BASE_URL; with neither, a vLLM server for `model`
     (default: the default model) is started and stopped around the games. Returns the metrics object."""
-    from rich.console import Console
+    from stratagem.console import console as make_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -95,7 +95,7 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
     from stratagem.games.mystery.rollout import collect_mystery_episodes
     from stratagem.games.mystery.transcript import transcript_markdown
 
-    console = Console(stderr=json_out)
+    console = make_console(stderr=json_out)
     try:
         s = load_script(script)
     except (FileNotFoundError, ScriptError) as e:
