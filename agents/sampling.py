@@ -27,8 +27,9 @@ class SamplingConfig:
     vllm_extensions: bool = field(default=True, metadata={"help": "Send vLLM's extra request fields (top_k, "
                                   "include_stop_str_in_output); off for endpoints that reject unknown fields."})
 
-    def agent_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `make_agent('llm:...')` / `LLMAgentConfig` for this sampling."""
+    def agent_kwargs(self, api_key: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of `make_agent('llm:...')` / `LLMAgentConfig` for this sampling, with the endpoint's
+        bearer token when it needs one (None keeps the agent's default)."""
         extra: dict[str, Any] = {}
         if self.vllm_extensions:
             if self.top_k and self.top_k > 0:
@@ -39,4 +40,6 @@ class SamplingConfig:
                                   extra_body=extra)
         if self.stop:
             kw["stop"] = list(self.stop)
+        if api_key:
+            kw["api_key"] = api_key
         return kw

@@ -139,6 +139,15 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def sample_sd(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (n - 1 in the denominator); None for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    m = sum(values) / n
+    return math.sqrt(sum((x - m) ** 2 for x in values) / (n - 1))
+
+
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """Student-t interval of the mean of `values` (sample standard deviation, n - 1 degrees of freedom); fewer than
     two values give (nan, nan): there is no spread to estimate."""
@@ -148,8 +157,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     from scipy.stats import t as student_t
 
     m = sum(values) / n
-    sd = math.sqrt(sum((x - m) ** 2 for x in values) / (n - 1))
-    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sample_sd(values) / math.sqrt(n)
     return m - half, m + half
 
 
@@ -160,9 +168,10 @@ def rate(k: int, n: int) -> dict[str, Any]:
 
 
 def mean(values: Sequence[float]) -> dict[str, Any]:
-    """A mean with its count and t 95% interval (mean 0 and no interval when empty)."""
+    """A mean with its count, sample standard deviation and t 95% interval (mean 0 and no interval when empty; no
+    sd or interval for fewer than two values)."""
     lo, hi = mean_interval(values)
-    return {"mean": sum(values) / len(values) if values else 0.0, "n": len(values),
+    return {"mean": sum(values) / len(values) if values else 0.0, "n": len(values), "sd": sample_sd(values),
             "ci95": [lo, hi] if not math.isnan(lo) else None}
 
 
@@ -243,8 +252,7 @@ def seat_summary(episodes: list[Episode], seat: int, min_utility: float, max_uti
     k, turns = illegal_counts(episodes, seat)
     nr = mean(norm)
     ci = [max(0.0, nr["ci95"][0]), min(1.0, nr["ci95"][1])] if nr["ci95"] else None  # the mean lies in [0, 1]
-    sd = math.sqrt(sum((x - nr["mean"]) ** 2 for x in norm) / (n - 1)) if n > 1 else None
-    return {"n": n, "normalized_return": nr["mean"], "normalized_return_ci95": ci, "normalized_return_sd": sd,
+    return {"n": n, "normalized_return": nr["mean"], "normalized_return_ci95": ci, "normalized_return_sd": nr["sd"],
             "wins": wins, "draws": draws, "losses": n - wins - draws,
             "win_rate": wins / n if n else 0.0, "win_rate_ci95": list(wilson_interval(wins, n)),
             "illegal_rate": k / turns if turns else 0.0, "illegal_rate_ci95": list(wilson_interval(k, turns)),
@@ -275,5 +283,5 @@ def pooled_seats(seats: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 __all__ = ["SeatResult", "Z95", "episode_metrics", "illegal_counts", "is_cooperative", "is_draw", "is_illegal_act", "is_model_turn",
-           "mean", "mean_interval", "normalized_return", "offender", "pooled_seats", "rate", "role_summary", "seat_results",
+           "mean", "mean_interval", "normalized_return", "offender", "pooled_seats", "rate", "role_summary", "sample_sd", "seat_results",
            "seat_summary", "seat_won", "utility_range", "wilson_interval"]

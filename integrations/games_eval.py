@@ -141,22 +141,18 @@ def opponent_for(config: GamesEvalConfig, game: str, perfect_information: bool, 
     return spec
 
 
-def _llm_options(config: GamesEvalConfig) -> dict[str, Any]:
-    return {**config.sampling.agent_kwargs(), **({"api_key": config.api_key} if config.api_key else {})}
-
-
 def model_agent(model: str, config: GamesEvalConfig) -> Any:
     """The evaluated model's agent: unseeded sampling in the training protocol."""
     from stratagem.agents import make_agent
 
-    return make_agent(f"llm:{model}", base_url=config.base_url, **_llm_options(config))
+    return make_agent(f"llm:{model}", base_url=config.base_url, **config.sampling.agent_kwargs(config.api_key))
 
 
 def _agent(spec: str, config: GamesEvalConfig, game: str, seed: int) -> Any:
     from stratagem.agents import make_agent
 
     if spec.startswith("llm:"):
-        return make_agent(spec, base_url=config.base_url, **_llm_options(config))
+        return make_agent(spec, base_url=config.base_url, **config.sampling.agent_kwargs(config.api_key))
     return make_agent(spec, seed=seed, game=game)
 
 

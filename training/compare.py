@@ -54,8 +54,7 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[
 
     rows = []
     for game, after_seats in after.get("per_game", {}).items():
-        before_seats = before.get("per_game", {}).get(game, {})
-        before_seats = with_pooled(before_seats) if before_seats else {}
+        before_seats = with_pooled(before.get("per_game", {}).get(game, {}))
         for seat, a in with_pooled(after_seats).items():
             b = before_seats.get(seat, {})
             rows.append({"game": game, "seat": seat, "opponent": a.get("opponent", ""),

@@ -68,9 +68,8 @@ def strategic_settings(run: Any) -> tuple[dict[str, Any], GameConfig, list[str]]
 
     if run is None:
         return SamplingConfig().agent_kwargs(), GameConfig(), []
-    key = run.server.api_key  # a server started with --api-key refuses requests without it
-    return ({**run.sampling.agent_kwargs(), **({"api_key": key} if key else {})},
-            GameConfig(rewards=run.rewards, reply=run.reply), list(run.loop.opponents))
+    # a server started with --api-key refuses requests without it
+    return (run.sampling.agent_kwargs(run.server.api_key), GameConfig(rewards=run.rewards, reply=run.reply), list(run.loop.opponents))
 
 
 async def rollout_strategic(job: RolloutJob) -> list[Episode]:
