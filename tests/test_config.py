@@ -167,7 +167,7 @@ def test_run_config_sections_and_yaml_round_trip(tmp_path):
 
 def test_train_arguments_defaults_then_yaml_then_flags(tmp_path):
     (tmp_path / "c.yaml").write_text("loop:\n  iterations: 5\n  seed: 3\ntrainer:\n  lr: 0.01\n")
-    cfg, out, resume = train_config(["--out", str(tmp_path / "run"), "--config", str(tmp_path / "c.yaml"),
+    cfg, out, resume, _ = train_config(["--out", str(tmp_path / "run"), "--config", str(tmp_path / "c.yaml"),
                                      "--games", "tictactoe,kuhn_poker", "--iterations", "7", "--max-tokens", "16",
                                      "--loop.episodes-per-iteration", "4", "--ppo.clip_eps", "0.3", "--lr", "0.02",
                                      "--reply.open-answer", "false", "--base-url", "http://127.0.0.1:1/v1"])
@@ -188,7 +188,7 @@ def test_resume_takes_only_iterations_and_base_url(tmp_path):
     from stratagem.training.run_store import RunStore
 
     RunStore(tmp_path / "run").create(RunConfig.from_dict({"loop": {"seed": 9}}).to_dict())
-    cfg, _, resume = train_config(["--out", str(tmp_path / "run"), "--resume", "--iterations", "4"])
+    cfg, _, resume, _ = train_config(["--out", str(tmp_path / "run"), "--resume", "--iterations", "4"])
     assert resume and (cfg.loop.seed, cfg.loop.iterations) == (9, 4)
     with pytest.raises(ConfigError, match=r"only loop.iterations, loop.base_url may be given with it \(got "
                                           r"loop.seed, trainer.lr\)"):

@@ -36,14 +36,18 @@ def train_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML file with any of the sections below (loop, sampling, reply, "
                      "rewards, ...), e.g. the config.yaml of a run.")
     run.add_argument("--resume", action="store_true", help="Continue the run in --out from its last completed "
-                     f"iteration with its saved configuration (only {', '.join(RESUMABLE)} may be given).")
+                     f"iteration with its saved configuration (only {', '.join(RESUMABLE)} may be given). The "
+                     "store is verified first (checksums of every commit); damage stops the resume with the way out.")
+    run.add_argument("--resume-from", type=int, metavar="K", help="With --resume: roll the run back to its commit "
+                     "of iteration K (0: the start), dropping the later iterations, and continue from there (the "
+                     "way out of a damaged store: the resume's error names the last intact K).")
     return parser
 
 
-def train_config(argv: list[str]) -> tuple[Any, Path, bool]:
-    """(the validated RunConfig, the run directory, resume) of `stratagem train`'s arguments: defaults, then the
-    YAML of --config (or the saved config with --resume), then the flags. Raises ConfigError (a ValueError) naming
-    the field; loads no model."""
+def train_config(argv: list[str]) -> tuple[Any, Path, bool, int | None]:
+    """(the validated RunConfig, the run directory, resume, resume-from) of `stratagem train`'s arguments:
+    defaults, then the YAML of --config (or the saved config with --resume), then the flags. Raises ConfigError (a
+    ValueError) naming the field; loads no model."""
     import yaml
 
     from stratagem.config import ConfigError, merge, parse_flags
@@ -51,6 +55,10 @@ def train_config(argv: list[str]) -> tuple[Any, Path, bool]:
     from stratagem.training.run_store import RunStore
 
     overrides, ns = parse_flags(train_parser(), argv)
+    if ns.resume_from is not None and not ns.resume:
+        raise ConfigError("--resume-from rolls back a run to resume it: give --resume too")
+    if ns.resume_from is not None and ns.resume_from < 0:
+        raise ConfigError(f"--resume-from: an iteration >= 0, got {ns.resume_from}")
     if ns.resume:
         given = [f"{s}.{k}" for s, d in overrides.items() for k in d]
         extra = [g for g in given if g not in RESUMABLE] + (["--config"] if ns.config else [])
@@ -67,7 +75,7 @@ def train_config(argv: list[str]) -> tuple[Any, Path, bool]:
             raise ConfigError(f"--config {ns.config}: expected a mapping of sections, got {type(raw).__name__}")
     else:
         raw = {}
-    return RunConfig.from_dict(merge(raw or {}, overrides)), ns.out, ns.resume
+    return RunConfig.from_dict(merge(raw or {}, overrides)), ns.out, ns.resume, ns.resume_from
 
 
 def check_endpoints(base_url: str | None, api_key: str | None = None) -> None:
@@ -89,9 +97,9 @@ def register(app: typer.Typer) -> None:
         from stratagem.training.loop import run_training
 
         try:
-            cfg, out, resume = train_config(list(ctx.args))
+            cfg, out, resume, resume_from = train_config(list(ctx.args))
             check_endpoints(cfg.loop.base_url, cfg.server.api_key)
-            store = run_training(cfg, out, resume=resume)
+            store = run_training(cfg, out, resume=resume, resume_from=resume_from)
         except (ValueError, FileExistsError, FileNotFoundError) as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2)

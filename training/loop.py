@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from stratagem import faults
 from stratagem.agents.sampling import SamplingConfig
 from stratagem.config import ConfigError, check as check_config, from_dict as config_from_dict
 from stratagem.config import to_dict as config_to_dict
@@ -36,7 +37,7 @@ from stratagem.training.advantages import AdvantageConfig, get_advantage
 from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels
 from stratagem.training.run_store import RunStore
 from stratagem.training.samples import build_batch
-from stratagem.training.trainer import LoRATrainer, TrainerConfig
+from stratagem.training.trainer import LoRATrainer, TrainerConfig, resolve_dtype
 
 MYSTERY = "mystery"
 log = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ class PolicyServer:
         return "base" if self.merged else adapter_name(k)
 
     def install(self, k: int) -> dict[str, Any]:
+        faults.point("install")
         path = self.store.adapter_dir(k)
         if self.endpoints is not None:
             return self.endpoints.install(adapter_name(k), path)
@@ -339,11 +341,12 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
 
 # ---- the loop ---------------------------------------------------------------------------------------------------
 
-def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, server: Any = None,
-                 rollout: Rollout | None = None, progress: bool = True) -> RunStore:
-    """Run (or resume) a training run in `out`. `server` is a VLLMServer to use (default: attach to
-    cfg.loop.base_url, several endpoints when it lists several, else start one from cfg.server); `rollout` replaces
-    the default rollout (tests).
+def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resume_from: int | None = None,
+                 server: Any = None, rollout: Rollout | None = None, progress: bool = True) -> RunStore:
+    """Run (or resume) a training run in `out`. A resume first verifies the store (run_store.py) and continues after
+    its last commit, or after iteration `resume_from` (rolled back to). `server` is a VLLMServer to use (default:
+    attach to cfg.loop.base_url, several endpoints when it lists several, else start one from cfg.server); `rollout`
+    replaces the default rollout (tests).
 
     Under `torchrun` / `accelerate launch` with N processes (training/distributed.py) rank 0 does everything
     below; the other ranks skip the server and the rollouts, receive each iteration's episodes from rank 0 and join
@@ -359,11 +362,11 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
         saved.loop.iterations = cfg.loop.iterations  # a resume may extend the run, or use another server
         saved.loop.base_url = cfg.loop.base_url
         cfg = saved
-        done = dist.broadcast_object(store.rollback()["iteration"] if dist.is_main else None)
+        done = dist.broadcast_object(store.resume(resume_from)["iteration"] if dist.is_main else None)
     else:
         cfg.validate()
         if dist.is_main:
-            store.create(cfg.to_dict())
+            store.create(cfg.to_dict(), trainer_dtype=str(resolve_dtype(cfg.trainer.dtype)).removeprefix("torch."))
         done = 0
     dist.barrier()
     lc = cfg.loop
@@ -464,6 +467,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, serve
 
             # 5. log and commit
             metrics = {"iteration": k, "policy": policy, "episodes": len(episodes), "rollout_s": rollout_s,
+                       "trainer_dtype": str(trainer.dtype).removeprefix("torch."),
                        "update_s": update_s, **episode_metrics(episodes), **stats,
                        **{f"verify/{a}": float(b) for a, b in (check or {}).items() if isinstance(b, (int, float))}}
             store.commit(k, len(episodes), metrics)
@@ -530,6 +534,7 @@ async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, served
             for seat in ep.seats:  # the seat's agent names the policy too, not the served name that sampled it
                 if seat.agent == f"llm:{served}":
                     seat.agent = f"llm:{policy}"
+            faults.point("rollout.episode")
             store.append_episode(ep)
             bar.advance(task)
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from stratagem import faults
 from stratagem.training.losses import MAROConfig, PPOConfig
 from stratagem.training.objectives import Objective, get_loss
 from stratagem.training.samples import Batch, Sample
@@ -231,6 +232,7 @@ class LoRATrainer:
                     (loss * len(groups)).backward()
                     for k, v in st.items():
                         sums[k] = sums.get(k, 0.0) + v
+                faults.point("update.step")
                 grad_norm = self._optimizer_step()
         elapsed = time.perf_counter() - t0
         n = batch.n_trained_tokens
