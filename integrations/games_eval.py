@@ -27,6 +27,7 @@ from typing import Any
 
 from stratagem.agents import close_agents
 from stratagem.agents.sampling import SamplingConfig
+from stratagem.files import Journal, atomic_write
 from stratagem.games.base import GameConfig, ReplyFormat
 from stratagem.games.core import Episode
 from stratagem.games.metrics import seat_summary
@@ -204,7 +205,8 @@ def plan(config: GamesEvalConfig) -> list[Matchup]:
 
 
 async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dict[str, Any]:
-    """Play every matchup of `plan(config)` and summarize; episodes are appended to `config.out` as they end."""
+    """Play every matchup of `plan(config)` and summarize; episodes are committed to `config.out` as they end, and
+    a rerun with the same `out` plays only the games not there yet (`resumed` counts the others)."""
     from stratagem.training.rollout import collect_episodes
 
     matchups = plan(config)
@@ -217,30 +219,45 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dic
         agents = [model if s == f"llm:{mu.model}" else _agent(s, config, mu.game, config.seed + i)
                   for i, s in enumerate(mu.specs)]
         label = "-".join(mu.seats)
+        journal = Journal(results_path(config.out, mu.model, mu.game, label)) if config.out else None
+        done = _played(journal, config.seed, config.episodes)
+        todo = [i for i in range(config.episodes) if i not in done]
         try:
             eps = await collect_episodes(mu.game, agents, config.episodes, config.concurrency, seed=config.seed,
-                                         config=game_cfg,
-                                         on_episode=_sink(config.out, mu.model, mu.game, label, on_episode))
+                                         config=game_cfg, only=todo, on_episode=_sink(journal, on_episode))
         finally:
             await close_agents(agents)
+        eps = sorted([*done.values(), *eps], key=lambda e: e.seed)
+        result["resumed"] = result.get("resumed", 0) + len(done)
         for name, seat in mu.seats.items():
             summary = seat_summary(eps, seat, *mu.utility, mu.cooperative)
             result["models"][mu.model].setdefault(mu.game, {})[name] = {**summary, "opponent": mu.opponent}
     if config.out:
         Path(config.out).mkdir(parents=True, exist_ok=True)
-        (Path(config.out) / "summary.json").write_text(json.dumps(result, indent=2))
+        atomic_write(Path(config.out) / "summary.json", json.dumps(result, indent=2))
     return result
 
 
-def _sink(out: str | None, model: str, game: str, label: str, on_episode: Any) -> Any:
-    if out is None:
+def results_path(out: str | Path, model: str, game: str, label: str) -> Path:
+    """Episodes of one matchup (model, game, seat order): a Journal, so a rerun with the same `out` resumes."""
+    return Path(out) / model.replace("/", "_") / f"{game}-{label}.jsonl"
+
+
+def _played(journal: Journal | None, seed: int, n: int) -> dict[int, Episode]:
+    """Games of this evaluation already in the journal, by index (game i has seed `seed + i`)."""
+    if journal is None or not journal.path.exists():
+        return {}
+    eps = (Episode.from_dict(rec) for rec in journal.records())
+    return {ep.seed - seed: ep for ep in eps if seed <= ep.seed < seed + n}
+
+
+def _sink(journal: Journal | None, on_episode: Any) -> Any:
+    if journal is None:
         return on_episode
-    path = Path(out) / model.replace("/", "_") / f"{game}-{label}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    journal.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(ep: Episode) -> None:
-        with path.open("a", encoding="utf-8") as f:
-            f.write(ep.to_json() + "\n")
+        journal.append(ep.to_json())
         if on_episode:
             on_episode(ep)
     return write

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stratagem.concurrency import map_concurrent
-from stratagem.files import read_json_lines
+from stratagem.files import Journal
 from stratagem.games.core import Observation
 from stratagem.games.metrics import wilson_interval
 from stratagem.integrations.benchmarks import Question, extract_answer, is_correct, task_text
@@ -112,10 +112,11 @@ def results_path(out: str | Path, model: str) -> Path:
 
 
 def load_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Records already finished without error, by question id (a torn last line from a kill is ignored)."""
+    """Records already finished without error, by question id (a torn last line from a kill is cut; committed
+    records that changed are a StoreDamage error)."""
     done: dict[str, dict[str, Any]] = {}
     if path.exists():
-        for _, rec in read_json_lines(path):
+        for rec in Journal(path).records():  # verified against its commit record; a torn tail is cut
             if not rec.get("error"):
                 done[str(rec["id"])] = rec
     return done
@@ -157,11 +158,12 @@ async def run_eval(config: EvalConfig, questions: list[Question],
         model, q = job
         return await _answer(systems[model], q, model, config)
 
+    journals = {m: Journal(results_path(config.out, m)).open() for m in config.models} if config.out else {}
+
     def record(rec: dict[str, Any]) -> None:
         records[rec["model"]][rec["id"]] = rec
         if config.out:
-            with results_path(config.out, rec["model"]).open("a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            journals[rec["model"]].append(json.dumps(rec))
         if on_result:
             on_result(rec)
 

@@ -126,6 +126,33 @@ async def test_run_games_eval_with_bots(monkeypatch, tmp_path):
     assert len(lines) == 2 and Episode.from_dict(json.loads(lines[0])).game == "connect_four"
     assert json.loads((tmp_path / "summary.json").read_text()) == result
 
+    # a rerun resumes: nothing is played again
+    played = []
+    from stratagem.training import rollout
+
+    monkeypatch.setattr(rollout, "collect_episodes", _counting(rollout.collect_episodes, played))
+    again = await run_games_eval(cfg)
+    assert again["resumed"] == 10 and sum(played) == 0 and again["models"] == result["models"]
+    path = tmp_path / "base" / "connect_four-first.jsonl"
+    text = path.read_text()
+    path.write_text(text + '{"game": "connect_four", "se')  # a kill halfway through a third record
+    cfg.episodes = 3
+    third = await run_games_eval(cfg)
+    assert third["resumed"] == 10 and sum(played) == 5  # one more game per matchup, the torn record cut first
+    assert [Episode.from_dict(json.loads(x)).seed for x in path.read_text().splitlines()] == [0, 1, 2]
+    (tmp_path / "base" / "leduc_poker-second.jsonl").write_text("")  # committed records gone: an error
+    from stratagem.files import StoreDamage
+
+    with pytest.raises(StoreDamage, match="leduc_poker-second.jsonl"):
+        await run_games_eval(cfg)
+
+
+def _counting(collect, played):
+    async def wrapped(*a, only=None, **kw):
+        played.append(len(only))
+        return await collect(*a, only=only, **kw)
+    return wrapped
+
 
 def _cli(args):
     from typer.testing import CliRunner

@@ -311,6 +311,20 @@ async def test_run_eval_pairs_saves_and_resumes(monkeypatch, tmp_path):
     assert made["weak"].asked == [] and made["good"].asked == ["4"]
     assert s["resumed"] == 7 and s["models"]["good"]["correct"] == 4 and s["models"]["good"]["errors"] == 0
 
+    # a kill halfway through a record: the torn tail is cut before the next record, which is not glued onto it
+    path = tmp_path / "run" / "weak.jsonl"
+    committed = path.read_bytes()
+    path.write_bytes(committed + b'{"id": "9", "benchm')
+    s = await run_eval(cfg, qs + [Question(id="5", benchmark="gsm8k", prompt="q5", gold="5")])
+    assert made["weak"].asked == ["5"] and path.read_bytes().startswith(committed)
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["1", "2", "3", "4", "5"]
+    # committed records that changed are an error naming the file, not a silent re-ask
+    path.write_text(path.read_text().replace('"id": "2"', '"id": "7"'))
+    from stratagem.files import StoreDamage
+
+    with pytest.raises(StoreDamage, match="weak.jsonl"):
+        await run_eval(cfg, qs)
+
 
 async def test_run_eval_rejects_bad_config():
     with pytest.raises(ValueError, match="unknown system 'chorus'"):

@@ -44,9 +44,10 @@ async def play_with_retries(game: str, agents: Sequence[Agent], seed: int, confi
 
 async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: int = 8, *, seed: int = 0,
                            config: GameConfig | None = None, on_episode: Callable[[Episode], Any] | None = None,
-                           retries: int = 2, params: dict[str, Any] | None = None) -> list[Episode]:
-    """Play `n` games of `game` (game i with seed `seed + i`), at most `concurrency` at once; returns them in seed
-    order. `on_episode(ep)` is called as each finishes (in finishing order), e.g. to append it to a JSONL file.
+                           retries: int = 2, params: dict[str, Any] | None = None,
+                           only: list[int] | None = None) -> list[Episode]:
+    """Play `n` games of `game` (game i with seed `seed + i`; with `only`, just games i in it: the rest of a resumed
+    evaluation), at most `concurrency` at once; returns them in seed order. `on_episode(ep)` is called as each finishes (in finishing order), e.g. to append it to a JSONL file.
     Every turn of an LLM seat carries prompt / completion token ids, log-probs, its reward and `adapter` (the served
     model name that sampled it)."""
     if n < 0 or concurrency < 1:
@@ -57,7 +58,7 @@ async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: 
         ep.id = ep.id or f"{game}-{seed + i}"
         return ep
 
-    return await map_concurrent(one, range(n), concurrency, on_episode)
+    return await map_concurrent(one, range(n) if only is None else sorted(only), concurrency, on_episode)
 
 
 def strategic_settings(run: Any) -> tuple[dict[str, Any], GameConfig, list[str]]:

@@ -16,7 +16,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Callable
 
-from stratagem.games.core import Episode, read_jsonl, write_jsonl
+from stratagem.files import Journal, atomic_write
+from stratagem.games.core import Episode
 from stratagem.games.metrics import mean_interval
 from stratagem.games.mystery.game import MysteryConfig
 from stratagem.games.mystery.library import load_script, script_dir
@@ -65,14 +66,14 @@ async def run_mystery_eval(cfg: MysteryEvalConfig, base_url: str,
 
     async def one(model: str, folder: Path, seed: int) -> None:
         path = Path(cfg.out) / _slug(model) / _slug(folder.name) / f"seed-{seed}.jsonl"
-        if path.exists():
-            eps = list(read_jsonl(path))
-        else:
+        journal = Journal(path)
+        eps = [Episode.from_dict(rec) for rec in journal.records()] if path.exists() else []
+        if not eps:  # not played yet, or a write cut before its commit
             eps = await collect_mystery_episodes(str(folder), 1, base_url=base_url, player_model=model,
                                                  judge_model=cfg.judge, config=cfg.game, concurrency=1, seed=seed)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.with_suffix(".md").write_text(transcript_markdown(eps), encoding="utf-8")
-            write_jsonl(eps, path)
+            atomic_write(path.with_suffix(".md"), transcript_markdown(eps))
+            journal.write_all([ep.to_json() for ep in eps])
         ep: Episode = eps[0]
         games.setdefault((model, folder.name), []).append(
             {k: float(ep.metrics[k]) for k in (*HEADLINE, "failed_action_rate")})

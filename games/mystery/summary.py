@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,8 @@ from stratagem.games.core import Observation
 from stratagem.games.mystery.game import GAME, STAGE_SHARE, SUMMARY_SHARES, MysteryConfig
 from stratagem.games.mystery.schema import Script
 from stratagem.settings import cache_dir
+
+log = logging.getLogger(__name__)
 
 SUMMARY_PHASE = "summarise"
 PROMPT_OVERHEAD = 96  # tokens of the summary request around the text (instructions, chat template)
@@ -96,7 +99,7 @@ def summary_path(script: Script, model: str, budget: int) -> Path:
     h = hashlib.sha256(json.dumps([script.characters, [s.characters for s in script.stages], script.notes],
                                   sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
-    return cache_dir() / "mystery" / "summaries" / f"{h}-{safe}-{budget}.json"
+    return cache_dir() / "mystery" / "summaries" / f"{h}-{safe}-{budget}.jsonl"
 
 
 def _prompt(name: str, part: str, text: str, budget: int) -> Observation:
@@ -191,9 +194,21 @@ async def prepare_summaries(script: Script, ask: Ask, model: str, budget: int, c
                             context: int, *, use_cache: bool = True,
                             on_character: Callable[[str], Any] | None = None) -> dict[str, list[str]]:
     """character -> per-stage summary within `budget` tokens, from the cache when there (see summary_path)."""
+    from stratagem.files import Journal, StoreDamage
+
     path = summary_path(script, model, budget)
+    cache = Journal(path)
     if use_cache and path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            records = cache.records()
+            if len(records) == 1:
+                return records[0]
+            raise StoreDamage(f"{path}: expected one record, found {len(records)}")
+        except StoreDamage as e:  # a cache is derived data: say so, set it aside, compute it again
+            log.warning("summary cache damaged, recomputing it (%s)", e)
+            path.replace(path.with_name(path.name + ".damaged"))
+            cache.sidecar.unlink(missing_ok=True)
+            cache = Journal(path)
     s = Summariser(ask, count, context)
     out: dict[str, list[str]] = {}
     for name in script.characters:
@@ -201,7 +216,5 @@ async def prepare_summaries(script: Script, ask: Ask, model: str, budget: int, c
         if on_character is not None:
             on_character(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    cache.write_all([json.dumps(out, ensure_ascii=False)])
     return out
