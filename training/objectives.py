@@ -89,11 +89,15 @@ class ClippedPolicyLoss(Objective):
         cfg: PPOConfig = self.config or PPOConfig()
         samples = batch.samples
         want_ref = cfg.kl_coef > 0 or trainer.config.track_kl
+        # old, reference and policy log-probs in the update's own micro-batches: the same padded shapes give the
+        # same low-precision numerics, so at the first step the ratio is exactly 1 (and the KL exactly 0 while
+        # LoRA's B is still zero)
+        groups = trainer.mini_batches(len(samples))
         state: dict[str, Any] = {"adv": list(targets), "w": nested_mean_weights(batch.acts),
-                                 "ref": trainer.score(samples, reference=True) if want_ref else None}
+                                 "ref": trainer.score(samples, reference=True, groups=groups) if want_ref else None}
         endpoint = [torch.tensor(s.old_logprobs, dtype=torch.float32) for s in samples]
         if cfg.old_logprobs == "trainer":
-            scored = trainer.score(samples, groups=trainer.mini_batches(len(samples)))
+            scored = trainer.score(samples, groups=groups)
             old = [lp.float().cpu() if lp is not None else torch.full((len(s.positions),), float("nan"))
                    for lp, s in zip(scored, samples)]
             if trainer.temperature == 1.0:  # how far the endpoint's log-probs are from the trainer's own
@@ -124,6 +128,7 @@ class ClippedPolicyLoss(Objective):
         if first_step:
             sums["first_step_tokens"] = float(len(logp))
             sums["first_step_outside"] = float(st["clipped"].sum())
+            sums["first_step_abs_log_ratio"] = float((logp.detach().float() - old.float()).abs().sum())
         if "kl" in st:
             sums["kl_sum"] = float(st["kl"].sum())
         return loss, sums
@@ -132,7 +137,10 @@ class ClippedPolicyLoss(Objective):
         n = max(batch.n_trained_tokens * max(state.get("epochs", 1), 1), 1)
         out = {"loss": sums.get("loss", 0.0), "clip_frac": sums.get("clipped_tokens", 0.0) / n,
                "ratio_mean": sums.get("ratio_sum", 0.0) / n,
-               "clip_frac_first_step": sums.get("first_step_outside", 0.0) / max(sums.get("first_step_tokens", 0), 1)}
+               "clip_frac_first_step": sums.get("first_step_outside", 0.0) / max(sums.get("first_step_tokens", 0), 1),
+               # mean |log ratio| at the first step: exactly 0 when old and new log-probs share dtype and layout
+               "first_step_abs_log_ratio": sums.get("first_step_abs_log_ratio", 0.0)
+               / max(sums.get("first_step_tokens", 0), 1)}
         if "kl_sum" in sums:
             out["kl"] = sums["kl_sum"] / n
         if "endpoint_outside_clip_frac" in state:
@@ -154,7 +162,7 @@ class MAROLoss(Objective):
         from its own acts (losses.mismatched_pairs); or (desirable per act, fixed mismatched samples)."""
         desirable, *rest = targets
         samples = batch.samples
-        ref = trainer.score(samples, reference=True)
+        ref = trainer.score(samples, reference=True, groups=trainer.mini_batches(len(samples)))
         ref_act = torch.zeros(len(batch.acts))
         for s, lp in zip(samples, ref):
             ref_act.index_add_(0, torch.tensor(s.acts, dtype=torch.long), lp.float().cpu())
