@@ -239,3 +239,14 @@ def test_an_unclosed_answer_counts_only_when_open_answers_are_on():
     assert parse_answer("<answer><X(1,1)></answer>", legal, fmt) == ("<X(1,1)>", None)
     assert parse_answer("<answer><X(0,0)> <answer><X(1,1)>", legal, fmt)[0] is None  # two answers stay malformed
     assert parse_answer("<answer><X(2,2)>", legal, fmt)[1].startswith("illegal")
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_instructions_show_a_real_action_of_the_game(think):
+    """The example in the reply instruction is a real action label (the think-mode string once printed a literal
+    `{self.example_action}`)."""
+    for name in GAME_NAMES:
+        g = make_game(name, GameConfig(reply=ReplyFormat(think=think)))
+        text = g.instructions()
+        assert "{" not in text and f"<answer>{g.example_action}</answer>" in text
+        assert ("<think>...</think><answer>" in text) == think

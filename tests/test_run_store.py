@@ -239,3 +239,30 @@ def test_twenty_seeded_kills_leave_a_store_equal_to_an_uninterrupted_run(tmp_pat
     assert result["kills"] == 20 and result["resumes"] >= 20
     assert len(result["kills_by_site"]) >= 5  # kills landed in several phases
     assert result["violations"] == 0, result["violation_details"]
+
+
+def test_verify_command_reports_an_intact_store_and_the_damage(run):
+    from typer.testing import CliRunner
+
+    from stratagem.cli import app
+
+    ok = CliRunner().invoke(app, ["verify", str(run)])
+    assert ok.exit_code == 0 and "intact (3 iterations, 12 episodes, 3 commits verified)" in ok.output
+    assert RunStore(run).problems() == []
+    path = run / "episodes.jsonl"
+    cut_to(path, path.stat().st_size - 300)
+    bad = CliRunner().invoke(app, ["verify", str(run)])
+    assert bad.exit_code == 1 and "episodes.jsonl: expected at least" in bad.output
+
+
+def test_problems_finds_a_duplicated_episode_the_checksums_cannot(tiny, tmp_path):
+    """An episode written twice before its commit (what a retry that kept the partial rollout would leave) passes
+    the checksums, which only prove the bytes are the committed ones, but not the invariants."""
+    lines = _train(tiny, tmp_path / "run", iterations=1).episodes_path.read_text().splitlines()
+    dup = RunStore(tmp_path / "dup")
+    dup.create({"loop": {}})
+    for line in lines[:-1] + lines[:1]:
+        dup._episodes.append(line)
+    dup.commit(1, len(lines), {"iteration": 1})
+    dup.verify()
+    assert any("present more than once" in p for p in dup.problems())

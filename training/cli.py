@@ -110,6 +110,22 @@ def register(app: typer.Typer) -> None:
                        f"plots: stratagem report {out}")
 
     @app.command()
+    def verify(run_dir: Path = typer.Argument(..., help="A run directory written by `stratagem train`.")) -> None:
+        """Check a run directory without writing: every commit's checksums and adapter files, and the store's
+        invariants (readable lines, each committed episode once, one metrics line per iteration)."""
+        from stratagem.training.run_store import RunStore
+
+        store = RunStore(run_dir)
+        problems = store.problems()
+        if problems:
+            for p in problems:
+                typer.secho(f"error: {p}", fg="red", err=True)
+            raise typer.Exit(1)
+        cp = store.checkpoint()
+        typer.echo(f"{run_dir}: intact ({cp['iteration']} iterations, {cp['episodes']} episodes, "
+                   f"{len(cp['commits'])} commits verified)")
+
+    @app.command()
     def report(run_dir: Path = typer.Argument(..., help="A run directory written by `stratagem train`.")) -> None:
         """Write PNG plots of a run's metrics to RUN_DIR/plots/."""
         from stratagem.training.report import write_report

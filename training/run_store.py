@@ -136,6 +136,49 @@ class RunStore:
         self.read_config()
         self._verify(self.checkpoint()["commits"])
 
+    def problems(self) -> list[str]:
+        """What is wrong with this store, [] when nothing: the resume's verification, then the invariants a store
+        must keep after any number of kills and resumes: every line of the logs readable, commit markers and
+        metrics lines 1..K once each in order, each committed episode (iteration, game, seed) once and in the
+        iteration it was committed with, the committed episode count equal to the checkpoint's, no leftover .tmp."""
+        try:
+            self.verify()
+        except (StoreDamage, FileNotFoundError) as e:
+            return [str(e)]
+        bad: list[str] = []
+        cp = self.checkpoint()
+        k = cp["iteration"]
+        lines = self.episodes_path.read_bytes().splitlines(keepends=True) if self.episodes_path.exists() else []
+        for i, line in enumerate(lines, 1):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(f"{self.episodes_path}:{i} is not readable JSON")
+        records = [json.loads(x) for x in lines]
+        markers = [r["commit"] for r in records if "commit" in r and "game" not in r]
+        if markers != list(range(1, k + 1)):
+            bad.append(f"commit markers {markers}, expected 1..{k}")
+        its = [m.get("iteration") for m in self.metrics()]
+        if its != list(range(1, k + 1)):
+            bad.append(f"metrics lines of iterations {its}, expected 1..{k}")
+        seen: set[tuple] = set()
+        iteration, n = 1, 0
+        for r in records:
+            if "commit" in r and "game" not in r:
+                iteration += 1
+                continue
+            key = (r.get("iteration"), r.get("game"), r.get("seed"))
+            if key in seen:
+                bad.append(f"episode {key} present more than once")
+            if r.get("iteration") != iteration:
+                bad.append(f"episode {key} written in iteration {iteration}'s part of the log")
+            seen.add(key)
+            n += 1
+        if n != cp["episodes"]:
+            bad.append(f"{n} committed episodes readable, the checkpoint counts {cp['episodes']}")
+        bad += [f"leftover temporary file {p}" for p in self.root.rglob("*.tmp")]
+        return bad
+
     def _verify(self, commits: list[dict[str, Any]]) -> None:
         last = commits[-1] if commits else {}
         # a commit's checksum covers the whole prefix, so checking the last one checks every earlier one too

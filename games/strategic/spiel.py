@@ -94,8 +94,8 @@ class SpielGame(Game):
 
     def instructions(self) -> str:
         if self.config.reply.think:
-            return (f"Think step by step inside <think>...</think>, then give exactly one legal action inside "
-                    "<answer>...</answer>, e.g. <think>...</think><answer>{self.example_action}</answer>.")
+            return ("Think step by step inside <think>...</think>, then give exactly one legal action inside "
+                    f"<answer>...</answer>, e.g. <think>...</think><answer>{self.example_action}</answer>.")
         return f"Reply with exactly one legal action inside <answer>...</answer>, e.g. <answer>{self.example_action}</answer>."
 
     def turn_text(self, seat: int) -> str:
