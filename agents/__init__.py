@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from stratagem.agents.base import Agent
 
-AGENT_SPECS = "llm:MODEL, random, mcts:N, cfr, human"
+AGENT_SPECS = "llm:MODEL, random, mcts:N, cfr, nash, human"
 
 
 def check_agent_spec(spec: str, *, game: str | None = None) -> tuple[str, str]:
@@ -42,6 +42,13 @@ def check_agent_spec(spec: str, *, game: str | None = None) -> tuple[str, str]:
             raise ValueError(f"agent spec {spec!r}: expected cfr or cfr:N with N a positive integer")
         if game is not None and game not in CFR_GAMES:
             raise ValueError(f"agent spec {spec!r}: cfr plays {' and '.join(sorted(CFR_GAMES))} only, not {game}")
+    elif kind == "nash":
+        from stratagem.agents.bots import CFR_GAMES
+
+        if arg:
+            raise ValueError(f"agent spec {spec!r}: nash takes no argument")
+        if game is not None and game not in CFR_GAMES:
+            raise ValueError(f"agent spec {spec!r}: nash plays {' and '.join(sorted(CFR_GAMES))} only, not {game}")
     else:
         raise ValueError(f"unknown agent spec {spec!r}; expected one of {AGENT_SPECS}")
     return kind, arg
@@ -51,7 +58,7 @@ def make_agent(spec: str, *, base_url: str | None = None, seed: int = 0, game: s
                **llm_overrides: Any) -> Agent:
     """An agent from `spec`: `llm:MODEL` (a served model or adapter name, e.g. llm:base, llm:iter-2; needs
     `base_url`; `llm_overrides` fill LLMAgentConfig), `random`, `mcts:N` (N simulations), `cfr` or `cfr:N` (N CFR
-    iterations; needs `game`), `human`. The spec is checked by `check_agent_spec`."""
+    iterations; needs `game`), `nash` (the exact equilibrium of a poker game; needs `game`), `human`. The spec is checked by `check_agent_spec`."""
     kind, arg = check_agent_spec(spec, game=game)
     if kind == "llm":
         from stratagem.agents.llm import LLMAgent, LLMAgentConfig
@@ -75,6 +82,12 @@ def make_agent(spec: str, *, base_url: str | None = None, seed: int = 0, game: s
         if game is None:
             raise ValueError("agent spec 'cfr' needs the game (kuhn_poker or leduc_poker)")
         return CFRAgent(game, CFRConfig(iterations=int(arg)) if arg else None, seed=seed)
+    if kind == "nash":
+        from stratagem.agents.equilibrium import NashAgent
+
+        if game is None:
+            raise ValueError("agent spec 'nash' needs the game (kuhn_poker or leduc_poker)")
+        return NashAgent(game, seed=seed)
     from stratagem.agents.human import HumanAgent
 
     return HumanAgent()

@@ -2,17 +2,24 @@
 
 Against our vLLM server it also records what training needs, exactly as sampled: the prompt and completion token
 ids (`return_token_ids`) and each completion token's log-prob. Other providers return no ids; the reply then has
-only text, which is enough to play and evaluate but not to train on.
+only text, which is enough to play and evaluate but not to train on. vLLM extensions it can send besides: a chat
+template of its own per request (`chat_template`, for a model whose own template is ChatML) and a regex of the
+turn's well-formed replies (`constrain`, vLLM structured outputs).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 
 from stratagem.games.core import Observation, Reply
+
+log = logging.getLogger(__name__)
+CONSTRAINTS = ("none", "think_answer")
 
 
 @dataclass
@@ -36,18 +43,35 @@ class LLMAgentConfig:
                          "(`max_retries`); other errors are raised at once.", "min": 0})
     extra_body: dict[str, Any] = field(default_factory=dict, metadata={"help": "Extra request fields, e.g. "
                                        "{'chat_template_kwargs': {'enable_thinking': False}}."})
+    chat_template: str | None = field(default=None, metadata={"help": "A Jinja chat template sent with every "
+                                      "request (vLLM's chat_template field; the server must run with "
+                                      "--trust-request-chat-template). None: the model's own."})
+    chat_template_only_for_chatml: bool = field(default=True, metadata={"help": "Send chat_template only when the "
+                                                "served model's own template is ChatML (<|im_start|>ROLE ... "
+                                                "<|im_end|>), asked once of the endpoint (vLLM's /tokenize); a "
+                                                "model with another template, or an endpoint that cannot tell, "
+                                                "keeps its own."})
+    constrain: str = field(default="none", metadata={"help": "Structured outputs: none, or think_answer (a regex of "
+                           "the think protocol's replies with one of the observation's legal actions; vLLM "
+                           "structured_outputs).", "choices": CONSTRAINTS})
+    constrain_think_chars: int = field(default=200, metadata={"help": "Longest reasoning in characters that "
+                                       "constrain think_answer allows.", "min": 0})
 
 
 class LLMAgent:
     """`act(observation)` sends the observation's chat messages; a `response_prefix` is sent as a partial assistant
     turn that the model continues. `Reply.text` is the generated continuation only (the game prepends the prefix);
-    the prefix's tokens are the last tokens of `prompt_token_ids`."""
+    the prefix's tokens are the last tokens of `prompt_token_ids`. `chatml` caches whether the served model's own
+    template is ChatML (None: not asked yet), which decides whether `chat_template` is sent."""
 
     def __init__(self, config: LLMAgentConfig | None = None, **overrides: Any):
         self.config = config or LLMAgentConfig(**overrides)
         if config is not None and overrides:
             raise TypeError("pass either a config or keyword overrides, not both")
+        if self.config.constrain not in CONSTRAINTS:
+            raise ValueError(f"constrain must be one of {', '.join(CONSTRAINTS)}, got {self.config.constrain!r}")
         self.name = f"llm:{self.config.model}"
+        self.chatml: bool | None = None
         if "," in self.config.base_url:  # several endpoints: each request to the least-loaded live one
             from stratagem.integrations.endpoints import RoutedClient, parse_endpoints
 
@@ -66,6 +90,13 @@ class LLMAgent:
         if observation.response_prefix:
             messages.append({"role": "assistant", "content": observation.response_prefix})
             extra.update(continue_final_message=True, add_generation_prompt=False)
+        if cfg.chat_template and (self.chatml or not cfg.chat_template_only_for_chatml):
+            extra["chat_template"] = cfg.chat_template
+        if cfg.constrain == "think_answer":
+            from stratagem.games.base import think_answer_regex
+
+            extra["structured_outputs"] = {"regex": think_answer_regex(observation.legal_actions,
+                                                                       cfg.constrain_think_chars)}
         if cfg.logprobs:
             extra["return_token_ids"] = True
         kw: dict[str, Any] = dict(model=cfg.model, messages=messages, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -79,11 +110,43 @@ class LLMAgent:
         return kw
 
     async def act(self, observation: Observation) -> Reply:
+        cfg = self.config
+        if cfg.chat_template and cfg.chat_template_only_for_chatml and self.chatml is None:
+            self.chatml = await served_template_is_chatml(cfg.base_url, cfg.model, cfg.api_key, cfg.timeout)
+            if not self.chatml:
+                log.warning("%s: the served model's chat template is not ChatML (or the endpoint does not say): "
+                            "requests use its own template, not the configured one", self.name)
         resp = await self._client.chat.completions.create(**self.request(observation))
         return reply_from_completion(resp)
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+async def served_template_is_chatml(base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
+                                    transport: httpx.AsyncBaseTransport | None = None) -> bool:
+    """Whether `model`'s own chat template on the (first) endpoint of `base_url` is ChatML: vLLM's /tokenize renders
+    a system and a user message with it, and the tokens must include <|im_start|> and <|im_end|>. An endpoint
+    without /tokenize (or that refuses it) counts as not ChatML; an unreachable one raises (httpx.HTTPError), so a
+    transient failure is not remembered."""
+    url = base_url.strip().rstrip("/")
+    if "," in url:
+        from stratagem.integrations.endpoints import parse_endpoints
+
+        url = parse_endpoints(url)[0]
+    root = url[: -len("/v1")] if url.endswith("/v1") else url
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"model": model, "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+            "add_generation_prompt": True, "return_token_strs": True}
+    async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
+        r = await client.post(f"{root}/tokenize", json=body, headers=headers)
+    if r.status_code != 200:
+        return False
+    try:
+        strs = r.json().get("token_strs") or []
+    except ValueError:
+        return False
+    return "<|im_start|>" in strs and "<|im_end|>" in strs
 
 
 def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> None:

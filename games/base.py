@@ -13,6 +13,7 @@ import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
@@ -52,27 +53,78 @@ class RewardConfig:
 
 @dataclass
 class ReplyFormat:
-    """How a reply must be written; the defaults are the training protocol that `stratagem train`, `play` and
-    `eval games` share (with `agents.sampling.SamplingConfig`)."""
+    """How a reply must be written and judged, and how the game's prompts are laid out; the defaults are the
+    training protocol that `stratagem train`, `play` and `eval games` share (with `agents.sampling.SamplingConfig`).
+    MARS's own protocol (MARSHAL) is think, match exact, layout turns, context_tokens 32768."""
 
-    think: bool = field(default=False, metadata={"help": "Require `<think>...</think><answer>...</answer>` (thinking "
-                        "models) instead of plain `<answer>ACTION</answer>`."})
+    think: bool = field(default=False, metadata={"help": "The thinking protocol: every reply starts inside an "
+                        "opened think block (the forced start is '<think>' and a newline; response_prefix is not "
+                        "used), reasons, closes it and gives one action: <think>...</think><answer>ACTION</answer>. "
+                        "Sample it without stop strings (sampling.stop: []) and with a turn budget "
+                        "(sampling.max_tokens, MARS: 4096), so the reply runs to the end of the turn; with a ChatML "
+                        "model also sampling.chat_template: chatml (earlier replies stay verbatim)."})
     response_prefix: str = field(default="<answer>{legal_prefix}", metadata={"help": "Forced start of every model "
                                  "reply (sent as a partial assistant turn; recorded as part of the response). "
                                  "'{legal_prefix}' stands for the longest common start of the legal actions, "
                                  "e.g. '<X(' for tic-tac-toe's X (the default model writes almost no well-formed "
-                                 "answer without it); '' for none."})
+                                 "answer without it); '' for none. Not used with think."})
     open_answer: bool = field(default=True, metadata={"help": "Also accept a reply that ends inside an unclosed "
                               "<answer>: what the stop string '>' right after the action produces (see "
-                              "SamplingConfig.stop); off: require <answer>...</answer>."})
+                              "SamplingConfig.stop); off: require <answer>...</answer>. Lenient matching only."})
+    match: str = field(default="lenient", metadata={"help": "How a reply is judged. lenient: exactly one <answer> "
+                       "anywhere in the reply (with open_answer also an unclosed one; with think after a "
+                       "<think>...</think> block), its action compared without the angle brackets, case or extra "
+                       "spaces. exact (MARSHAL's judge): the whole reply with its forced start must be "
+                       "'<think>R</think> <answer>A</answer>' (without think: '<answer>A</answer>'), only "
+                       "whitespace between the blocks and at most one newline after them; the tags are stripped "
+                       "from A, of 'X || Y' only X counts, and it must equal a legal action string exactly "
+                       "(case-sensitive).", "choices": ("lenient", "exact")})
+    layout: str = field(default="compact", metadata={"help": "How a game's prompts are laid out. compact: the "
+                        "first message holds the rules, the seat, the reply instructions and the state; each later "
+                        "one the moves since the seat's last turn, the state and the legal actions. turns "
+                        "(MARSHAL's structure): headed sections for the rules, the player and the reply format, then "
+                        "one numbered block per move of the game: on the seat's own move the state and its legal "
+                        "actions; on another player's move the action it chose and, in the board games (nothing "
+                        "hidden), the state and legal actions it faced.", "choices": ("compact", "turns")})
+    context_tokens: int | None = field(default=None, metadata={"help": "Token budget of one seat's whole "
+                                       "conversation (MARSHAL: 32768; give the server at least this "
+                                       "max_model_len): a reply after which the prompt and reply tokens leave "
+                                       "context_margin tokens or fewer of it loses the game as an over-long act "
+                                       "(overlong_sequence). None: no such rule. A reply cut at sampling.max_tokens "
+                                       "is over-long either way (overlong_response).", "min": 1})
+    context_margin: int = field(default=1000, metadata={"help": "Tokens of context_tokens a reply must leave free "
+                                "(MARSHAL: 1000): it loses when prompt + reply tokens >= context_tokens - "
+                                "context_margin.", "min": 0})
+
+
+THINK_START = "<think>\n"  # the forced start of every reply of the think protocol
 
 
 def response_prefix(fmt: ReplyFormat, legal: list[str]) -> str:
-    """The forced reply start for one turn. A small model rarely writes a well-formed action on its own; forcing
-    the part every legal action shares (`{legal_prefix}`) leaves it only the choice between them."""
+    """The forced reply start for one turn: '<think>' and a newline in the think protocol, else
+    `fmt.response_prefix`. A small model rarely writes a well-formed action on its own; forcing the part every legal
+    action shares (`{legal_prefix}`) leaves it only the choice between them."""
+    if fmt.think:
+        return THINK_START
     if "{legal_prefix}" not in fmt.response_prefix:
         return fmt.response_prefix
     return fmt.response_prefix.replace("{legal_prefix}", os.path.commonprefix(legal) if legal else "")
+
+
+def overlong_reason(reply: Reply, fmt: ReplyFormat) -> str | None:
+    """Why `reply` is an over-long act (None: it is not), as MARSHAL rules: it left `context_margin` tokens or fewer
+    of `context_tokens` (overlong_sequence; prompt and completion token counts as the endpoint reported them), or it
+    was cut at the turn budget (overlong_response: finish_reason 'length')."""
+    ctx = fmt.context_tokens
+    if ctx is not None and reply.prompt_token_ids is not None and reply.completion_token_ids is not None:
+        used = len(reply.prompt_token_ids) + len(reply.completion_token_ids)
+        if used >= ctx - fmt.context_margin:
+            return (f"over-long: overlong_sequence (prompt {len(reply.prompt_token_ids)} + reply "
+                    f"{len(reply.completion_token_ids)} tokens leave {ctx - used} of the {ctx}-token context, "
+                    f"at most {fmt.context_margin})")
+    if reply.finish_reason == "length":
+        return "over-long: overlong_response (cut off at max_tokens)"
+    return None
 
 
 @dataclass
@@ -98,6 +150,11 @@ class GameInfo:
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 THINK_RE = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+# MARSHAL's judge (roll/agentic/rollout/env_manager.py `_parse_response`): the whole reply, `$` allowing one newline
+EXACT_THINK_RE = re.compile(r"^<think>(.*?)</think>\s*<answer>(.*?)</answer>$", re.DOTALL)
+EXACT_ANSWER_RE = re.compile(r"^<answer>(.*?)</answer>$", re.DOTALL)
+EXACT_STRIPPED = ("<think>", "</think>", "<answer>", "</answer>", "<|im_start|>", "<|im_end|>")
+ACTION_SEP = "||"  # "A || B" names several actions; only the first is played
 
 
 def normalize_action(text: str) -> str:
@@ -110,7 +167,10 @@ def normalize_action(text: str) -> str:
 
 
 def parse_answer(text: str, legal: list[str], fmt: ReplyFormat) -> tuple[str | None, str | None]:
-    """(action, None) for a well-formed reply naming one legal action, else (None, why)."""
+    """(action, None) for a well-formed reply naming one legal action, else (None, why). `text` is the whole reply,
+    its forced start included; `fmt.match` picks the judge (lenient, or MARSHAL's exact one: `parse_exact`)."""
+    if fmt.match == "exact":
+        return parse_exact(text, legal, think=fmt.think)
     answers = ANSWER_RE.findall(text)
     if not answers and fmt.open_answer:
         answers = text.split("<answer>")[1:]  # each opened answer; more than one is malformed as when closed
@@ -125,6 +185,56 @@ def parse_answer(text: str, legal: list[str], fmt: ReplyFormat) -> tuple[str | N
         if normalize_action(action) == key:
             return action, None
     return None, f"illegal: {answers[0].strip()[:80]!r} is not a legal action"
+
+
+def parse_exact(text: str, legal: list[str], think: bool) -> tuple[str | None, str | None]:
+    """MARSHAL's judge of a whole reply: it must match `^<think>(.*?)</think>\\s*<answer>(.*?)</answer>$` (DOTALL;
+    without think `^<answer>(.*?)</answer>$`), so text after the last `</answer>` (beyond one newline) or a missing
+    tag is malformed; the answer is the text from the first `<answer>` to the last `</answer>` with every tag
+    stripped (so two answers run together and name no action), cut at `||` (the first action is played) and must
+    equal a legal action string exactly."""
+    m = (EXACT_THINK_RE if think else EXACT_ANSWER_RE).search(text)
+    if m is None:
+        shape = "<think>...</think><answer>...</answer>" if think else "<answer>...</answer>"
+        return None, f"malformed: expected exactly {shape} and nothing after it"
+    answer = m.group(2 if think else 1)
+    for tag in EXACT_STRIPPED:
+        answer = answer.replace(tag, "").strip()
+    actions = [a.strip() for a in answer.split(ACTION_SEP) if a.strip()]
+    if not actions:
+        return None, "malformed: empty <answer>"
+    if actions[0] in legal:
+        return actions[0], None
+    return None, f"illegal: {actions[0][:80]!r} is not a legal action (exact match)"
+
+
+REGEX_SPECIAL = frozenset("\\.^$|?*+()[]{}")
+
+
+def regex_literal(text: str) -> str:
+    """`text` as a regular expression matching exactly it (only the metacharacters escaped, which every structured
+    output backend's regex dialect reads; Python's re.escape also escapes spaces)."""
+    return "".join("\\" + c if c in REGEX_SPECIAL else c for c in text)
+
+
+def think_answer_regex(legal: list[str], max_think_chars: int) -> str:
+    """The structured-output regex of a think-protocol reply (after its forced start '<think>' and a newline): at
+    most `max_think_chars` characters of reasoning without '<', then `</think><answer>`, one legal action and
+    `</answer>`."""
+    if not legal:
+        raise ValueError("think_answer_regex: no legal actions")
+    return (f"[^<]{{0,{int(max_think_chars)}}}</think><answer>(" + "|".join(regex_literal(a) for a in legal)
+            + ")</answer>")
+
+
+CHAT_TEMPLATES = {"chatml": Path(__file__).resolve().parent / "templates" / "chatml_verbatim.jinja"}
+
+
+def chat_template(name: str) -> str:
+    """The text of one of Stratagem's chat templates (`chatml`: ChatML with every message verbatim)."""
+    if name not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r}; expected one of {', '.join(CHAT_TEMPLATES)}")
+    return CHAT_TEMPLATES[name].read_text(encoding="utf-8")
 
 
 class Game(ABC):

@@ -11,8 +11,8 @@ Default opponents (`opponent: auto`), as in MARS's released evaluation (MARSHAL)
 - tic-tac-toe and Connect Four: OpenSpiel's MCTS with 100 simulations and 10 random rollouts per leaf (the paper
   also reports tic-tac-toe against 1000 simulations and Connect Four against 10: `--mcts-simulations N` or
   `--opponent tictactoe=mcts:1000,...`);
-- Kuhn poker: the CFR average policy; Leduc hold'em: a near-Nash policy (the CFR average policy after 1000
-  iterations, exploitability 0.012; solved once and cached);
+- Kuhn poker: the CFR average policy; Leduc hold'em: an exact Nash equilibrium (OpenSpiel's sequence-form LP,
+  exploitability 1e-10; solved once and cached; agents/equilibrium.py);
 - Hanabi (cooperative): the model with itself.
 """
 
@@ -33,8 +33,8 @@ from stratagem.games.core import Episode
 from stratagem.games.metrics import seat_summary
 
 PAPER_OPPONENTS: dict[str, str] = {"tictactoe": "mcts:100", "connect_four": "mcts:100", "kuhn_poker": "cfr",
-                                   "leduc_poker": "cfr", "mini_hanabi": "self", "simple_hanabi": "self"}
-BOT_KINDS = ("random", "mcts", "cfr")
+                                   "leduc_poker": "nash", "mini_hanabi": "self", "simple_hanabi": "self"}
+BOT_KINDS = ("random", "mcts", "cfr", "nash")
 
 
 def _all_games() -> list[str]:
@@ -134,11 +134,12 @@ def opponent_for(config: GamesEvalConfig, game: str, perfect_information: bool, 
                          f"{', '.join(BOT_KINDS)} (mcts:N)")
     if kind == "mcts" and not perfect_information:
         raise ValueError(f"opponent {spec!r} cannot play {game}: MCTS needs perfect information (use cfr or auto)")
-    if kind == "cfr":
+    if kind in ("cfr", "nash"):
         from stratagem.agents.bots import CFR_GAMES
 
         if game not in CFR_GAMES:
-            raise ValueError(f"opponent 'cfr' cannot play {game}: CFR policies exist for {', '.join(CFR_GAMES)}")
+            raise ValueError(f"opponent {kind!r} cannot play {game}: {kind} policies exist for "
+                             f"{', '.join(CFR_GAMES)}")
     return spec
 
 

@@ -60,7 +60,16 @@ class ServerConfig:
     max_cpu_loras: int = field(default=8, metadata={"help": "Adapters kept loaded in memory (LRU beyond)."})
     dtype: str = field(default="auto", metadata={"help": "Engine dtype (float32, bfloat16, ...). auto: float32 on a "
                        "CPU (exact log-prob parity with the fp32 trainer; vLLM would pick bfloat16), the model's own on a GPU."})
-    max_model_len: int = field(default=4096, metadata={"help": "Longest prompt + completion in tokens."})
+    max_model_len: int | None = field(default=4096, metadata={"help": "Longest prompt + completion in tokens (vLLM "
+                                      "--max-model-len; MARS: 32768, its trajectory budget, with "
+                                      "reply.context_tokens). vLLM caps each request's max_tokens at what is left "
+                                      "of it after the prompt. None: the model's own context length.", "min": 1})
+    trust_request_chat_template: str = field(default="auto", metadata={"help": "Accept a chat template sent with a "
+                                             "request (vLLM --trust-request-chat-template), which "
+                                             "sampling.chat_template chatml does; a server without it refuses such "
+                                             "requests. auto: on when the server binds a loopback address (only "
+                                             "local clients can send one) and the installed vLLM has the flag "
+                                             "(0.11.1 and later), else off.", "choices": ("auto", "on", "off")})
     kv_cache_gib: int = field(default=2, metadata={"help": "KV cache size on the CPU backend (VLLM_CPU_KVCACHE_SPACE)."})
     gpu_memory_utilization: float | None = field(default=None, metadata={"help": "Fraction of the GPU's memory vLLM "
                                                  "may take, weights and KV cache together (GPU only). None: "
@@ -121,6 +130,34 @@ def group_alive(pgid: int) -> bool:
             if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
                 return True
     return False
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (or localhost): only this machine can reach a server bound to it."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def vllm_version() -> tuple[int, int, int] | None:
+    """The installed vLLM's version (the `vllm` or `vllm-cpu` distribution), None when neither is installed."""
+    import re
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            v = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", v)
+        if m:
+            return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    return None
 
 
 def _new_group() -> None:
@@ -228,6 +265,17 @@ class VLLMServer:
             raise ServerError("sleep_mode=on needs a CUDA GPU (vLLM's sleep mode frees GPU memory); use auto or off")
         return torch.cuda.is_available() and (mode == "on" or self.config.colocated)
 
+    @property
+    def trusts_request_chat_template(self) -> bool:
+        """Whether the server is started with --trust-request-chat-template (see ServerConfig)."""
+        mode = self.config.trust_request_chat_template
+        if mode not in ("auto", "on", "off"):
+            raise ServerError(f"trust_request_chat_template must be auto, on or off; got {mode!r}")
+        if mode != "auto":
+            return mode == "on"
+        version = vllm_version()
+        return is_loopback(self.config.host) and (version is None or version >= (0, 11, 1))
+
     def command(self) -> list[str]:
         from stratagem.models import resolve
 
@@ -240,9 +288,13 @@ class VLLMServer:
             "--host", c.host, "--port", str(self.port),
             "--enable-lora", "--max-lora-rank", str(c.max_lora_rank), "--max-loras", str(c.max_loras),
             "--max-cpu-loras", str(c.max_cpu_loras),
-            "--dtype", self.dtype, "--max-model-len", str(c.max_model_len), "--seed", str(c.seed),
+            "--dtype", self.dtype, "--seed", str(c.seed),
             "--disable-uvicorn-access-log",
         ]
+        if c.max_model_len is not None:
+            cmd += ["--max-model-len", str(c.max_model_len)]
+        if self.trusts_request_chat_template:
+            cmd += ["--trust-request-chat-template"]
         if c.api_key:
             cmd += ["--api-key", c.api_key]
         if self.gpu_memory_utilization is not None:

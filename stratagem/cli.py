@@ -56,12 +56,14 @@ def serve(
     api_key: Optional[str] = typer.Option(None, help="Require this API key."),
     max_lora_rank: int = typer.Option(16, help="Largest LoRA rank accepted."),
     dtype: str = typer.Option("auto", help="Engine dtype."),
+    max_model_len: int = typer.Option(4096, min=0, help="Longest prompt + completion in tokens (vLLM --max-model-len; "
+                                      "MARS's trajectory budget is 32768); 0: the model's own context length."),
 ) -> None:
     """Serve a model and its LoRA adapters with vLLM's OpenAI-compatible server (runtime adapter loading on)."""
     from stratagem.integrations.vllm_server import ServerConfig, ServerError, VLLMServer
 
     cfg = ServerConfig(model=model, host=host, port=port, api_key=api_key, adapters=_parse_adapters(adapter),
-                       max_lora_rank=max_lora_rank, dtype=dtype)
+                       max_lora_rank=max_lora_rank, dtype=dtype, max_model_len=max_model_len or None)
     srv = VLLMServer(cfg)
     try:
         with srv:

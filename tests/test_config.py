@@ -120,7 +120,7 @@ def test_every_run_config_field_is_a_train_flag():
     ({"loop": {"iterations": "3"}}, "loop.iterations: expected an integer, got '3' (str)"),
     ({"loop": {"episodes_per_iteration": 2, "games": ["tictactoe", "kuhn_poker", "mini_hanabi"]}},
      "loop.episodes_per_iteration: must be >= the number of games (3), got 2"),
-    ({"loop": {"algo": "ppo"}}, "loop.algo: must be one of grpo, mars, rae, maro, got 'ppo'"),
+    ({"loop": {"algo": "ppo"}}, "loop.algo: must be one of grpo, mars, marshal, rae, maro, got 'ppo'"),
     ({"loop": {"opponents": ["alphazero"]}}, "loop.opponents[0]: unknown agent spec 'alphazero'"),
     ({"loop": {"games": ["kuhn_poker"], "opponents": ["mcts:50"]}},
      "loop.opponents[0]: agent spec 'mcts:50': MCTS would search kuhn_poker's hidden information"),

@@ -77,7 +77,7 @@ def _kuhn(cards):
 
 
 def test_kuhn_bet_call_showdown_is_two_chips():
-    g = play(_kuhn((2, 0)), ["<BET>", "<CALL>"])  # K vs J
+    g = play(_kuhn((2, 0)), ["<BET>", "<BET>"])  # K vs J: a bet and a call
     assert rewards(g) == [(0, B + 2), (1, B - 2)]
     ep = g.episode([])
     assert ep.returns == pytest.approx([2.05, -1.95])
@@ -87,7 +87,7 @@ def test_kuhn_bet_call_showdown_is_two_chips():
 def test_kuhn_pass_pass_showdown_is_one_chip_and_a_fold_loses_the_ante():
     g = play(_kuhn((0, 1)), ["<PASS>", "<PASS>"])  # J vs Q
     assert g.episode([]).returns == pytest.approx([B - 1, B + 1])
-    g = play(_kuhn((0, 1)), ["<BET>", "<FOLD>"])  # a bluff that works: the caller with Q folds
+    g = play(_kuhn((0, 1)), ["<BET>", "<PASS>"])  # a bluff that works: the caller with Q folds
     assert g.episode([]).returns == pytest.approx([B + 1, B - 1])
 
 

@@ -125,10 +125,10 @@ async def test_each_seat_keeps_its_own_history_without_the_opponents_reasoning()
     assert "<X(" in second[3]["content"] and "Board" in second[3]["content"]
 
 
-async def test_kuhn_shows_own_card_only_and_names_actions_by_situation():
-    p0, p1 = Scripted("<answer><BET></answer>"), Scripted("<answer><FOLD></answer>")
+async def test_kuhn_shows_own_card_only_and_names_actions_pass_and_bet():
+    p0, p1 = Scripted("<answer><BET></answer>"), Scripted("<answer><PASS></answer>")  # facing a bet, PASS folds
     ep = await play(make_game("kuhn_poker", PLAIN), [p0, p1], seed=3)
-    assert p0.seen[0].legal_actions == ["<PASS>", "<BET>"] and p1.seen[0].legal_actions == ["<FOLD>", "<CALL>"]
+    assert p0.seen[0].legal_actions == ["<PASS>", "<BET>"] and p1.seen[0].legal_actions == ["<PASS>", "<BET>"]
     game = make_game("kuhn_poker")
     game.reset(3)
     cards = game.state.history()[:2]

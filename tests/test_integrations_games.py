@@ -22,7 +22,7 @@ SIX = ["tictactoe", "kuhn_poker", "mini_hanabi", "connect_four", "leduc_poker", 
     ("tictactoe", True, False, "mcts:100"),      # MARS: MCTS, 100 simulations (also 1000 in the paper)
     ("connect_four", True, False, "mcts:100"),   # MARS: MCTS, 100 simulations (also 10)
     ("kuhn_poker", False, False, "cfr"),         # MARS: the CFR average policy
-    ("leduc_poker", False, False, "cfr"),        # MARS: a Nash-equilibrium policy (CFR, 1000 iterations, cached)
+    ("leduc_poker", False, False, "nash"),       # MARS: a Nash-equilibrium table (here: the sequence-form LP's)
     ("mini_hanabi", False, True, "self"),        # cooperative: the model with itself
     ("simple_hanabi", False, True, "self"),
 ])
@@ -39,7 +39,7 @@ def test_opponent_overrides_and_errors():
     assert opponent_for(GamesEvalConfig(opponent="random"), "simple_hanabi", False, True) == "self"
     with pytest.raises(ValueError, match="MCTS needs perfect information"):
         opponent_for(GamesEvalConfig(opponent="mcts:5"), "leduc_poker", False)
-    with pytest.raises(ValueError, match="CFR policies exist for"):
+    with pytest.raises(ValueError, match="cfr policies exist for"):
         opponent_for(GamesEvalConfig(opponent="cfr"), "tictactoe", True)
     with pytest.raises(ValueError, match="expected auto, self"):
         opponent_for(GamesEvalConfig(opponent="alphazero"), "tictactoe", True)
@@ -51,8 +51,8 @@ def test_the_default_plan_covers_all_six_games_in_both_seat_orders():
     by = {(m.model, m.game, tuple(m.seats)): m for m in mus}
     assert len(mus) == 2 * (4 * 2 + 2)  # 4 competitive games x 2 seat orders + 2 cooperative, per model
     first, second = by["base", "leduc_poker", ("first",)], by["base", "leduc_poker", ("second",)]
-    assert first.specs == ["llm:base", "cfr"] and first.seats == {"first": 0}
-    assert second.specs == ["cfr", "llm:base"] and second.seats == {"second": 1}
+    assert first.specs == ["llm:base", "nash"] and first.seats == {"first": 0}
+    assert second.specs == ["nash", "llm:base"] and second.seats == {"second": 1}
     team = by["iter-2", "simple_hanabi", ("team",)]
     assert team.specs == ["llm:iter-2", "llm:iter-2"] and team.cooperative and team.utility[1] > 0
     assert by["base", "tictactoe", ("first",)].utility == (-1.0, 1.0)

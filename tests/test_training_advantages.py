@@ -28,7 +28,7 @@ def run(name, batch, state=None, **opts):
 
 
 def test_registry():
-    assert advantage_names() == ["grpo", "mars", "rae"]
+    assert advantage_names() == ["grpo", "mars", "marshal", "rae"]
     with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
         get_advantage("ppo")
 

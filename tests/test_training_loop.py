@@ -34,7 +34,7 @@ def test_config_errors_name_the_input():
         RunConfig.from_dict({"loop": {"episodes": 3}})
     with pytest.raises(ValueError, match="^lora: unknown field of RunConfig"):
         RunConfig.from_dict({"lora": {}})
-    with pytest.raises(ValueError, match="^loop.algo: must be one of grpo, mars, rae, maro, got 'ppo'"):
+    with pytest.raises(ValueError, match="^loop.algo: must be one of grpo, mars, marshal, rae, maro, got 'ppo'"):
         RunConfig.from_dict({"loop": {"algo": "ppo"}})
     cfg = RunConfig.from_dict({"loop": {"games": ["tictactoe", "kuhn_poker", "mini_hanabi"],
                                         "episodes_per_iteration": 8}})

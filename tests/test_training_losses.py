@@ -1,15 +1,18 @@
-"""The PPO-style policy loss, the MARS aggregation weights and the MARO loss on hand-worked numbers."""
+"""The PPO-style policy loss, the MARS and MARSHAL aggregation weights and the MARO loss on hand-worked numbers."""
 
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from stratagem.games.core import Episode, Seat, Turn
-from stratagem.training.losses import (MAROConfig, PPOConfig, k3_kl, kl_reference_point, maro_act_loss,
-                                       maro_labels, mismatched_pairs, nested_mean_weights, ppo_token_loss)
-from stratagem.training.samples import Act
+from stratagem.training.losses import (MAROConfig, PPOConfig, aggregation_weights, k3_kl, kl_reference_point,
+                                       maro_act_loss, maro_labels, mismatched_pairs, nested_mean_weights,
+                                       ppo_token_loss, token_mean_weights, trajectory_mean_weights)
+from stratagem.training.objectives import get_loss
+from stratagem.training.samples import Act, Batch, Sample
 
 
 def test_nested_mean_weights():
@@ -18,6 +21,51 @@ def test_nested_mean_weights():
     # x: two trajectories (ep 0 with 2 turns, ep 1 with 1); o: one trajectory; two roles
     assert w == pytest.approx([1 / 16, 1 / 8, 1 / 8, 1 / 4])
     assert sum(wi * a.n_tokens for wi, a in zip(w, acts)) == pytest.approx(1.0)
+
+
+def test_trajectory_and_token_mean_weights():
+    """MARSHAL's `agg_loss` (roll/utils/functionals.py): 'seq-mean-token-sum' as coded is a token mean per sequence
+    (one trajectory) and then the mean over sequences; 'token-mean' is one token mean over all tokens."""
+    acts = [Act(0, 0, 0, "g", "x", 2), Act(0, 2, 0, "g", "x", 1), Act(0, 1, 1, "g", "o", 4), Act(1, 0, 0, "g", "x", 1)]
+    # trajectories: (ep 0, seat 0) 3 tokens, (ep 0, seat 1) 4 tokens, (ep 1, seat 0) 1 token
+    assert trajectory_mean_weights(acts) == pytest.approx([1 / 9, 1 / 9, 1 / 12, 1 / 3])
+    assert token_mean_weights(acts) == [1 / 8] * 4
+    for w in (trajectory_mean_weights(acts), token_mean_weights(acts)):
+        assert sum(wi * a.n_tokens for wi, a in zip(w, acts)) == pytest.approx(1.0)
+    assert aggregation_weights("nested", acts) == nested_mean_weights(acts)  # the default, unchanged
+    assert aggregation_weights("token", []) == []
+    with pytest.raises(ValueError, match="PPOConfig.aggregation must be one of nested, trajectory, token"):
+        aggregation_weights("seq-mean-token-sum", acts)
+
+
+class _Scorer:
+    """Just what ClippedPolicyLoss.prepare asks of a trainer: every old log-prob 0, one mini-batch."""
+
+    temperature = 1.0
+    config = SimpleNamespace(track_kl=False)
+
+    def mini_batches(self, n):
+        return [list(range(n))]
+
+    def score(self, samples, reference=False, groups=None):
+        return [torch.zeros(len(s.positions)) for s in samples]
+
+
+@pytest.mark.parametrize("mode, expected", [("nested", -0.25), ("trajectory", -1.0), ("token", -2.0)])
+def test_clipped_policy_loss_aggregation(mode, expected):
+    """Ratio 1 and no KL: the loss is -sum(w * A) over tokens. Acts (tokens, A): x in ep 0 (2, 1), o in ep 0
+    (1, -2), x in ep 1 (3, 4).
+    nested: w = 1/8, 1/2, 1/12 -> -(2/8 - 1 + 12/12) = -0.25; trajectory: w = 1/6, 1/3, 1/9 -> -(1/3 - 2/3 + 4/3) =
+    -1; token: w = 1/6 -> -(2 - 2 + 12) / 6 = -2."""
+    acts = [Act(0, 0, 0, "g", "x", 2), Act(0, 1, 1, "g", "o", 1), Act(1, 0, 0, "g", "x", 3)]
+    samples = [Sample(input_ids=[0] * (a.n_tokens + 1), positions=list(range(1, a.n_tokens + 1)),
+                      acts=[k] * a.n_tokens, old_logprobs=[math.nan] * a.n_tokens) for k, a in enumerate(acts)]
+    batch = Batch(acts=acts, samples=samples)
+    cfg = PPOConfig(kl_coef=0.0, aggregation=mode)
+    objective = get_loss("ppo")(cfg)
+    state = objective.prepare(_Scorer(), batch, [1.0, -2.0, 4.0])
+    loss, _ = objective.loss(_Scorer(), batch, [0, 1, 2], [torch.zeros(a.n_tokens) for a in acts], state, True)
+    assert loss.item() == pytest.approx(expected)
 
 
 def test_ppo_clipped_and_dual_clip():
@@ -35,6 +83,7 @@ def test_mars_defaults():
     cfg = PPOConfig()
     assert (cfg.dual_clip, cfg.dual_clip_c, cfg.kl_coef, cfg.clip_eps, cfg.old_logprobs) == (True, 1.4, 0.2, 0.2,
                                                                                                "trainer")
+    assert cfg.aggregation == "nested"
 
 
 def test_ppo_missing_old_logprob_means_ratio_one():

@@ -78,3 +78,46 @@ def test_merged_policy_rollouts(model_path, tmp_path):
         # the check is not vacuous: the served weights are not some other adapter merged in
         with pytest.raises(AdapterVerificationError):
             srv.verify_adapter("base", make_adapter(model_path, tmp_path / "other", seed=3))
+
+
+def test_marshal_preset_two_steps_on_the_cpu(vllm_server, model_path, tmp_path):
+    """`stratagem train --preset marshal --model default` at tiny sizes on the real server: the thinking protocol
+    (an opened think block, MARSHAL's exact judge, the kept history, ChatML template) with structured outputs
+    shaping the small model's replies as <think>..</think><answer>ACTION</answer>; the preset's trainer (LoRA on
+    every linear layer, cosine schedule, 8 sequences a step, untempered log-probs) and its advantages."""
+    from transformers import AutoTokenizer
+
+    from stratagem.games.base import parse_answer
+    from stratagem.training.cli import train_config
+
+    cfg, *_ = train_config(["--out", str(tmp_path / "run"), "--preset", "marshal", "--model", model_path,
+                            "--iterations", "2", "--episodes-per-iteration", "3", "--max-tokens", "64",
+                            "--sampling.constrain", "think_answer", "--sampling.constrain-think-chars", "40",
+                            "--reply.context-tokens", "4096", "--server.max-model-len", "4096",
+                            "--trainer.max-seq-len", "4096", "--rank", "8", "--trainer.alpha", "8",
+                            "--trainer.gradient-checkpointing", "false", "--loop.eval-episodes", "0",
+                            "--concurrency", "3"])
+    assert cfg.loop.preset == "marshal" and cfg.reply.think and cfg.reply.match == "exact"
+    store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
+    assert store.completed_iterations() == 2
+    tok = AutoTokenizer.from_pretrained(model_path)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    eps = list(store.episodes())
+    assert sorted(e.game for e in eps) == sorted(["tictactoe", "kuhn_poker", "mini_hanabi"] * 2)
+    turns = [t for e in eps for t in e.turns if t.completion_token_ids]
+    assert turns
+    for e in eps:
+        for t in e.turns:
+            assert tok.decode(t.prompt_token_ids).endswith("<think>\n")  # every turn starts inside a think block
+            assert t.completion_token_ids[-1] == eot  # the end-of-turn token is sampled, so it is trained
+            assert t.illegal_reason is None, (t.response, t.illegal_reason)
+            assert parse_answer(t.response, [t.action], cfg.reply) == (t.action, None)  # MARSHAL's exact judge
+        for seat in {t.seat for t in e.turns}:  # a seat's turns extend each other: one packed sequence
+            mine = [t for t in e.turns if t.seat == seat]
+            for a, b in zip(mine, mine[1:]):
+                seen = list(a.prompt_token_ids) + list(a.completion_token_ids)
+                assert list(b.prompt_token_ids[: len(seen)]) == seen
+    for m in store.metrics():
+        assert m["dropped_acts"] == 0 and m["trained_acts"] == sum(len(e.turns) for e in eps if e.iteration ==
+                                                                    m["iteration"])
+        assert m["trained_tokens"] > 0

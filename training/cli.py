@@ -20,9 +20,10 @@ ALIASES = {"algo": "loop.algo", "games": "loop.games", "iterations": "loop.itera
 RESUMABLE = ("loop.iterations", "loop.base_url")
 
 
-def train_parser() -> argparse.ArgumentParser:
+def train_parser(require_out: bool = True) -> argparse.ArgumentParser:
     """The flags of `stratagem train`: --out, --config, --resume and one flag per RunConfig field."""
     from stratagem.config import flag_parser
+    from stratagem.preset import DEFAULT, preset_names
     from stratagem.training.loop import RunConfig
 
     parser = flag_parser(
@@ -32,7 +33,11 @@ def train_parser() -> argparse.ArgumentParser:
                     "hot-load it into vLLM, repeat. Settings come from the defaults, then --config, then the flags; "
                     "lists are comma-separated (--games tictactoe,kuhn_poker), booleans true/false.")
     run = parser.add_argument_group("run")
-    run.add_argument("--out", type=Path, required=True, help="Run directory (created; with --resume, continued).")
+    run.add_argument("--out", type=Path, required=require_out, help="Run directory (created; with --resume, "
+                     "continued).")
+    run.add_argument("--preset", help="A shipped run config laid under --config and the flags: "
+                     f"{', '.join(preset_names())} (default {DEFAULT}; `stratagem config show --preset NAME` prints "
+                     "it resolved).")
     run.add_argument("--config", type=Path, help="YAML file with any of the sections below (loop, sampling, reply, "
                      "rewards, ...), e.g. the config.yaml of a run.")
     run.add_argument("--resume", action="store_true", help="Continue the run in --out from its last completed "
@@ -44,24 +49,26 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_config(argv: list[str]) -> tuple[Any, Path, bool, int | None]:
+def train_config(argv: list[str], require_out: bool = True) -> tuple[Any, Path, bool, int | None]:
     """(the validated RunConfig, the run directory, resume, resume-from) of `stratagem train`'s arguments:
     defaults, then the YAML of --config (or the saved config with --resume), then the flags. Raises ConfigError (a
     ValueError) naming the field; loads no model."""
     import yaml
 
     from stratagem.config import ConfigError, merge, parse_flags
+    from stratagem.preset import DEFAULT, load_preset
     from stratagem.training.loop import RunConfig
     from stratagem.training.run_store import RunStore
 
-    overrides, ns = parse_flags(train_parser(), argv)
+    overrides, ns = parse_flags(train_parser(require_out), argv)
     if ns.resume_from is not None and not ns.resume:
         raise ConfigError("--resume-from rolls back a run to resume it: give --resume too")
     if ns.resume_from is not None and ns.resume_from < 0:
         raise ConfigError(f"--resume-from: an iteration >= 0, got {ns.resume_from}")
     if ns.resume:
         given = [f"{s}.{k}" for s, d in overrides.items() for k in d]
-        extra = [g for g in given if g not in RESUMABLE] + (["--config"] if ns.config else [])
+        extra = [g for g in given if g not in RESUMABLE] + (["--config"] if ns.config else []) \
+            + (["--preset"] if ns.preset else [])
         if extra:
             raise ConfigError(f"--resume continues the saved configuration; only {', '.join(RESUMABLE)} may be "
                               f"given with it (got {', '.join(extra)})")
@@ -75,6 +82,12 @@ def train_config(argv: list[str]) -> tuple[Any, Path, bool, int | None]:
             raise ConfigError(f"--config {ns.config}: expected a mapping of sections, got {type(raw).__name__}")
     else:
         raw = {}
+    if not ns.resume:  # defaults < preset < --config < flags; a resumed run's config.yaml holds its preset already
+        try:
+            base = load_preset(ns.preset or DEFAULT)
+        except ValueError as e:
+            raise ConfigError(f"--preset: {e}") from None
+        raw = merge(merge(base, {"loop": {"preset": ns.preset or DEFAULT}}), raw or {})
     return RunConfig.from_dict(merge(raw or {}, overrides)), ns.out, ns.resume, ns.resume_from
 
 
@@ -108,6 +121,31 @@ def register(app: typer.Typer) -> None:
         if current().is_main:  # under torchrun every rank returns here; one line is enough
             typer.echo(f"{store.completed_iterations()} iterations done; adapters in {store.adapters_dir}; "
                        f"plots: stratagem report {out}")
+
+    config_app = typer.Typer(no_args_is_help=True, help="Run configurations: presets, resolved configs.")
+    app.add_typer(config_app, name="config")
+
+    @config_app.command("show", add_help_option=False,
+                        context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def config_show(ctx: typer.Context) -> None:
+        """Print the resolved run config (every field, as YAML) of `stratagem train`'s flags (--preset NAME,
+        --config FILE, --SECTION.FIELD VALUE, or --out RUN --resume for a run's own) without starting anything."""
+        import yaml
+
+        try:
+            cfg, *_ = train_config(list(ctx.args), require_out=False)
+        except (ValueError, FileNotFoundError) as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2)
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+
+    @config_app.command("presets")
+    def config_presets() -> None:
+        """List the shipped presets."""
+        from stratagem.preset import preset_names
+
+        for name in preset_names():
+            typer.echo(name)
 
     @app.command()
     def verify(run_dir: Path = typer.Argument(..., help="A run directory written by `stratagem train`.")) -> None:

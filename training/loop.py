@@ -54,9 +54,11 @@ def known_algos() -> tuple[str, ...]:
 
 @dataclass
 class LoopConfig:
-    algo: str = field(default="mars", metadata={"help": "mars, grpo or rae (an advantage estimator, trained with "
-                      "`loss`; any registered estimator) or maro (a loss that needs no advantages; any such "
-                      "registered loss)."})
+    preset: str = field(default="laptop", metadata={"help": "The preset this config was built on (stratagem/presets/"
+                        "NAME.yaml; set by `stratagem train --preset NAME` and recorded in the run's config.yaml)."})
+    algo: str = field(default="mars", metadata={"help": "mars (the paper's formula), marshal (as MARSHAL's code "
+                      "computes it), grpo or rae (an advantage estimator, trained with `loss`; any registered "
+                      "estimator) or maro (a loss that needs no advantages; any such registered loss)."})
     loss: str = field(default="ppo", metadata={"help": "The loss an advantage estimator's advantages train "
                       "(training.objectives registry; ppo: MARS's clipped surrogate with dual clip and k3 KL)."})
     games: list[str] = field(default_factory=lambda: ["tictactoe"], metadata={"help": "Games to train on (registered "
@@ -137,6 +139,10 @@ class RunConfig:
         script) and the combinations. Loads no model and contacts no server."""
         check_config(self)
         lc = self.loop
+        from stratagem.preset import preset_names
+
+        if lc.preset not in preset_names():
+            raise ConfigError(f"loop.preset: must be one of {', '.join(preset_names())}, got {lc.preset!r}")
         algos = known_algos()
         if lc.algo not in algos:
             raise ConfigError(f"loop.algo: must be one of {', '.join(algos)}, got {lc.algo!r}")
@@ -184,6 +190,13 @@ class RunConfig:
                         check_agent_spec(spec, game=g)
                     except ValueError as e:
                         raise ConfigError(f"loop.opponents[{i}]: {e}") from None
+        if self.reply.think and any(x in ("\n", ">") for x in self.sampling.stop):
+            raise ConfigError(f"sampling.stop: reply.think runs each reply to the end of its turn, so a stop string "
+                              f"{self.sampling.stop} would cut its thinking short; give sampling.stop: []")
+        if self.reply.context_tokens is not None and self.server.max_model_len is not None \
+                and self.server.max_model_len < self.reply.context_tokens and not lc.base_url:
+            raise ConfigError(f"server.max_model_len: the server this run starts must hold reply.context_tokens="
+                              f"{self.reply.context_tokens} tokens, got {self.server.max_model_len}")
         rw = self.rewards
         if rw.length_max_tokens <= rw.length_min_tokens:
             raise ConfigError(f"rewards.length_max_tokens: must exceed rewards.length_min_tokens "
@@ -333,7 +346,11 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
         batch = build_batch(episodes, lambda i, j: adv[i][j] is not None, pack=tc.pack, max_seq_len=tc.max_seq_len)
         targets = [float(adv[a.episode][a.turn]) for a in batch.acts]
         stats["adv_mean"], stats["adv_std"] = _mean_std(targets)
-    stats.update(trainer.update(batch, objective, targets))
+    if batch.dropped:  # counted in the metrics too: never a silent loss of training data
+        log.warning("iteration %d: %d turn(s) longer than trainer.max_seq_len=%d tokens left out of the update; "
+                    "raise trainer.max_seq_len (MARSHAL: 32768) to train them", iteration, batch.dropped,
+                    tc.max_seq_len)
+    stats.update(trainer.update(batch, objective, targets, iteration=iteration))
     stats["trained_acts"] = float(len(batch.acts))
     stats["dropped_acts"] = float(batch.dropped)
     return stats
@@ -408,7 +425,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
     sleeps = started is not None and started.sleep_enabled
 
     trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed, temperature=cfg.sampling.temperature,
-                          adapter_path=store.adapter_dir(done) if done else None)
+                          adapter_path=store.adapter_dir(done) if done else None, total_iterations=lc.iterations)
     adv_state: dict[str, Any] = {}
     if done:
         saved_state = store.load_state(done)

@@ -32,6 +32,11 @@ class PPOConfig:
                               "uses the log-probs the server reported when sampling (vLLM reports the untempered "
                               "distribution, so it needs sampling.temperature 1).",
                               "choices": ("trainer", "endpoint")})
+    aggregation: str = field(default="nested", metadata={"help": "How token losses make the loss: 'nested' (MARS's "
+                             "paper: mean per turn, trajectory, (game, role), then roles), 'trajectory' (MARSHAL's "
+                             "default loss_agg_mode as its code runs it: token mean per trajectory, then the mean "
+                             "over trajectories) or 'token' (token mean over the batch; MARSHAL's fixed-opponent "
+                             "runs).", "choices": ("nested", "trajectory", "token")})
 
 
 @dataclass
@@ -62,6 +67,39 @@ def nested_mean_weights(acts: list[Act]) -> list[float]:
         trajs_per_group[next(a.group for a in acts if a.trajectory == traj)] += 1
     n_groups = len(trajs_per_group)
     return [1.0 / (a.n_tokens * turns_per_traj[a.trajectory] * trajs_per_group[a.group] * n_groups) for a in acts]
+
+
+def trajectory_mean_weights(acts: list[Act]) -> list[float]:
+    """Per-token weights of MARSHAL's default 'seq-mean-token-sum' as `agg_loss` implements it (a token MEAN per
+    sequence, despite the name, then the mean over sequences): one sequence there is one trajectory (every trained
+    turn of one seat in one episode), so w_a = 1 / (n_tokens(traj(a)) * n_trajectories). MARSHAL averages per
+    micro-batch of 2 sequences; these weights average over the whole batch (same expectation, and the trainer keeps
+    every optimizer step at the whole batch's scale)."""
+    tokens_per_traj: Counter = Counter()
+    for a in acts:
+        tokens_per_traj[a.trajectory] += a.n_tokens
+    n_traj = len(tokens_per_traj)
+    return [1.0 / (tokens_per_traj[a.trajectory] * n_traj) for a in acts]
+
+
+def token_mean_weights(acts: list[Act]) -> list[float]:
+    """Per-token weights of a plain token mean over the batch (MARSHAL's 'token-mean', its fixed-opponent runs):
+    long replies weigh in proportion to their length."""
+    n = sum(a.n_tokens for a in acts)
+    return [1.0 / n] * len(acts) if n else [0.0] * len(acts)
+
+
+AGGREGATIONS: dict[str, Callable[[list[Act]], list[float]]] = {
+    "nested": nested_mean_weights, "trajectory": trajectory_mean_weights, "token": token_mean_weights}
+
+
+def aggregation_weights(mode: str, acts: list[Act]) -> list[float]:
+    """The per-token weight of each act under `PPOConfig.aggregation` `mode` (weights sum to 1 over the tokens)."""
+    try:
+        fn = AGGREGATIONS[mode]
+    except KeyError:
+        raise ValueError(f"PPOConfig.aggregation must be one of {', '.join(AGGREGATIONS)}, got {mode!r}") from None
+    return fn(acts)
 
 
 # ---- PPO-style policy loss -------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import torch
 
-from stratagem.training.losses import (MAROConfig, PPOConfig, kl_reference_point, maro_act_loss,
-                                       mismatched_pairs, nested_mean_weights, ppo_token_loss)
+from stratagem.training.losses import (MAROConfig, PPOConfig, aggregation_weights, kl_reference_point,
+                                       maro_act_loss, mismatched_pairs, ppo_token_loss)
 from stratagem.training.samples import Batch, mismatched_samples
 
 
@@ -79,8 +79,9 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 @register_loss("ppo")
 class ClippedPolicyLoss(Objective):
     """MARS's objective: the per-token clipped surrogate with dual clip and the k3 KL loss to the base model
-    (losses.ppo_token_loss), tokens aggregated per turn, trajectory and role (losses.nested_mean_weights). `targets`
-    are the per-act advantages."""
+    (losses.ppo_token_loss), tokens aggregated as `ppo.aggregation` says: per turn, trajectory and role by default
+    (losses.nested_mean_weights), or as MARSHAL's code does (per trajectory, or per token). `targets` are the per-act
+    advantages."""
 
     uses_advantages = True
     config_section = "ppo"
@@ -93,7 +94,7 @@ class ClippedPolicyLoss(Objective):
         # same low-precision numerics, so at the first step the ratio is exactly 1 (and the KL exactly 0 while
         # LoRA's B is still zero)
         groups = trainer.mini_batches(len(samples))
-        state: dict[str, Any] = {"adv": list(targets), "w": nested_mean_weights(batch.acts),
+        state: dict[str, Any] = {"adv": list(targets), "w": aggregation_weights(cfg.aggregation, batch.acts),
                                  "ref": trainer.score(samples, reference=True, groups=groups) if want_ref else None}
         endpoint = [torch.tensor(s.old_logprobs, dtype=torch.float32) for s in samples]
         if cfg.old_logprobs == "trainer":

@@ -9,6 +9,7 @@ scored once per pass (see samples.py for packing).
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,19 +32,42 @@ class TrainerConfig:
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / rank).",
                                                   "min": 0.0})
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      metadata={"help": "Module names that get LoRA adapters."})
+                                      metadata={"help": "Module names that get LoRA adapters; all-linear: every "
+                                                "linear layer but the output head (peft's shorthand), nearest to "
+                                                "MARSHAL's full fine-tuning. The server must serve adapters on "
+                                                "those modules."})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout.", "min": 0.0, "max": 1.0})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate. 1e-3 suits rank-8 LoRA on the 135M "
                       "default model (benchmarks/learning.py: 2e-4 barely moves it in 6 iterations); lower it for "
                       "billion-parameter models.", "min": 0.0})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay.", "min": 0.0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, on every LoRA matrix. MARSHAL: "
+                                "0.05, which Megatron does not apply to 1-D parameters (biases, norms); LoRA with "
+                                "bias='none' has none, so nothing is exempt here.", "min": 0.0})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW beta1, beta2 (two "
+                               "numbers below 1). MARSHAL: 0.9, 0.95 (adam_beta1 / adam_beta2 of its "
+                               "agentic_val_*_selfplay.yaml).", "min": 0.0, "max": 1.0})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon (MARSHAL leaves transformers' default, "
+                            "1e-8).", "min": 0.0})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine: lr decays to min_lr by the "
+                             "end of the run. The steps per iteration vary with the batch, so progress is counted in "
+                             "iterations: step s of the S steps of iteration k of K is at (k - 1 + s / S) / K. "
+                             "MARSHAL: cosine to 0 over all optimizer steps (cosine_with_min_lr).",
+                             "choices": ("constant", "cosine")})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warmup from 0 over the first optimizer steps of "
+                              "the run (step g, counted from 0, gets g / warmup_steps of the scheduled lr, as in "
+                              "Megatron), under either schedule. MARSHAL: 10.", "min": 0})
+    min_lr: float = field(default=0.0, metadata={"help": "The lr the cosine schedule ends at (MARSHAL: 0).",
+                                                  "min": 0.0})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0 = no clipping).",
                                                         "min": 0.0})
     epochs: int = field(default=1, metadata={"help": "Passes over the iteration's batch.", "min": 1})
     minibatches: int = field(default=2, metadata={"help": "Optimizer steps per pass: the batch's sequences are split "
                              "into this many mini-batches (PPO style). peft starts B at zero, so A gets no gradient "
-                             "on the very first step; two or more steps per iteration train every LoRA matrix.",
-                             "min": 1})
+                             "on the very first step; two or more steps per iteration train every LoRA matrix. "
+                             "Ignored when sequences_per_step is set.", "min": 1})
+    sequences_per_step: int = field(default=0, metadata={"help": "Sequences per optimizer step: the batch is split "
+                                    "into ceil(n / sequences_per_step) mini-batches, so bigger batches take more "
+                                    "steps (MARSHAL: 8, one epoch); 0 = a fixed count, minibatches.", "min": 0})
     micro_batch_tokens: int = field(default=2048, metadata={"help": "Padded tokens per forward pass (gradient "
                                     "accumulation splits the batch into micro-batches of this size).", "min": 1})
     dtype: str = field(default="auto", metadata={"help": "Base-model weights and compute: float32, bfloat16 or auto "
@@ -62,6 +86,27 @@ class TrainerConfig:
                                          "activations in the backward pass instead of keeping them: about 1.3x the "
                                          "compute for a fraction of the activation memory (long sequences on a GPU; "
                                          "benchmarks/gpu.py --grad-ckpt measures it)."})
+    temper_logprobs: bool = field(default=True, metadata={"help": "Score log-probs (ratio, old log-probs, KL) under "
+                                  "softmax(logits / T), the distribution sampled at sampling temperature T; off: "
+                                  "under the raw logits, as MARSHAL does (megatron_strategy.py op_compute_log_probs) "
+                                  "although it samples at 0.6."})
+
+    def __post_init__(self):
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas: must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr: must be <= lr ({self.lr:g}), got {self.min_lr:g}")
+
+
+def scheduled_lr(c: TrainerConfig, step: int, progress: float) -> float:
+    """The learning rate of optimizer step `step` (counted from 0 over the whole run) at `progress` (0 to 1) of the
+    run. As in Megatron and transformers, the first warmup step has lr 0 (it still feeds Adam's moments)."""
+    lr = c.lr
+    if c.lr_schedule == "cosine":
+        lr = c.min_lr + (c.lr - c.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    if step < c.warmup_steps:
+        lr *= step / c.warmup_steps
+    return lr
 
 
 def cpu_has_native_bf16() -> bool:
@@ -97,9 +142,11 @@ def set_rng_state(state: dict) -> None:
 
 class LoRATrainer:
     def __init__(self, model_path: str, config: TrainerConfig | None = None, *, seed: int = 0,
-                 adapter_path: str | Path | None = None, device: str | None = None, temperature: float = 1.0):
+                 adapter_path: str | Path | None = None, device: str | None = None, temperature: float = 1.0,
+                 total_iterations: int | None = None):
         """`temperature`: the sampling temperature of the policy; log-probs are those of softmax(logits / T), the
-        distribution the replies were sampled from."""
+        distribution the replies were sampled from (unless `config.temper_logprobs` is off). `total_iterations`:
+        the run's K, the length of a cosine schedule (required by it; see `update`)."""
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
 
@@ -107,6 +154,10 @@ class LoRATrainer:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 to score a sampled policy; got {temperature}")
         self.temperature = float(temperature)
+        if c.lr_schedule == "cosine" and not total_iterations:
+            raise ValueError("lr_schedule 'cosine' needs total_iterations: it decays over the run's iterations")
+        self.total_iterations = total_iterations
+        self.optimizer_steps = 0  # over the whole run: the warmup's clock, saved in state_dict
         from stratagem.training.distributed import current
 
         self.dist = current()  # under torchrun / accelerate launch: this rank's GPU, sharded samples, summed grads
@@ -119,14 +170,17 @@ class LoRATrainer:
         if adapter_path is not None:
             self.model = PeftModel.from_pretrained(base, str(adapter_path), is_trainable=True)
         else:
-            lora = LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=list(c.target_modules),
+            # peft takes the all-linear shorthand only as a string; a list is a set of module names
+            targets = "all-linear" if list(c.target_modules) == ["all-linear"] else list(c.target_modules)
+            lora = LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=targets,
                               lora_dropout=c.dropout, bias="none", task_type="CAUSAL_LM")
             self.model = get_peft_model(base, lora)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError(f"no LoRA parameters: none of {c.target_modules} matched a module of {model_path}")
         self.dist.broadcast_params(self.params)
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=tuple(c.betas), eps=c.adam_eps,
+                                           weight_decay=c.weight_decay)
         inner = self.model.get_base_model()
         if c.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad hook
             inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -172,7 +226,7 @@ class LoRATrainer:
                 logits = self._head(hidden[rows, pos - 1]).float()
             else:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, pos - 1].float()
-        if self.temperature != 1.0:
+        if self.config.temper_logprobs and self.temperature != 1.0:
             logits = logits / self.temperature
         lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, pos][:, None])[:, 0]
         return list(torch.split(lp, [len(s.positions) for s in samples]))
@@ -195,33 +249,49 @@ class LoRATrainer:
 
     # ---- updates -------------------------------------------------------------------------------------------
     def mini_batches(self, n_samples: int) -> list[list[int]]:
-        """Sample indices dealt round-robin into min(minibatches, n_samples) groups, one optimizer step each. The
-        nested-mean weights are fixed over the whole batch, so each group's loss is scaled by the group count to
-        keep every step at the scale of the full-batch loss."""
-        k = max(1, min(self.config.minibatches, n_samples))
+        """Sample indices dealt round-robin into groups, one optimizer step each: ceil(n / sequences_per_step)
+        groups when that is set (at most that many sequences each, sizes within one of each other), else
+        min(minibatches, n). Dealt rather than shuffled (MARSHAL shuffles): the same n always gives the same groups,
+        so the old / reference log-probs that `prepare` scores in these groups match the update's without shared
+        RNG state, a resume splits as the uninterrupted run did, and the two seats of a game (adjacent samples) land
+        in different steps. The nested-mean weights are fixed over the whole batch, so each group's loss is scaled
+        by the group count to keep every step at the scale of the full-batch loss."""
+        per_step = self.config.sequences_per_step
+        k = max(1, min(-(-n_samples // per_step) if per_step else self.config.minibatches, n_samples))
         return [list(range(g, n_samples, k)) for g in range(k)]
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self, lr: float) -> float:
         self.dist.all_reduce_grads(self.params)  # sum of the ranks' shares = the single-process gradient
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm or float("inf"))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
         return float(norm)
 
-    def update(self, batch: Batch, objective: Objective, targets: Any) -> dict[str, float]:
+    def update(self, batch: Batch, objective: Objective, targets: Any, *,
+               iteration: int | None = None) -> dict[str, float]:
         """The one update path: `objective.prepare` (reference / old log-probs, no grad), then `epochs` passes over
         the batch split into mini-batches (one optimizer step each), each mini-batch into micro-batches (gradient
         accumulation). Each mini-batch's loss is scaled by the number of mini-batches because the objectives' weights
-        are fixed over the whole batch (see mini_batches)."""
+        are fixed over the whole batch (see mini_batches).
+
+        `iteration`: this update's k (1-based) of `total_iterations`, which a cosine schedule needs (the constant one
+        ignores it): passing the progress in, rather than counting calls, keeps an empty batch or a rolled-back
+        resume from shifting the schedule."""
         t0 = time.perf_counter()
         samples = batch.samples
+        if self.config.lr_schedule == "cosine" and (iteration is None or iteration < 1):
+            raise ValueError(f"lr_schedule 'cosine' needs update(..., iteration=k) with k >= 1, got {iteration}")
         if not samples:
             return {"trained_tokens": 0.0}
         state = objective.prepare(self, batch, targets)
         state["epochs"] = self.config.epochs
         groups = self.mini_batches(len(samples))
+        n_steps = self.config.epochs * len(groups)
         sums: dict[str, float] = {}
-        grad_norm = 0.0
+        grad_norm = lr = 0.0
         for epoch in range(self.config.epochs):
             for g, group in enumerate(groups):
                 objective.on_minibatch(self, batch, group, state)
@@ -233,23 +303,28 @@ class LoRATrainer:
                     for k, v in st.items():
                         sums[k] = sums.get(k, 0.0) + v
                 faults.point("update.step")
-                grad_norm = self._optimizer_step()
+                done = (epoch * len(groups) + g) / n_steps  # of this iteration's steps
+                progress = (iteration - 1 + done) / self.total_iterations if self.config.lr_schedule == "cosine" \
+                    else 0.0
+                lr = scheduled_lr(self.config, self.optimizer_steps, progress)
+                grad_norm = self._optimizer_step(lr)
         elapsed = time.perf_counter() - t0
         n = batch.n_trained_tokens
         sums = self.dist.all_reduce_sum(sums)  # each rank summed over its shard only
-        return {**objective.summary(sums, batch, state), "grad_norm": grad_norm, "trained_tokens": float(n),
-                "input_tokens": float(batch.n_input_tokens), "update_s": elapsed,
+        return {**objective.summary(sums, batch, state), "grad_norm": grad_norm, "lr": lr,
+                "trained_tokens": float(n), "input_tokens": float(batch.n_input_tokens), "update_s": elapsed,
                 "tokens_per_s": n * self.config.epochs / elapsed,
                 "input_tokens_per_s": batch.n_input_tokens * self.config.epochs / elapsed}
 
-    def ppo_step(self, batch: Batch, act_advantages: list[float], cfg: PPOConfig) -> dict[str, float]:
+    def ppo_step(self, batch: Batch, act_advantages: list[float], cfg: PPOConfig, *,
+                 iteration: int | None = None) -> dict[str, float]:
         """The clipped policy loss with per-act advantages (shorthand for update with the 'ppo' objective)."""
-        return self.update(batch, get_loss("ppo")(cfg), act_advantages)
+        return self.update(batch, get_loss("ppo")(cfg), act_advantages, iteration=iteration)
 
     def maro_step(self, batch: Batch, desirable: list[bool], mismatched: list[Sample],
-                  cfg: MAROConfig) -> dict[str, float]:
+                  cfg: MAROConfig, *, iteration: int | None = None) -> dict[str, float]:
         """The MARO loss (shorthand for update with the 'maro' objective)."""
-        return self.update(batch, get_loss("maro")(cfg), (desirable, mismatched))
+        return self.update(batch, get_loss("maro")(cfg), (desirable, mismatched), iteration=iteration)
 
     # ---- persistence ---------------------------------------------------------------------------------------
     def save_adapter(self, path: str | Path) -> Path:
@@ -262,11 +337,14 @@ class LoRATrainer:
         return Path(path)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "rng": rng_state()}
+        return {"optimizer": self.optimizer.state_dict(), "rng": rng_state(), "optimizer_steps": self.optimizer_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+        # a state saved before the schedule existed: AdamW's own step count is the same number
+        adam = [int(s["step"]) for s in state["optimizer"]["state"].values() if "step" in s]
+        self.optimizer_steps = int(state.get("optimizer_steps", max(adam, default=0)))
 
     def lora_parameters(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

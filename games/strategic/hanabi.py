@@ -42,6 +42,9 @@ class Hanabi(SpielGame):
     def seat_info(self, seat: int) -> str:
         return f"You are player {seat}; player 0 moves first. Your partner is player {1 - seat}."
 
+    def player_info(self, seat: int) -> str:
+        return f"{self.seat_info(seat)} You see your partner's cards, never your own."
+
     def action_label(self, state: pyspiel.State, player: int, action: int) -> str:
         # OpenSpiel writes "(Play 0)", "(Discard 1)", "(Reveal player +1 color R)"
         s = state.action_to_string(player, action).strip("()")

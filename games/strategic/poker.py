@@ -29,17 +29,14 @@ class KuhnPoker(SpielGame):
 
     def rules(self) -> str:
         return ("Rules: Kuhn Poker is played with three cards, J < Q < K. Each of two players antes 1 chip and is "
-                "dealt one card that the other cannot see. Player 0 acts first and may <PASS> (check) or <BET> 1 "
-                "chip. After a check, player 1 may <PASS> (showdown for the antes) or <BET>. Facing a bet, a player "
-                "may <FOLD> (give up the pot) or <CALL> (match the bet, then showdown). At the showdown the higher "
-                "card wins the pot.")
-
-    def _facing_bet(self, state: pyspiel.State) -> bool:
-        return 1 in state.history()[2:]
+                "dealt one card that the other cannot see. The players act in turn, player 0 first, and every "
+                "action is one of two: <PASS> (add no chip) or <BET> (add 1 chip). Facing a bet, <BET> matches it "
+                "(a call) and <PASS> gives the pot up (a fold). If both players pass, or a bet is matched, the "
+                "higher card wins the pot at the showdown.")
 
     def action_label(self, state: pyspiel.State, player: int, action: int) -> str:
-        if self._facing_bet(state):
-            return "<CALL>" if action == 1 else "<FOLD>"
+        """MARSHAL's names, the same in every situation: OpenSpiel's 0 is <PASS> (check or fold), 1 is <BET> (bet
+        or call)."""
         return "<BET>" if action == 1 else "<PASS>"
 
     def state_text(self, state: pyspiel.State, seat: int) -> str:

@@ -4,6 +4,8 @@ action labels, what a seat sees) — OpenSpiel decides legality, chance, termina
 Each seat keeps its own chat: a system line, a first user message (rules, the seat's information, the response
 instructions, the first state), then alternately its own replies and a user message per turn (the moves made since
 its last turn, the state it may see, the legal actions). The opponent's replies (and reasoning) are never shown.
+`ReplyFormat.layout` 'turns' writes the same information as MARSHAL structures it: headed sections, then one
+numbered block per move of the game (see `turn_block` and `move_block`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyspiel
 
-from stratagem.games.base import Game, GameConfig, GameInfo, parse_answer, response_prefix
+from stratagem.games.base import Game, GameConfig, GameInfo, overlong_reason, parse_answer, response_prefix
 from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
 
 
@@ -60,6 +62,16 @@ class SpielGame(Game):
         """What `seat` may see of `state`. Must depend only on that seat's information (checked by check_game)."""
         raise NotImplementedError
 
+    def player_info(self, seat: int) -> str:
+        """Who the seat is and who it plays with (the turns layout's player section)."""
+        others = ", ".join(f"{self.roles[o]} (player {o})" for o in range(self.info.num_players) if o != seat)
+        return f"{self.seat_info(seat)} The other player is {others}."
+
+    def example(self, seat: int | None = None) -> str:
+        """A real action of the game in the right format, shown in the reply instruction (small models copy it);
+        `seat`'s own form of it where actions name the mover (board games)."""
+        return self.example_action
+
     def system_line(self, seat: int) -> str:
         return f"You are an expert player of {self.title}. Think about your opponent and play to win."
 
@@ -92,25 +104,57 @@ class SpielGame(Game):
         """Label -> OpenSpiel action id, in OpenSpiel's order."""
         return {self.action_label(self.state, seat, a): a for a in self.state.legal_actions(seat)}
 
-    def instructions(self) -> str:
+    def instructions(self, seat: int | None = None) -> str:
         if self.config.reply.think:
-            return ("Think step by step inside <think>...</think>, then give exactly one legal action inside "
-                    f"<answer>...</answer>, e.g. <think>...</think><answer>{self.example_action}</answer>.")
+            return ("Your reply starts inside an opened <think> block: think there step by step but briefly, close "
+                    "it with </think>, then write exactly one of the legal actions, character for character as "
+                    "listed, inside <answer>...</answer> and nothing after it, e.g. "
+                    f"<think>...</think><answer>{self.example(seat)}</answer>. A reply in any other form ends the "
+                    "game as your loss.")
         return f"Reply with exactly one legal action inside <answer>...</answer>, e.g. <answer>{self.example_action}</answer>."
 
     def turn_text(self, seat: int) -> str:
+        if self.config.reply.layout == "turns":
+            return "\n\n".join([*self._events[seat], self.turn_block(seat)])
         legal = ", ".join(self.legal_actions(seat))
         parts = list(self._events[seat])
         parts.append(self.state_text(self.state, seat))
         parts.append(f"Legal actions: {legal}")
         return "\n".join(parts)
 
+    def turn_block(self, seat: int) -> str:
+        """The turns layout's block of the seat's own move: its number, the state the seat sees, the legal actions."""
+        return (f"Turn {len(self.turns) + 1}: your move.\n{self.state_text(self.state, seat)}\n"
+                f"Legal actions: {', '.join(self.legal_actions(seat))}\n"
+                "Choose one of them and reply in the format given above.")
+
+    def move_block(self, mover: int, viewer: int, action: str, legal: list[str]) -> str:
+        """What `viewer` learns of `mover`'s move (called before the move is applied): in the compact layout one
+        line; in the turns layout a numbered block with the chosen action and, when nothing is hidden (board
+        games), the state and legal actions the mover faced."""
+        who = f"{self.roles[mover]} (player {mover})"
+        if self.config.reply.layout != "turns":
+            return f"{who} chose {action}."
+        head = f"Turn {len(self.turns)}: {who} moved."  # the mover's Turn is already recorded
+        if self.info.perfect_information:
+            return (f"{head}\nWhat it faced:\n{self.state_text(self.state, viewer)}\n"
+                    f"Its legal actions: {', '.join(legal)}\nIt chose: {action}")
+        return f"{head} What it saw is hidden from you.\nIt chose: {action}"
+
+    def first_message(self, seat: int) -> str:
+        """The first user message of the seat's chat."""
+        if self.config.reply.layout == "turns":
+            rules = self.rules().removeprefix("Rules: ")
+            return (f"Rules:\n{rules}\n\nYou:\n{self.player_info(seat)}\n\nReply format:\n"
+                    f"{self.instructions(seat)}\n\n{self.turn_text(seat)}")
+        return f"{self.rules()}\n\n{self.seat_info(seat)}\n\n{self.instructions(seat)}\n\n{self.turn_text(seat)}"
+
     def observe(self, seat: int) -> Observation:
         if seat != self.current_seat():
             raise ValueError(f"{self.name}: seat {seat} asked to act but seat {self.current_seat()} is to move")
         if not self._history[seat]:
-            first = (f"{self.rules()}\n\n{self.seat_info(seat)}\n\n{self.instructions()}\n\n{self.turn_text(seat)}")
-            messages = [{"role": "system", "content": self.system_line(seat)}, {"role": "user", "content": first}]
+            messages = [{"role": "system", "content": self.system_line(seat)},
+                        {"role": "user", "content": self.first_message(seat)}]
         else:
             messages = [*self._history[seat], {"role": "user", "content": self.turn_text(seat)}]
         legal = list(self.legal_actions(seat))
@@ -120,8 +164,9 @@ class SpielGame(Game):
                                     "turn": len(self.turns)})
 
     def _judge(self, reply: Reply, legal: list[str]) -> tuple[str | None, str | None]:
-        if reply.finish_reason == "length":
-            return None, "over-long: cut off at max_tokens"
+        over = overlong_reason(reply, self.config.reply)
+        if over is not None:
+            return None, over
         if reply.action is not None:
             return (reply.action, None) if reply.action in legal else (None, f"illegal: {reply.action!r}")
         return parse_answer(response_prefix(self.config.reply, legal) + reply.text, legal, self.config.reply)
@@ -145,10 +190,11 @@ class SpielGame(Game):
             self.forfeit = seat
             self.credit_step(seat, self.forfeit_rewards(seat))
             return turn
+        seen = {other: self.move_block(seat, other, action, list(legal))
+                for other in range(self.info.num_players) if other != seat}
         self.state.apply_action(legal[action])
-        for other in range(self.info.num_players):
-            if other != seat:
-                self._events[other].append(f"{self.roles[seat]} (player {seat}) chose {action}.")
+        for other, block in seen.items():
+            self._events[other].append(block)
         self._advance_chance()
         self.credit_step(seat, self.step_rewards())
         return turn
