@@ -82,6 +82,8 @@ def test_marshal_presets_carry_every_mapped_reference_setting():
     mapped = [r for r in rows if "field" in r]
     unmapped = [r for r in rows if "field" not in r]
     assert len(mapped) >= 50 and all(r.get("none") for r in unmapped)
+    assert all(set(r) <= {"key", "reference", "source", "field", "value", "note", "none"} and r.get("source")
+               for r in rows)  # a row mis-split by YAML shows up as unknown keys
     for row in mapped:
         want = row.get("value", row["reference"])
         for c in CONFIGS:
