@@ -11,8 +11,15 @@ length, d the attention width (heads x head dim):
   + 3 * 2 L T d    attention scores and mixing over T/2 causal positions on average (2 matmuls x 2 FLOPs x T/2 x d
                    per layer), forward plus a backward of twice that
 
-(the usual 6N of full fine-tuning would credit work a LoRA step does not do). Generation: tokens/s of greedy
-decoding, batched, with vLLM when it is importable, else transformers `generate`.
+(the usual 6N of full fine-tuning would credit work a LoRA step does not do). With `--passes 3` each micro-batch
+also runs the two no-grad forwards of a PPO update (old log-probs, then the reference with the adapter disabled),
+each 2N + 2r + 2 L T d per token, counted in the FLOPs. Generation: tokens/s of greedy decoding, batched, with vLLM
+when it is importable, else transformers `generate`.
+
+`--preset NAME` takes the trainer's shape from a shipped preset (stratagem/presets/NAME.yaml): LoRA rank and alpha,
+gradient checkpointing, the sequences of one optimizer step (trainer.sequences_per_step, run as micro-batches of
+--micro-batch rows: MARSHAL's 2 per device), the three passes, and rows of --turns x sampling.max_tokens tokens
+(default 2 turns: a two-move trajectory at MARSHAL's 4096-token turn budget; a whole trajectory may reach 32768).
 
 Needs only torch and transformers (peft for the training step, vLLM optionally); what is missing is skipped and
 named in the output. `--tiny` runs a tiny shape on the CPU (what the test suite runs). Prints one JSON object.
@@ -28,6 +35,7 @@ import os
 import platform
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 # dense bf16 tensor-core peaks (no sparsity), TFLOP/s, matched against torch.cuda.get_device_name in this order
@@ -45,6 +53,7 @@ PEAK_BF16_TFLOPS = (
     ("L4", 121.0),
 )
 
+PRESETS = Path(__file__).resolve().parents[1] / "stratagem" / "presets"
 QWEN3_4B = dict(hidden_size=2560, num_hidden_layers=36, intermediate_size=9728, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
                 max_position_embeddings=40960, rope_theta=1_000_000.0, rms_norm_eps=1e-6)
@@ -91,6 +100,28 @@ def matmul_params(model: Any) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
+def forward_flops_per_token(n_matmul: int, n_lora: int, layers: int, seq_len: int, attn_width: int) -> float:
+    """A no-grad forward: a third of flops_per_token's backward-inclusive count, i.e. 2N + 2r + 2 L T d."""
+    return 2.0 * n_matmul + 2.0 * n_lora + 2.0 * layers * seq_len * attn_width
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The trainer-side settings of a shipped preset, read from its YAML without importing Stratagem (this script
+    must run where only torch and transformers are installed)."""
+    import yaml
+
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in PRESETS.glob("*.yaml") if not p.stem.endswith(".reference"))
+        raise SystemExit(f"--preset {name!r}: no {path.name}; shipped: {', '.join(names)}")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    trainer, sampling = cfg.get("trainer", {}), cfg.get("sampling", {})
+    return {"rank": trainer.get("rank", 8), "alpha": trainer.get("alpha", 16),
+            "grad_ckpt": bool(trainer.get("gradient_checkpointing", False)),
+            "batch": trainer.get("sequences_per_step") or 8, "turn_tokens": sampling.get("max_tokens", 48),
+            "max_seq_len": trainer.get("max_seq_len", 4096)}
+
+
 def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dtype: Any) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -100,7 +131,7 @@ def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dty
     if args.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear", lora_dropout=0.0,
+    lora = LoraConfig(r=args.rank, lora_alpha=args.alpha or 2 * args.rank, target_modules="all-linear", lora_dropout=0.0,
                       bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -112,13 +143,26 @@ def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dty
     g = torch.Generator(device="cpu").manual_seed(0)
     ids = torch.randint(0, shape["vocab_size"], (args.batch, args.seq_len), generator=g).to(device)
 
+    micro = args.micro_batch or args.batch
+
     def step() -> float:
-        loss = step_fn(input_ids=ids, labels=ids).loss
-        loss.backward()
+        total = 0.0
+        for start in range(0, args.batch, micro):
+            rows = ids[start:start + micro]
+            if args.passes == 3:  # the update's old and reference log-probs: no-grad forwards of the same rows
+                with torch.no_grad():
+                    model.eval()
+                    step_fn(input_ids=rows)
+                    with model.disable_adapter():
+                        step_fn(input_ids=rows)
+                    model.train()
+            loss = step_fn(input_ids=rows, labels=rows).loss * (len(rows) / args.batch)
+            loss.backward()
+            total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return total
 
     def sync() -> None:
         if device.type == "cuda":
@@ -136,6 +180,8 @@ def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dty
     tokens = args.batch * args.seq_len
     attn_width = shape["num_attention_heads"] * shape["head_dim"]
     fpt = flops_per_token(n_matmul, n_lora, shape["num_hidden_layers"], args.seq_len, attn_width)
+    if args.passes == 3:
+        fpt += 2 * forward_flops_per_token(n_matmul, n_lora, shape["num_hidden_layers"], args.seq_len, attn_width)
     achieved = fpt * tokens / dt / 1e12
     peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
     out = {"dtype": str(dtype).replace("torch.", ""), "batch": args.batch, "seq_len": args.seq_len,
@@ -143,6 +189,7 @@ def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dty
            "matmul_params": n_matmul, "lora_params": n_lora, "lora_rank": args.rank, "flops_per_token": fpt,
            "achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
            "gradient_checkpointing": bool(args.grad_ckpt), "compiled": bool(args.compile),
+           "micro_batch": micro, "passes": args.passes, "lora_alpha": args.alpha or 2 * args.rank,
            "loss": losses[-1]}
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -203,7 +250,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tiny", action="store_true", help="A tiny shape on the CPU (smoke test).")
     ap.add_argument("--seq-len", type=int, default=None, help="Packed tokens per row (default 4096; tiny: 128).")
     ap.add_argument("--batch", type=int, default=None, help="Rows per step (default 2; tiny: 2).")
-    ap.add_argument("--rank", type=int, default=16, help="LoRA rank.")
+    ap.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16).")
+    ap.add_argument("--alpha", type=int, default=None, help="LoRA alpha (default twice the rank).")
+    ap.add_argument("--micro-batch", type=int, default=None, help="Rows per forward / backward (gradient "
+                    "accumulation over --batch rows; default: all of them at once).")
+    ap.add_argument("--passes", type=int, choices=(1, 3), default=None, help="1: the training forward + backward; "
+                    "3: also the old and reference no-grad forwards of a PPO update (default 1).")
+    ap.add_argument("--preset", default=None, help="Take rank, alpha, gradient checkpointing, sequences per "
+                    "optimizer step, micro-batch 2, three passes and the row length from a shipped preset.")
+    ap.add_argument("--turns", type=int, default=2, help="With --preset: rows of this many turns at the preset's "
+                    "per-turn budget (sampling.max_tokens).")
     ap.add_argument("--steps", type=int, default=None, help="Timed steps (default 5; tiny: 2).")
     ap.add_argument("--warmup", type=int, default=None, help="Untimed steps first (default 2; tiny: 1).")
     ap.add_argument("--grad-ckpt", action="store_true", help="Gradient checkpointing (less memory, ~1.3x compute).")
@@ -215,6 +271,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--engine", choices=("auto", "vllm", "transformers", "none"), default="auto",
                     help="Generation engine (auto: vLLM if importable, else transformers).")
     args = ap.parse_args(argv)
+    preset = None
+    if args.preset:
+        preset = load_preset(args.preset)
+        row = min(args.turns * preset["turn_tokens"], preset["max_seq_len"])
+        for k, v in {"rank": preset["rank"], "alpha": preset["alpha"], "batch": preset["batch"], "micro_batch": 2,
+                     "passes": 3, "seq_len": None if args.tiny else row}.items():
+            if getattr(args, k) is None and v is not None:
+                setattr(args, k, v)
+        args.grad_ckpt = args.grad_ckpt or preset["grad_ckpt"]
+    args.rank = args.rank or 16
+    args.passes = args.passes or 1
     tiny = {"seq_len": 128, "batch": 2, "steps": 2, "warmup": 1, "gen_batch": 4, "prompt_len": 16, "new_tokens": 8}
     full = {"seq_len": 4096, "batch": 2, "steps": 5, "warmup": 2, "gen_batch": 64, "prompt_len": 512,
             "new_tokens": 256}
@@ -222,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if getattr(args, k) is None:
             setattr(args, k, v)
 
-    result: dict[str, Any] = {"benchmark": "gpu", "shape": "tiny" if args.tiny else "qwen3-4b", "skipped": {}}
+    result: dict[str, Any] = {"benchmark": "gpu", "shape": "tiny" if args.tiny else "qwen3-4b", "skipped": {},
+                              "preset": args.preset}
     try:
         import torch
     except ImportError:

@@ -14,6 +14,12 @@ Default opponents (`opponent: auto`), as in MARS's released evaluation (MARSHAL)
 - Kuhn poker: the CFR average policy; Leduc hold'em: an exact Nash equilibrium (OpenSpiel's sequence-form LP,
   exploitability 1e-10; solved once and cached; agents/equilibrium.py);
 - Hanabi (cooperative): the model with itself.
+
+`opponent: marshal` is MARSHAL's stand-alone evaluation (examples/model_game_eval/agentic_rollout_eval.yaml): two
+opponents where the paper has two (tic-tac-toe against MCTS 100 and 1000, Connect Four against MCTS 10 and 100),
+CFR on Kuhn, the Nash table on Leduc, Hanabi with itself. A game with several opponents reports the first under the
+game's name and each further one as `GAME@SPEC`; the summary names every bot's own exploitability where it has one
+(CFR, Nash), so a reader sees how close to an equilibrium the poker opponents are.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ from stratagem.games.metrics import seat_summary
 
 PAPER_OPPONENTS: dict[str, str] = {"tictactoe": "mcts:100", "connect_four": "mcts:100", "kuhn_poker": "cfr",
                                    "leduc_poker": "nash", "mini_hanabi": "self", "simple_hanabi": "self"}
+# MARSHAL's evaluation tags: TicTacToe-{first,second}-{100,1000}, Connect4-{first,second}-{10,100}, KuhnPoker (cfr),
+# LeducPoker (ne), MiniHanabi, SimpleHanabi
+OPPONENT_SETS: dict[str, str] = {
+    "marshal": "tictactoe=mcts:100|mcts:1000,connect_four=mcts:10|mcts:100,kuhn_poker=cfr,leduc_poker=nash"}
 BOT_KINDS = ("random", "mcts", "cfr", "nash")
 
 
@@ -49,10 +59,12 @@ class GamesEvalConfig:
     games: list[str] = field(default_factory=_all_games, metadata={"help": "Games to play (default: all six "
                              "strategic games)."})
     opponent: str = field(default="auto", metadata={"help": "Opponent: 'auto' (MARS's: mcts:100 on tic-tac-toe and "
-                          "Connect Four, cfr on poker, the model itself on Hanabi), one agent spec for every "
-                          "competitive game (mcts:N, cfr, random), 'self' (the model on both seats), or GAME=SPEC "
-                          "pairs separated by commas (games left out get 'auto'). Cooperative games always pair the "
-                          "model with itself."})
+                          "Connect Four, cfr on Kuhn, nash on Leduc, the model itself on Hanabi), 'marshal' "
+                          "(MARSHAL's evaluation: also mcts:1000 on tic-tac-toe and mcts:10 on Connect Four), one "
+                          "agent spec for every competitive game (mcts:N, cfr, nash, random), 'self' (the model on "
+                          "both seats), or GAME=SPEC pairs separated by commas, SPEC|SPEC for several opponents of "
+                          "one game (games left out get 'auto'). Cooperative games always pair the model with "
+                          "itself."})
     mcts_simulations: int | None = field(default=None, metadata={"help": "Simulations of the 'auto' MCTS opponent "
                                          "(None: 100, as MARS; the paper also uses 1000 on tic-tac-toe and 10 on "
                                          "Connect Four).", "min": 1})
@@ -113,15 +125,30 @@ def parse_stop(values: list[str]) -> list[str]:
 
 # ---- opponents ----------------------------------------------------------------------------------------------
 
-def opponent_for(config: GamesEvalConfig, game: str, perfect_information: bool, cooperative: bool = False) -> str:
-    """The opponent spec of `game` under `config.opponent` (see GamesEvalConfig.opponent): an agent spec, or
-    'self'."""
+def opponents_for(config: GamesEvalConfig, game: str, perfect_information: bool,
+                  cooperative: bool = False) -> list[str]:
+    """The opponent specs of `game` under `config.opponent` (see GamesEvalConfig.opponent), each checked: agent
+    specs, or ['self']."""
     if cooperative:
-        return "self"
-    spec = config.opponent.strip()
+        return ["self"]
+    spec = OPPONENT_SETS.get(config.opponent.strip(), config.opponent.strip())
     if "=" in spec:
         pairs = {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in spec.split(",") if p.strip())}
         spec = pairs.get(game, "auto")
+    specs = [s.strip() for s in spec.split("|") if s.strip()]
+    if not specs:
+        raise ValueError(f"--opponent {config.opponent!r}: no opponent for {game}")
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"--opponent {config.opponent!r}: {game} names an opponent twice ({spec})")
+    return [_check_opponent(config, game, s, perfect_information) for s in specs]
+
+
+def opponent_for(config: GamesEvalConfig, game: str, perfect_information: bool, cooperative: bool = False) -> str:
+    """The first (main) opponent spec of `game`: the one reported under the game's own name."""
+    return opponents_for(config, game, perfect_information, cooperative)[0]
+
+
+def _check_opponent(config: GamesEvalConfig, game: str, spec: str, perfect_information: bool) -> str:
     if spec == "auto":
         spec = PAPER_OPPONENTS.get(game) or ("mcts:100" if perfect_information else "")
         if not spec:
@@ -141,6 +168,20 @@ def opponent_for(config: GamesEvalConfig, game: str, perfect_information: bool, 
             raise ValueError(f"opponent {kind!r} cannot play {game}: {kind} policies exist for "
                              f"{', '.join(CFR_GAMES)}")
     return spec
+
+
+def opponent_exploitability(game: str, spec: str) -> float | None:
+    """OpenSpiel's exploitability of a tabular poker bot (cfr, nash; cached tables), None for any other."""
+    kind = spec.partition(":")[0]
+    if kind == "nash":
+        from stratagem.agents.equilibrium import nash_exploitability
+
+        return nash_exploitability(game)
+    if kind == "cfr":
+        from stratagem.agents.bots import cfr_policy, policy_exploitability
+
+        return policy_exploitability(game, cfr_policy(game))
+    return None
 
 
 def model_agent(model: str, config: GamesEvalConfig) -> Any:
@@ -172,6 +213,10 @@ class Matchup:
     opponent: str
     utility: tuple[float, float]
     cooperative: bool
+    key: str = ""  # reported under: the game for its first opponent, GAME@SPEC for each further one
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.game
 
 
 def plan(config: GamesEvalConfig) -> list[Matchup]:
@@ -192,16 +237,18 @@ def plan(config: GamesEvalConfig) -> list[Matchup]:
             raise ValueError(f"{game}: game evaluation expects a two-player game")
         utility = (float(g.spiel.min_utility()), float(g.spiel.max_utility()))
         cooperative = g.info.cooperative
-        opponent = opponent_for(config, game, g.info.perfect_information, cooperative)
+        opponents = opponents_for(config, game, g.info.perfect_information, cooperative)
         for model in config.models:
             me = f"llm:{model}"
-            if cooperative:
-                out.append(Matchup(model, game, [me, me], {"team": 0}, me, utility, True))
-            elif opponent == "self":
-                out.append(Matchup(model, game, [me, me], {"first": 0, "second": 1}, me, utility, False))
-            else:
-                out += [Matchup(model, game, [me, opponent], {"first": 0}, opponent, utility, False),
-                        Matchup(model, game, [opponent, me], {"second": 1}, opponent, utility, False)]
+            for k, opponent in enumerate(opponents):
+                key = game if k == 0 else f"{game}@{opponent}"
+                if cooperative:
+                    out.append(Matchup(model, game, [me, me], {"team": 0}, me, utility, True, key))
+                elif opponent == "self":
+                    out.append(Matchup(model, game, [me, me], {"first": 0, "second": 1}, me, utility, False, key))
+                else:
+                    out += [Matchup(model, game, [me, opponent], {"first": 0}, opponent, utility, False, key),
+                            Matchup(model, game, [opponent, me], {"second": 1}, opponent, utility, False, key)]
     return out
 
 
@@ -214,13 +261,15 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dic
     result: dict[str, Any] = {"opponent": config.opponent, "episodes": config.episodes,
                               "sampling": dataclasses.asdict(config.sampling),
                               "reply": dataclasses.asdict(config.reply), "models": {m: {} for m in config.models}}
+    bots = {f"{mu.game}:{mu.opponent}": opponent_exploitability(mu.game, mu.opponent) for mu in matchups}
+    result["opponent_exploitability"] = {k: v for k, v in bots.items() if v is not None}
     game_cfg = GameConfig(reply=config.reply)
     for mu in matchups:
         model = model_agent(mu.model, config)
         agents = [model if s == f"llm:{mu.model}" else _agent(s, config, mu.game, config.seed + i)
                   for i, s in enumerate(mu.specs)]
         label = "-".join(mu.seats)
-        journal = Journal(results_path(config.out, mu.model, mu.game, label)) if config.out else None
+        journal = Journal(results_path(config.out, mu.model, mu.key, label)) if config.out else None
         done = _played(journal, config.seed, config.episodes)
         todo = [i for i in range(config.episodes) if i not in done]
         try:
@@ -232,7 +281,7 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dic
         result["resumed"] = result.get("resumed", 0) + len(done)
         for name, seat in mu.seats.items():
             summary = seat_summary(eps, seat, *mu.utility, mu.cooperative)
-            result["models"][mu.model].setdefault(mu.game, {})[name] = {**summary, "opponent": mu.opponent}
+            result["models"][mu.model].setdefault(mu.key, {})[name] = {**summary, "opponent": mu.opponent}
     if config.out:
         Path(config.out).mkdir(parents=True, exist_ok=True)
         atomic_write(Path(config.out) / "summary.json", json.dumps(result, indent=2))
@@ -240,8 +289,9 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dic
 
 
 def results_path(out: str | Path, model: str, game: str, label: str) -> Path:
-    """Episodes of one matchup (model, game, seat order): a Journal, so a rerun with the same `out` resumes."""
-    return Path(out) / model.replace("/", "_") / f"{game}-{label}.jsonl"
+    """Episodes of one matchup (model, game or GAME@SPEC, seat order): a Journal, so a rerun with the same `out`
+    resumes."""
+    return Path(out) / model.replace("/", "_") / f"{game.replace(':', '-')}-{label}.jsonl"
 
 
 def _played(journal: Journal | None, seed: int, n: int) -> dict[int, Episode]:

@@ -54,3 +54,28 @@ def test_tiny_run_prints_positive_finite_numbers():
     assert train["mfu"] == pytest.approx(train["achieved_tflops"] / 1.0)
     assert train["tokens_per_s"] == pytest.approx(train["tokens_per_step"] / train["step_s"])
     assert gen["engine"] == "transformers" and gen["tokens_per_s"] > 0 and math.isfinite(gen["tokens_per_s"])
+
+
+def test_forward_flops_hand_example():
+    g = _module()
+    # rank-32 LoRA on the tiny shape: r = 65536; 2 x 90112 + 2 x 65536 + 2 x 2 x 128 x 64 = 344064
+    assert g.forward_flops_per_token(90112, 65536, 2, 128, 64) == 344064
+
+
+@pytest.mark.slow
+def test_preset_marshal_takes_the_trainers_shape_and_counts_three_passes():
+    """`--preset marshal`: rank 32 / alpha 32, gradient checkpointing, 8 sequences per optimizer step in
+    micro-batches of 2, the old and reference forwards; per token 851968 (training: 4 x 90112 + 6 x 65536 +
+    6 x 2 x 128 x 64) + 2 x 344064 (the forwards) = 1540096 FLOPs on the tiny shape."""
+    r = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--preset", "marshal", "--engine", "none",
+                        "--peak-tflops", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    t = out["train"]
+    assert out["preset"] == "marshal" and out["skipped"] == {"generation": "--engine none"}
+    assert (t["lora_rank"], t["lora_alpha"], t["batch"], t["micro_batch"], t["passes"]) == (32, 32, 8, 2, 3)
+    assert t["gradient_checkpointing"] and t["lora_params"] == 65536 and t["flops_per_token"] == 1540096
+    assert t["tokens_per_step"] == 8 * 128 and math.isfinite(t["loss"]) and t["loss"] > 0
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--preset", "nope"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "shipped: laptop, marshal" in bad.stderr

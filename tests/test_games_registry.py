@@ -232,3 +232,38 @@ def test_a_servers_api_key_reaches_every_llm_seat_of_rollouts_and_evals():
     assert model_agent("base", ec).config.api_key == "sesame"
     assert _agent("llm:iter-1", ec, "tictactoe", 0).config.api_key == "sesame"
     assert model_agent("base", GamesEvalConfig()).config.api_key == "EMPTY"
+
+
+async def test_alternate_policy_seat_plays_half_the_games_each_way_and_trains_that_seat(monkeypatch):
+    """loop.policy_seat alternate (MARSHAL's fixed-opponent runs seat the model first in half the games, second in
+    the others): game i has the policy first when i is even, and the learner trains exactly the policy's seat."""
+    import stratagem.agents as agents_mod
+    from stratagem.agents.bots import RandomAgent
+    from stratagem.training.loop import RunConfig, default_rollout, learner_for
+
+    real = agents_mod.make_agent
+
+    def stand_in(spec, **kw):  # a bot in the policy's seat, named as the policy: no server needed
+        if spec.startswith("llm:"):
+            bot = RandomAgent(seed=kw.get("seed", 0))
+            bot.name = spec
+            return bot
+        return real(spec, seed=kw.get("seed", 0), game=kw.get("game"))
+
+    monkeypatch.setattr(agents_mod, "make_agent", stand_in)
+    cfg = RunConfig.from_dict({"loop": {"games": ["tictactoe"], "episodes_per_iteration": 5,
+                                        "opponents": ["mcts:2"], "policy_seat": "alternate"}})
+    saved = []
+    eps = await default_rollout(cfg, "http://127.0.0.1:9/v1")("tictactoe", "iter-1", 5, 100, saved.append)
+    assert [e.seed for e in eps] == [100, 101, 102, 103, 104]
+    assert [[s.agent for s in e.seats] for e in eps[:2]] == [["llm:iter-1", "mcts:2"], ["mcts:2", "llm:iter-1"]]
+    assert [e.metrics["policy_seat"] for e in eps] == [0, 1, 0, 1, 0]
+    assert sorted(e.seed for e in saved) == [100, 101, 102, 103, 104]  # the seat is recorded before saving
+    assert all("policy_seat" in e.metrics for e in saved)
+    learner = learner_for(cfg.loop)
+    assert [[learner(e, s) for s in (0, 1)] for e in eps[:2]] == [[True, False], [False, True]]
+    cfg.loop.policy_seat = "first"
+    eps = await default_rollout(cfg, "http://127.0.0.1:9/v1")("tictactoe", "iter-1", 2, 100, None)
+    assert [e.seats[0].agent for e in eps] == ["llm:iter-1"] * 2 and [e.metrics["policy_seat"] for e in eps] == [0, 0]
+    with pytest.raises(ValueError, match="loop.policy_seat"):
+        RunConfig.from_dict({"loop": {"policy_seat": "alternate"}})  # no opponents to alternate with

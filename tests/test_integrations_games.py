@@ -12,8 +12,8 @@ from stratagem.agents.sampling import SamplingConfig
 from stratagem.games.base import ReplyFormat
 from stratagem.games.core import Episode, Observation
 from stratagem.integrations import games_eval
-from stratagem.integrations.games_eval import (GamesEvalConfig, model_agent, opponent_for, parse_stop, plan,
-                                               run_games_eval, run_protocol)
+from stratagem.integrations.games_eval import (GamesEvalConfig, model_agent, opponent_for, opponents_for, parse_stop,
+                                               plan, run_games_eval, run_protocol)
 
 SIX = ["tictactoe", "kuhn_poker", "mini_hanabi", "connect_four", "leduc_poker", "simple_hanabi"]
 
@@ -62,6 +62,44 @@ def test_the_default_plan_covers_all_six_games_in_both_seat_orders():
         plan(GamesEvalConfig(games=["mystery"]))
     with pytest.raises(ValueError, match="unknown game 'chess'"):
         plan(GamesEvalConfig(games=["chess"]))
+
+
+def test_marshal_opponent_set_is_its_evaluation_tags():
+    """MARSHAL's examples/model_game_eval/agentic_rollout_eval.yaml: TicTacToe-{first,second}-{100,1000},
+    Connect4-{first,second}-{10,100}, KuhnPoker (cfr), LeducPoker (ne), MiniHanabi, SimpleHanabi."""
+    cfg = GamesEvalConfig(opponent="marshal")
+    assert opponents_for(cfg, "tictactoe", True) == ["mcts:100", "mcts:1000"]
+    assert opponents_for(cfg, "connect_four", True) == ["mcts:10", "mcts:100"]
+    assert opponents_for(cfg, "kuhn_poker", False) == ["cfr"] and opponents_for(cfg, "leduc_poker", False) == ["nash"]
+    assert opponents_for(cfg, "mini_hanabi", False, True) == ["self"]
+    mus = plan(cfg)
+    keys = {(m.key, m.game, tuple(m.seats), m.opponent) for m in mus}
+    assert ("tictactoe", "tictactoe", ("second",), "mcts:100") in keys
+    assert ("tictactoe@mcts:1000", "tictactoe", ("first",), "mcts:1000") in keys
+    assert ("connect_four", "connect_four", ("first",), "mcts:10") in keys  # the first named is the game's own key
+    assert ("connect_four@mcts:100", "connect_four", ("second",), "mcts:100") in keys
+    assert len(mus) == 2 * 2 + 2 * 2 + 2 + 2 + 1 + 1  # 15 settings minus MARSHAL's FullHanabi, which has no game here
+    with pytest.raises(ValueError, match="names an opponent twice"):
+        opponents_for(GamesEvalConfig(opponent="tictactoe=mcts:5|mcts:5"), "tictactoe", True)
+    with pytest.raises(ValueError, match="MCTS needs perfect information"):
+        opponents_for(GamesEvalConfig(opponent="kuhn_poker=cfr|mcts:5"), "kuhn_poker", False)
+
+
+async def test_several_opponents_of_one_game_are_played_and_kept_apart(monkeypatch, tmp_path):
+    from stratagem.agents import make_agent
+
+    monkeypatch.setattr(games_eval, "model_agent", lambda model, cfg: make_agent("random", seed=7))
+    cfg = GamesEvalConfig(models=["base"], games=["tictactoe", "leduc_poker"],
+                          opponent="tictactoe=random|mcts:2,leduc_poker=nash|cfr", episodes=2, out=str(tmp_path))
+    result = await run_games_eval(cfg)
+    games = result["models"]["base"]
+    assert set(games) == {"tictactoe", "tictactoe@mcts:2", "leduc_poker", "leduc_poker@cfr"}
+    assert games["tictactoe"]["first"]["opponent"] == "random"
+    assert games["tictactoe@mcts:2"]["second"]["opponent"] == "mcts:2"
+    assert (tmp_path / "base" / "tictactoe@mcts-2-first.jsonl").is_file()
+    ex = result["opponent_exploitability"]
+    assert set(ex) == {"leduc_poker:nash", "leduc_poker:cfr"}  # bots without a table have none
+    assert ex["leduc_poker:nash"] < 1e-6 < ex["leduc_poker:cfr"] < 0.05  # the LP is exact, CFR near
 
 
 def test_the_model_replies_in_the_training_protocol():

@@ -194,3 +194,36 @@ def test_all_linear_puts_lora_on_every_linear_layer_and_trains_it(tiny, episodes
     t.ppo_step(batch, adv, PPOConfig())
     after = _snapshot(t)
     assert [n for n in before if torch.equal(before[n], after[n])] == []
+
+
+def test_token_entropy_hand_check():
+    """logits (0, ln 3): p = (1/4, 3/4), H = ln 4 - (3/4) ln 3 = 0.5623351; uniform over 8: ln 8."""
+    from stratagem.training.losses import token_entropy
+
+    h = token_entropy(torch.tensor([[0.0, math.log(3.0)], [1.0] * 2]))
+    assert h.tolist() == pytest.approx([0.5623351, math.log(2)], abs=1e-6)
+    assert float(token_entropy(torch.zeros(1, 8))[0]) == pytest.approx(math.log(8), abs=1e-6)
+
+
+def test_entropy_bonus_subtracts_coef_times_the_aggregated_entropy(tiny, episodes):
+    """MARSHAL's fixed-opponent runs (entropy_loss_coef 0.01; roll/pipeline/base_worker.py loss_func: total_loss -=
+    coef x agg_loss(entropy) with the pg loss's aggregation). One optimizer step (minibatches 1) from the same
+    weights: the loss with the bonus is the loss without it minus coef x the token-mean entropy, which equals the
+    entropy of the model's softmax at the trained positions computed directly; and the step moves elsewhere."""
+    from stratagem.training.losses import token_entropy
+
+    batch, adv = _batch(episodes[:2])
+    plain = LoRATrainer(tiny, _cfg(minibatches=1), seed=0)
+    bonus = LoRATrainer(tiny, _cfg(minibatches=1), seed=0)
+    with torch.no_grad():  # before any step: LoRA B is 0, so the adapter model is the base model
+        direct = []
+        for s in batch.samples:
+            logits = plain.model(input_ids=torch.tensor([s.input_ids])).logits[0].float()
+            direct.append(token_entropy(logits[torch.tensor(s.positions) - 1]))
+        want = float(torch.cat(direct).mean())
+    s0 = plain.ppo_step(batch, adv, PPOConfig(aggregation="token"))
+    s1 = bonus.ppo_step(batch, adv, PPOConfig(aggregation="token", entropy_coef=0.5))
+    assert "entropy" not in s0 and s1["entropy"] == pytest.approx(want, abs=1e-5) and want > 0.1
+    assert s1["loss"] == pytest.approx(s0["loss"] - 0.5 * want, abs=1e-5)
+    a, b = _snapshot(plain), _snapshot(bonus)
+    assert any(not torch.allclose(a[n], b[n]) for n in a)

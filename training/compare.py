@@ -11,7 +11,8 @@ from typing import Any
 
 
 def evaluate_policy(cfg: Any, base_url: str, served: str, label: str, out_dir: Path | None = None) -> dict[str, Any]:
-    """Play `cfg.loop.eval_episodes` games per seat order of each strategic training game of `cfg` with the served
+    """Play `cfg.loop.eval_episodes` games per seat order of each strategic game of `cfg.loop.eval_games` (default:
+    the training games) with the served
     model `served` against `cfg.loop.eval_opponent`, in the run's sampling and reply format. Returns the eval
     summary of integrations.games_eval (per game and seat: illegal rate, win rate, normalized return, intervals),
     also written to out_dir/LABEL.json."""
@@ -19,7 +20,7 @@ def evaluate_policy(cfg: Any, base_url: str, served: str, label: str, out_dir: P
     from stratagem.integrations.games_eval import GamesEvalConfig, run_games_eval
 
     lc = cfg.loop
-    games = [g for g in lc.games if get_game_spec(g).kind == "strategic"]
+    games = [g for g in (lc.eval_games or lc.games) if get_game_spec(g).kind == "strategic"]
     if not games:
         return {}
     ec = GamesEvalConfig(models=[served], games=games, opponent=lc.eval_opponent, episodes=lc.eval_episodes,

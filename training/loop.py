@@ -75,7 +75,11 @@ class LoopConfig:
     concurrency: int = field(default=8, metadata={"help": "Games in flight at once during a rollout.", "min": 1})
     opponents: list[str] = field(default_factory=list, metadata={"help": "Agent specs for seats 1.. (e.g. random, "
                                  "mcts:50, llm:iter-2 for a frozen adapter); empty: self-play, every seat learns. "
-                                 "With opponents only seat 0 is trained."})
+                                 "With opponents only the policy's seat is trained (see policy_seat)."})
+    policy_seat: str = field(default="first", metadata={"help": "Where the policy sits against loop.opponents: "
+                             "'first' (seat 0 in every game) or 'alternate' (seat 0 in even games, the last seat in "
+                             "odd ones, the opponents filling the other seats in order; MARSHAL's fixed-opponent runs "
+                             "play half their games each way).", "choices": ("first", "alternate")})
     mystery_script: str = field(default="lighthouse", metadata={"help": "Script played when games has 'mystery' "
                                 "(a shipped script's name or a folder)."})
     rollout_retries: int = field(default=2, metadata={"help": "Times an iteration's rollout is retried after the "
@@ -86,7 +90,11 @@ class LoopConfig:
                                "the comparison (illegal-act rate, win rate, normalized return, 95% intervals) is "
                                "printed and saved in RUN/eval/ (0: off).", "min": 0})
     eval_opponent: str = field(default="random", metadata={"help": "Opponent of that evaluation: an agent spec, "
-                               "'auto' (the paper's: MCTS, CFR, self for Hanabi) or GAME=SPEC pairs."})
+                               "'auto' (the paper's: MCTS, CFR, Nash on Leduc, self for Hanabi), 'marshal' (MARSHAL's "
+                               "evaluation: MCTS 100 and 1000 on tic-tac-toe, 10 and 100 on Connect Four) or GAME=SPEC "
+                               "pairs, SPEC|SPEC for several opponents of one game (stratagem eval games --help)."})
+    eval_games: list[str] = field(default_factory=list, metadata={"help": "Strategic games of that evaluation "
+                                  "(empty: the run's training games; MARSHAL evaluates the held-out ones too)."})
     policy_weights: str = field(default="auto", metadata={"help": "How the server samples the current policy iter-k: "
                                 "'lora' hot-loads it as an adapter (vLLM's LoRA path, about a third of base speed on "
                                 "a CPU); 'merged' merges it into the base weights and reloads them in place (base "
@@ -165,6 +173,19 @@ class RunConfig:
                 raise ConfigError(f"loop.games[{i}]: unknown game {g!r}; expected one of {', '.join(names)}")
             if lc.games.index(g) != i:
                 raise ConfigError(f"loop.games[{i}]: {g!r} is listed twice")
+        strategic = game_names("strategic")
+        for i, g in enumerate(lc.eval_games):
+            if g not in strategic:
+                raise ConfigError(f"loop.eval_games[{i}]: {g!r} is not a strategic game; expected one of "
+                                  f"{', '.join(strategic)}")
+        if lc.eval_episodes > 0:
+            from stratagem.integrations.games_eval import GamesEvalConfig, plan
+
+            try:  # the opponents of every evaluated game, before hours of training
+                plan(GamesEvalConfig(games=[g for g in (lc.eval_games or lc.games) if g in strategic],
+                                     opponent=lc.eval_opponent))
+            except ValueError as e:
+                raise ConfigError(f"loop.eval_opponent: {e}") from None
         if lc.episodes_per_iteration < len(lc.games):
             raise ConfigError(f"loop.episodes_per_iteration: must be >= the number of games ({len(lc.games)}), got "
                               f"{lc.episodes_per_iteration}")
@@ -175,6 +196,9 @@ class RunConfig:
                 script_dir(lc.mystery_script)
             except FileNotFoundError as e:
                 raise ConfigError(f"loop.mystery_script: {e}") from None
+        if lc.policy_seat != "first" and not lc.opponents:
+            raise ConfigError(f"loop.policy_seat: {lc.policy_seat!r} places the policy among loop.opponents, and "
+                              "there are none (self-play trains every seat)")
         if lc.opponents:
             from stratagem.agents import check_agent_spec
 
@@ -304,11 +328,17 @@ def default_rollout(cfg: Any, base_url: str, pool: Any = None) -> Rollout:
     return rollout
 
 
+def policy_seat_of(ep: Episode) -> int:
+    """The policy's seat in a game against opponents, as the rollout recorded it (older runs: seat 0)."""
+    return int(ep.metrics.get("policy_seat", 0))
+
+
 def learner_for(cfg: LoopConfig) -> Callable[[Episode, int], bool]:
-    """Self-play trains every seat; against opponents only seat 0. The mystery is always full self-play."""
+    """Self-play trains every seat; against opponents only the policy's seat. The mystery is always full
+    self-play."""
     if not cfg.opponents:
         return lambda ep, seat: True
-    return lambda ep, seat: ep.game == MYSTERY or seat == 0
+    return lambda ep, seat: ep.game == MYSTERY or seat == policy_seat_of(ep)
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ class PPOConfig:
                               "uses the log-probs the server reported when sampling (vLLM reports the untempered "
                               "distribution, so it needs sampling.temperature 1).",
                               "choices": ("trainer", "endpoint")})
+    entropy_coef: float = field(default=0.0, metadata={"help": "Weight of an entropy bonus: the loss gets "
+                                "-entropy_coef x the policy's entropy at each trained token, aggregated as the token "
+                                "losses are (MARSHAL's entropy_loss_coef: 0 in self-play, 0.01 against the fixed "
+                                "opponent). Costs a softmax over the vocabulary per trained token.", "min": 0.0})
     aggregation: str = field(default="nested", metadata={"help": "How token losses make the loss: 'nested' (MARS's "
                              "paper: mean per turn, trajectory, (game, role), then roles), 'trajectory' (MARSHAL's "
                              "default loss_agg_mode as its code runs it: token mean per trajectory, then the mean "
@@ -130,6 +134,12 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor
         if cfg.kl_coef:
             loss = loss + cfg.kl_coef * kl
     return loss, stats
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row's softmax, in nats: logsumexp(z) - sum softmax(z) z. Hand check: logits (0, ln 3) give
+    p = (1/4, 3/4) and H = ln 4 - (3/4) ln 3 = 0.5623351."""
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
 # ---- MARO ------------------------------------------------------------------------------------------------------

@@ -30,6 +30,11 @@ class Objective:
     uses_advantages: bool = True
     config_section: str | None = None  # the RunConfig section holding this objective's options
 
+    @property
+    def wants_entropy(self) -> bool:
+        """Whether `loss` reads the policy's entropy (state["entropy"]: the micro-batch's, per sample)."""
+        return False
+
     def __init__(self, config: Any = None):
         self.config = config
 
@@ -86,6 +91,10 @@ class ClippedPolicyLoss(Objective):
     uses_advantages = True
     config_section = "ppo"
 
+    @property
+    def wants_entropy(self) -> bool:
+        return bool(self.config is not None and self.config.entropy_coef > 0)
+
     def prepare(self, trainer, batch, targets):
         cfg: PPOConfig = self.config or PPOConfig()
         samples = batch.samples
@@ -123,9 +132,14 @@ class ClippedPolicyLoss(Objective):
         w = torch.tensor([state["w"][a] for a in acts], device=dev, dtype=torch.float32)
         ref = torch.cat([state["ref"][i] for i in mb]).to(dev) if state["ref"] is not None else None
         tok_loss, st = ppo_token_loss(logp, old, adv, cfg, ref)
+        ent = torch.cat(state["entropy"]).to(dev) if self.wants_entropy else None
+        if ent is not None:  # aggregated as the token losses are (MARSHAL's agg_loss of the entropy)
+            tok_loss = tok_loss - cfg.entropy_coef * ent
         loss = (w * tok_loss).sum()
         sums = {"loss": float(loss.detach()), "clipped_tokens": float(st["clipped"].sum()),
                 "ratio_sum": float(st["ratio"].sum())}
+        if ent is not None:
+            sums["entropy_sum"] = float(ent.detach().sum())
         if first_step:
             sums["first_step_tokens"] = float(len(logp))
             sums["first_step_outside"] = float(st["clipped"].sum())
@@ -144,6 +158,8 @@ class ClippedPolicyLoss(Objective):
                / max(sums.get("first_step_tokens", 0), 1)}
         if "kl_sum" in sums:
             out["kl"] = sums["kl_sum"] / n
+        if "entropy_sum" in sums:
+            out["entropy"] = sums["entropy_sum"] / n  # mean over trained tokens and epochs
         if "endpoint_outside_clip_frac" in state:
             out["endpoint_clip_frac"] = state["endpoint_outside_clip_frac"]
         return out

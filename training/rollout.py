@@ -74,8 +74,9 @@ def strategic_settings(run: Any) -> tuple[dict[str, Any], GameConfig, list[str]]
 
 
 async def rollout_strategic(job: RolloutJob) -> list[Episode]:
-    """The training rollout of a strategic game: self-play with the policy in every seat, or the policy in seat 0
-    against the run's opponents (seats 1..)."""
+    """The training rollout of a strategic game: self-play with the policy in every seat, or the policy against the
+    run's opponents: in seat 0, or (`loop.policy_seat: alternate`) first in even games and last in odd ones. Each
+    game against opponents records the policy's seat in `metrics["policy_seat"]`."""
     from stratagem.agents import close_agents, make_agent
 
     llm, game_cfg, opponents = strategic_settings(job.run)
@@ -86,12 +87,31 @@ async def rollout_strategic(job: RolloutJob) -> list[Episode]:
                           **(llm if spec.startswith("llm:") else {}))
 
     policy = agent(f"llm:{job.policy}", job.seed)
-    if opponents:
-        seats = [policy] + [agent(spec, job.seed + 1 + i) for i, spec in enumerate(opponents)]
-    else:
+    if not opponents:
         seats = [policy] * make_game(job.game).info.num_players
+        try:
+            return await collect_episodes(job.game, seats, job.n, concurrency=job.concurrency, seed=job.seed,
+                                          config=game_cfg, on_episode=job.on_episode)
+        finally:
+            await close_agents(seats)
+    others = [agent(spec, job.seed + 1 + i) for i, spec in enumerate(opponents)]
+    alternate = job.run is not None and job.run.loop.policy_seat == "alternate"
+    # game i: the policy first when i is even or seats do not alternate, else last
+    orders = [(0, [policy, *others], [i for i in range(job.n) if not alternate or i % 2 == 0])]
+    if alternate:
+        orders.append((len(others), [*others, policy], [i for i in range(job.n) if i % 2 == 1]))
+
+    def marked(seat: int) -> Callable[[Episode], Any]:
+        def mark(ep: Episode) -> Any:  # before the episode is saved: the learner reads it back from the store
+            ep.metrics["policy_seat"] = seat
+            return job.on_episode(ep) if job.on_episode else None
+        return mark
+
+    share = max(1, job.concurrency // len(orders))
     try:
-        return await collect_episodes(job.game, seats, job.n, concurrency=job.concurrency, seed=job.seed,
-                                      config=game_cfg, on_episode=job.on_episode)
+        parts = await asyncio.gather(*(collect_episodes(job.game, seats, job.n, concurrency=share, seed=job.seed,
+                                                        config=game_cfg, on_episode=marked(seat), only=games)
+                                       for seat, seats, games in orders if games))
     finally:
-        await close_agents(seats)
+        await close_agents([policy, *others])
+    return sorted((ep for part in parts for ep in part), key=lambda ep: ep.seed)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stratagem import faults
-from stratagem.training.losses import MAROConfig, PPOConfig
+from stratagem.training.losses import MAROConfig, PPOConfig, token_entropy
 from stratagem.training.objectives import Objective, get_loss
 from stratagem.training.samples import Batch, Sample
 
@@ -204,9 +204,11 @@ class LoRATrainer:
         if group:
             yield group
 
-    def token_logprobs(self, samples: list[Sample], *, reference: bool = False) -> list[torch.Tensor]:
+    def token_logprobs(self, samples: list[Sample], *, reference: bool = False,
+                       entropy: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """log pi(token) at each sample's trained positions, one tensor per sample. Gradients flow unless called
-        under no_grad; `reference` disables the adapter."""
+        under no_grad; `reference` disables the adapter. Given a list as `entropy`, the policy's entropy at the
+        same positions (same logits, so the same temperature) is appended to it, one tensor per sample."""
         if not samples:
             return []
         pad = 0
@@ -229,7 +231,10 @@ class LoRATrainer:
         if self.config.temper_logprobs and self.temperature != 1.0:
             logits = logits / self.temperature
         lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, pos][:, None])[:, 0]
-        return list(torch.split(lp, [len(s.positions) for s in samples]))
+        sizes = [len(s.positions) for s in samples]
+        if entropy is not None:
+            entropy.extend(torch.split(token_entropy(logits), sizes))
+        return list(torch.split(lp, sizes))
 
     @torch.no_grad()
     def score(self, samples: list[Sample], *, reference: bool = False,
@@ -297,7 +302,10 @@ class LoRATrainer:
                 objective.on_minibatch(self, batch, group, state)
                 self.model.train()
                 for mb in self.micro_batches(samples, group):
-                    lps = self.token_logprobs([samples[i] for i in mb])
+                    ents: list[torch.Tensor] | None = [] if objective.wants_entropy else None
+                    lps = self.token_logprobs([samples[i] for i in mb], entropy=ents)
+                    if ents is not None:
+                        state["entropy"] = ents  # this micro-batch's, beside its log-probs
                     loss, st = objective.loss(self, batch, mb, lps, state, first_step=epoch == 0 and g == 0)
                     (loss * len(groups)).backward()
                     for k, v in st.items():
