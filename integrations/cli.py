@@ -121,8 +121,10 @@ def eval_games(
     models: str = typer.Option("base", help="Comma-separated served model / adapter names."),
     games: Optional[str] = typer.Option(None, help="Comma-separated game names (default: all six strategic games)."),
     opponent: str = typer.Option("auto", help="auto (MARS's: mcts:100 on tic-tac-toe and Connect Four, cfr on "
-                                 "poker, the model itself on Hanabi), an agent spec (mcts:N, cfr, random), self, "
-                                 "or GAME=SPEC pairs separated by commas."),
+                                 "Kuhn, nash on Leduc, the model itself on Hanabi), marshal (MARSHAL's evaluation: "
+                                 "also mcts:1000 on tic-tac-toe, mcts:10 on Connect Four), an agent spec (mcts:N, "
+                                 "cfr, nash, random), self, or GAME=SPEC pairs separated by commas (SPEC|SPEC: "
+                                 "several opponents of one game)."),
     mcts_simulations: Optional[int] = typer.Option(None, help="Simulations of the auto MCTS opponent (default 100; "
                                                    "MARS also reports 1000 on tic-tac-toe, 10 on Connect Four)."),
     episodes: int = typer.Option(10, help="Episodes per model, game and seat order."),
@@ -233,6 +235,61 @@ def eval_mystery(
         typer.echo(json.dumps(result))
     else:
         console().print(leaderboard(result))
+
+
+@eval_app.command("exact")
+def eval_exact(
+    models: str = typer.Option("base", help="Comma-separated served model / adapter names, or the bots random, "
+                               "cfr, nash (no server needed)."),
+    games: str = typer.Option("kuhn_poker", help="Comma-separated games: kuhn_poker, leduc_poker."),
+    run: Optional[str] = typer.Option(None, help="A training run directory: its reply protocol (what the model was "
+                                      "trained with)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+    out: Optional[str] = typer.Option(None, help="Directory for the policy tables (reused by a rerun) and the "
+                                      "summary."),
+    base_url: Optional[list[str]] = typer.Option(None, help="Use this vLLM endpoint instead of starting a server."),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Bearer token for --base-url."),
+    concurrency: int = typer.Option(8, help="Scoring requests in flight at once."),
+) -> None:
+    """The policy itself, not a sample of games: the model's probability of every legal action at every information
+    state of Kuhn poker or Leduc hold'em (its log-probs of each action's reply in the training protocol), then
+    OpenSpiel's exploitability and the exact expected return against CFR and the Nash equilibrium, per seat."""
+    from stratagem.agents.sampling import SamplingConfig
+    from stratagem.console import console
+    from stratagem.games.base import ReplyFormat
+    from stratagem.integrations.exact_eval import BOT_POLICIES, EXACT_GAMES, ExactEvalConfig, results_table
+    from stratagem.integrations.exact_eval import run as run_exact
+    from stratagem.integrations.games_eval import run_protocol
+
+    try:
+        names, game_list = _split(models, "--models"), _split(games, "--games")
+        bad = [g for g in game_list if g not in EXACT_GAMES]
+        if bad:
+            raise ValueError(f"--games: exact evaluation covers {', '.join(EXACT_GAMES)}, got {', '.join(bad)}")
+        sampling, reply = run_protocol(run) if run else (SamplingConfig(), ReplyFormat())
+        if reply.think:
+            raise ValueError("the run's protocol thinks before it answers (reply.think): a thinking reply has no "
+                             "table of action probabilities")
+        cfg = ExactEvalConfig(models=names, games=game_list, out=out, concurrency=concurrency, sampling=sampling,
+                              reply=reply, api_key=api_key)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1)
+    served = [m for m in names if m not in BOT_POLICIES]
+    with contextlib.ExitStack() as stack, _progress() as progress:
+        if served:
+            cfg.base_url = stack.enter_context(endpoint(base_url, adapter)).split(",")[0]
+
+        def bar(what: str, total: int) -> Any:
+            task = progress.add_task(what, total=total)
+            return lambda: progress.advance(task)
+
+        result = run_exact(cfg, bar)
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        console().print(results_table(result))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,445 @@
+"""Exact evaluation of a policy instead of a sample of games: the model's policy as a table over every decision
+point of a poker game, and what OpenSpiel computes from it.
+
+In Kuhn poker and Leduc hold'em a seat's prompt is determined by its information state (its card, the public card,
+the betting so far): 12 and 936 of them. At each, the probability the model gives each legal action is the
+probability of that action's reply in the training protocol, read from the served model's log-probs: the prompt as
+the game renders it (`decision_points`, replaying the real `SpielGame` to that point, with the seat's earlier
+replies written as the protocol's canonical reply of the action it took), the forced reply prefix, then the tokens
+of the rest of the reply (`<answer><BET>` with the default prefix `<answer><` leaves `BET>`, where generation stops;
+since it stops inside any token that begins with the last token's text, e.g. `>\n`, the last factor is the mass of
+all such tokens among the top 20 candidates).
+`VLLMScorer` asks vLLM for those prompt log-probs (`/tokenize` renders the chat exactly as the server renders it for
+sampling, `/v1/completions` with `prompt_logprobs` scores the continuation), one scoring request at a time: a
+LoRA-enabled vLLM fails on a batch mixing prompt log-probs with other requests (vllm-project/vllm#29955; seen here on
+the CPU build), so do not score on a server that is serving a rollout at the same time.
+
+What the table is, exactly: the model's untempered distribution (log-probs are at temperature 1, without top-p /
+top-k; the training sampler is sharper), over each action's canonical tokenization (another token split of the same
+text is possible and counts as mass outside). The mass outside the legal actions is reported as the illegal-move
+probability (mean and max over information states); the exploitability and the expected returns use the table
+renormalised over the legal actions, and `*_as_played` returns count that mass as a forfeit (the seat loses its
+chips in the pot, as the game scores an illegal act).
+
+From the table: OpenSpiel's exploitability and NashConv, and the exact expected return per seat against the CFR
+average policy and the exact Nash equilibrium (agents/equilibrium.py). Known values (tests): the uniform random
+policy's exploitability is 0.4583 in Kuhn poker and 2.3736 in Leduc hold'em. Bots are policies too (`random`,
+`cfr`, `nash`: no server). The thinking protocol has no table (a reply's thinking is free text), so it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from stratagem.agents.sampling import SamplingConfig
+from stratagem.games.base import GameConfig, ReplyFormat, parse_answer, response_prefix
+from stratagem.games.core import Reply
+
+EXACT_GAMES = ("kuhn_poker", "leduc_poker")
+TOP = 20  # candidates per position read at a reply's last token (vLLM's default max_logprobs)
+BOT_POLICIES = ("random", "cfr", "nash")
+Table = dict[str, dict[int, float]]
+
+
+@dataclass
+class ExactEvalConfig:
+    models: list[str] = field(default_factory=lambda: ["base"], metadata={"help": "Policies to evaluate: served "
+                              "model / adapter names, or the bots random, cfr, nash (no server needed)."})
+    games: list[str] = field(default_factory=lambda: ["kuhn_poker"], metadata={"help": "Games: kuhn_poker, "
+                             "leduc_poker."})
+    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible vLLM endpoint "
+                          "(needs /tokenize and prompt_logprobs: vLLM's own server)."})
+    api_key: str | None = field(default=None, metadata={"help": "Bearer token for the endpoint."})
+    concurrency: int = field(default=8, metadata={"help": "Scoring requests in flight at once.", "min": 1})
+    out: str | None = field(default=None, metadata={"help": "Directory for each policy table (JSON, reused by a "
+                            "rerun with the same model, game and protocol) and summary.json."})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "The protocol's sampling "
+                                     "fields that shape a reply (stop strings, chat template); temperature and "
+                                     "top-p do not enter the table."})
+    reply: ReplyFormat = field(default_factory=ReplyFormat, metadata={"help": "The reply protocol (the training "
+                               "protocol's by default)."})
+
+
+# ---- decision points ------------------------------------------------------------------------------------------
+
+@dataclass
+class DecisionPoint:
+    """One information state of one seat: the chat the game shows there and the legal actions (label -> id)."""
+
+    key: str
+    seat: int
+    messages: list[dict[str, str]]
+    response_prefix: str
+    legal: dict[str, int]
+
+
+def canonical_reply(fmt: ReplyFormat, stop: list[str], legal: list[str], action: str) -> str:
+    """The completion (after the forced prefix) that plays `action` in the protocol `fmt` with stop strings `stop`:
+    `<answer>ACTION` up to the action's closing '>' where generation stops there, else with `</answer>` (a protocol
+    whose reply then ends at the end-of-turn token, which is not scored)."""
+    if fmt.think:
+        raise ValueError("reply.think: a thinking reply is free text before its answer, so the policy has no table; "
+                         "evaluate exactly in a protocol without thinking")
+    full = f"<answer>{action}" + ("" if ">" in stop else "</answer>")
+    prefix = response_prefix(fmt, legal)
+    if not full.startswith(prefix):
+        raise ValueError(f"reply.response_prefix {fmt.response_prefix!r}: the reply {full!r} does not start with "
+                         f"the forced prefix {prefix!r}")
+    chosen, why = parse_answer(full, legal, fmt)
+    if chosen != action:
+        raise ValueError(f"the protocol does not read {full!r} as {action!r} ({why})")
+    return full[len(prefix):]
+
+
+def decision_points(game: str, fmt: ReplyFormat, stop: list[str]) -> dict[str, DecisionPoint]:
+    """Every information state of `game` where a seat acts, with the prompt the real game renders there: a
+    depth-first walk of OpenSpiel's tree, the `SpielGame` replayed along each history (chance outcomes applied as
+    the history says, each earlier move as its canonical reply). Two histories of one information state must give
+    the same prompt (the game shows a seat only its information); a difference is an error."""
+    from stratagem.games.registry import make_game
+
+    if game not in EXACT_GAMES:
+        raise ValueError(f"exact evaluation covers {', '.join(EXACT_GAMES)}, got {game!r}")
+    out: dict[str, DecisionPoint] = {}
+
+    def replay(history: list[int]) -> Any:
+        g = make_game(game, GameConfig(reply=fmt))
+        g.reset(0)
+        g._advance_chance = lambda: None  # chance outcomes come from the history
+        g.state = g.spiel.new_initial_state()
+        for a in history:
+            if g.state.is_chance_node():
+                g.state.apply_action(a)
+                continue
+            seat = g.state.current_player()
+            labels = {i: lab for lab, i in g.legal_actions(seat).items()}
+            legal = list(labels.values())
+            # a reply with its action set is recorded as written: the forced prefix and the completion
+            text = response_prefix(fmt, legal) + canonical_reply(fmt, stop, legal, labels[a])
+            g.step(seat, Reply(text=text, action=labels[a]))
+        return g
+
+    def walk(state: Any, history: list[int]) -> None:
+        if state.is_terminal():
+            return
+        if state.is_chance_node():
+            for a, _ in state.chance_outcomes():
+                walk(state.child(a), history + [a])
+            return
+        seat = state.current_player()
+        key = state.information_state_string(seat)
+        g = replay(history)
+        obs = g.observe(seat)
+        point = DecisionPoint(key, seat, obs.messages, obs.response_prefix, g.legal_actions(seat))
+        seen = out.setdefault(key, point)
+        if (seen.messages, seen.response_prefix) != (point.messages, point.response_prefix):
+            raise AssertionError(f"{game}: information state {key!r} is shown as two different prompts")
+        for a in state.legal_actions():
+            walk(state.child(a), history + [a])
+
+    import pyspiel
+
+    walk(pyspiel.load_game(game).new_initial_state(), [])
+    return out
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------------
+
+class Scorer(Protocol):
+    async def logprobs(self, point: DecisionPoint, completions: dict[str, str]) -> dict[str, float]:
+        """log P(completion | the point's prompt and forced prefix), per action label."""
+
+
+class VLLMScorer:
+    """Log-probs from a vLLM server: the chat (with the forced prefix as the partial assistant turn, and the
+    protocol's chat template where one is sent) rendered by /tokenize as the server renders it for sampling, the
+    completion tokenized on its own (generation continues after the prefix's tokens), then /v1/completions with
+    `prompt_logprobs` over the concatenation."""
+
+    def __init__(self, base_url: str, model: str, sampling: SamplingConfig, api_key: str | None = None,
+                 timeout: float = 600.0):
+        import httpx
+
+        from stratagem.agents.llm import LLMAgent
+
+        self.model = model
+        self.stop = [x for x in sampling.stop if x]
+        url = base_url.rstrip("/")
+        self.root = url[: -len("/v1")] if url.endswith("/v1") else url
+        self.agent = LLMAgent(**{**sampling.agent_kwargs(api_key), "model": model, "base_url": base_url})
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.AsyncClient(timeout=timeout, headers=headers)
+        self.requests = 0
+        self._completion_ids: dict[str, list[int]] = {}
+        # one scoring request at a time: vLLM's LoRA logits path fails on a batch that mixes prompt log-probs
+        # with other rows (measured on the CPU build; vllm-project/vllm#29955), which kills the engine
+        self._one_at_a_time = asyncio.Lock()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.http.post(f"{self.root}{path}", json=body)
+        self.requests += 1
+        if r.status_code != 200:
+            raise RuntimeError(f"{path} answered {r.status_code} for model {self.model!r}: {r.text[:300]}")
+        return r.json()
+
+    async def _tokens(self, text: str) -> list[int]:
+        if text not in self._completion_ids:
+            data = await self._post("/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False})
+            self._completion_ids[text] = data["tokens"]
+        return self._completion_ids[text]
+
+    async def logprobs(self, point: DecisionPoint, completions: dict[str, str]) -> dict[str, float]:
+        from stratagem.games.core import Observation
+
+        if self.agent.config.chat_template and self.agent.chatml is None:
+            from stratagem.agents.llm import served_template_is_chatml
+
+            self.agent.chatml = await served_template_is_chatml(self.agent.config.base_url, self.model,
+                                                                self.agent.config.api_key)
+        obs = Observation(game="", seat=point.seat, role="", phase="play", messages=point.messages,
+                          legal_actions=list(point.legal), response_prefix=point.response_prefix)
+        req = self.agent.request(obs)
+        body = {"model": self.model, "messages": req["messages"],
+                **{k: v for k, v in req["extra_body"].items()
+                   if k in ("continue_final_message", "add_generation_prompt", "chat_template",
+                            "chat_template_kwargs")}}
+        body.setdefault("add_generation_prompt", True)
+        prompt = (await self._post("/tokenize", body))["tokens"]
+        out: dict[str, float] = {}
+        for label, text in completions.items():
+            tail = await self._tokens(text)
+            ends_at_stop = any(text.endswith(x) for x in self.stop)
+            async with self._one_at_a_time:
+                data = await self._post("/v1/completions", {"model": self.model, "prompt": prompt + tail,
+                                                            "max_tokens": 1, "temperature": 0.0,
+                                                            "prompt_logprobs": TOP if ends_at_stop else 0})
+            plp = data["choices"][0]["prompt_logprobs"]
+            positions = list(zip(range(len(prompt), len(prompt) + len(tail)), tail))
+            total = sum(float(plp[pos][str(tok)]["logprob"]) for pos, tok in positions[:-1])
+            pos, tok = positions[-1]
+            if ends_at_stop:
+                # generation stops inside any token that starts with the last token's text (">" then more, e.g.
+                # ">\n"), so each of those ends the reply with this action: their mass among the top candidates
+                last = plp[pos][str(tok)]["decoded_token"]
+                total += math.log(sum(math.exp(float(c["logprob"])) for c in plp[pos].values()
+                                      if str(c.get("decoded_token", "")).startswith(last)))
+            else:
+                total += float(plp[pos][str(tok)]["logprob"])
+            out[label] = total
+        return out
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.agent.aclose()
+
+
+@dataclass
+class PolicyTable:
+    """A policy over a game's information states: `table` renormalised over the legal actions (what OpenSpiel
+    reads), `legal_mass` the probability the model put on the legal actions' replies before that (1 - the
+    illegal-move probability)."""
+
+    game: str
+    table: Table
+    legal_mass: dict[str, float] = field(default_factory=dict)
+
+
+async def policy_table(game: str, points: dict[str, DecisionPoint], scorer: Scorer, fmt: ReplyFormat,
+                       stop: list[str], concurrency: int = 8,
+                       on_point: Callable[[], Any] | None = None) -> PolicyTable:
+    """Score every decision point (at most `concurrency` at once) into a PolicyTable."""
+    import math
+
+    from stratagem.concurrency import map_concurrent
+
+    async def one(point: DecisionPoint) -> tuple[str, dict[int, float], float]:
+        labels = list(point.legal)
+        comps = {lab: canonical_reply(fmt, stop, labels, lab) for lab in labels}
+        lps = await scorer.logprobs(point, comps)
+        probs = {point.legal[lab]: math.exp(lp) for lab, lp in lps.items()}
+        mass = sum(probs.values())
+        if not mass > 0:
+            raise ValueError(f"{game}: the model gives every legal action probability 0 at {point.key!r}")
+        return point.key, {a: p / mass for a, p in probs.items()}, mass
+
+    rows = await map_concurrent(one, list(points.values()), concurrency,
+                                (lambda _: on_point()) if on_point else None)
+    return PolicyTable(game, {k: t for k, t, _ in rows}, {k: m for k, _, m in rows})
+
+
+def bot_table(game: str, name: str) -> PolicyTable:
+    """A bot's policy as a table: uniform random, the CFR average policy, or the exact Nash equilibrium."""
+    import pyspiel
+
+    if name == "cfr":
+        from stratagem.agents.bots import cfr_policy
+
+        table = cfr_policy(game)
+    elif name == "nash":
+        from stratagem.agents.equilibrium import nash_policy
+
+        table = nash_policy(game)
+    elif name == "random":
+        table = {}
+
+        def walk(state: Any) -> None:
+            if state.is_terminal():
+                return
+            if not state.is_chance_node():
+                legal = state.legal_actions()
+                table[state.information_state_string()] = {a: 1.0 / len(legal) for a in legal}
+            for a in (state.legal_actions() if not state.is_chance_node() else [a for a, _ in state.chance_outcomes()]):
+                walk(state.child(a))
+
+        walk(pyspiel.load_game(game).new_initial_state())
+    else:
+        raise ValueError(f"unknown bot policy {name!r}; expected one of {', '.join(BOT_POLICIES)}")
+    return PolicyTable(game, table, {k: 1.0 for k in table})
+
+
+# ---- exact numbers ----------------------------------------------------------------------------------------------
+
+def expected_returns(game: str, policies: list[PolicyTable], forfeit_illegal: bool = False) -> list[float]:
+    """Exact expected returns of both seats when seat s plays `policies[s]`: a walk of the whole tree weighting
+    chance and both policies. With `forfeit_illegal`, a seat's illegal-move mass (1 - legal_mass) ends the game
+    there as its forfeit (it loses its chips in the pot, the other seat wins them)."""
+    import pyspiel
+
+    from stratagem.games.registry import make_game
+
+    scorer_game = make_game(game) if forfeit_illegal else None
+
+    def value(state: Any) -> list[float]:
+        if state.is_terminal():
+            return [float(r) for r in state.returns()]
+        if state.is_chance_node():
+            out = [0.0, 0.0]
+            for a, p in state.chance_outcomes():
+                out = [o + p * v for o, v in zip(out, value(state.child(a)))]
+            return out
+        seat = state.current_player()
+        pol = policies[seat]
+        key = state.information_state_string(seat)
+        probs = pol.table[key]
+        mass = pol.legal_mass.get(key, 1.0) if forfeit_illegal else 1.0
+        out = [0.0, 0.0]
+        for a, p in probs.items():
+            out = [o + mass * p * v for o, v in zip(out, value(state.child(a)))]
+        if mass < 1.0:
+            scorer_game.state = state
+            lost = scorer_game.normal_loss(seat)
+            out[seat] -= (1.0 - mass) * lost
+            out[1 - seat] += (1.0 - mass) * lost
+        return out
+
+    return value(pyspiel.load_game(game).new_initial_state())
+
+
+def exact_metrics(game: str, policy: PolicyTable) -> dict[str, Any]:
+    """Exploitability and NashConv (OpenSpiel), the illegal-move probability, and the exact expected return per
+    seat against the CFR average policy and the Nash equilibrium (first: the policy moves first), renormalised
+    and as played."""
+    import pyspiel
+
+    from stratagem.agents.bots import tabular_policy
+
+    spiel = pyspiel.load_game(game)
+    tab = tabular_policy(policy.table)
+    illegal = [1.0 - m for m in policy.legal_mass.values()]
+    out: dict[str, Any] = {"exploitability": float(pyspiel.exploitability(spiel, tab)),
+                           "nash_conv": float(pyspiel.nash_conv(spiel, tab)),
+                           "illegal_prob_mean": sum(illegal) / len(illegal) if illegal else 0.0,
+                           "illegal_prob_max": max(illegal, default=0.0), "information_states": len(policy.table)}
+    for bot in ("cfr", "nash"):
+        other = bot_table(game, bot)
+        for played in (False, True):
+            suffix = "_as_played" if played else ""
+            first = expected_returns(game, [policy, other], played)[0]
+            second = expected_returns(game, [other, policy], played)[1]
+            out[f"vs_{bot}{suffix}"] = {"first": first, "second": second, "mean": (first + second) / 2}
+    return out
+
+
+def protocol_key(model: str, game: str, sampling: SamplingConfig, fmt: ReplyFormat) -> str:
+    """What a cached table depends on: the model's name, the game and every protocol field that shapes a prompt or
+    a reply."""
+    blob = json.dumps({"model": model, "game": game, "reply": asdict(fmt), "stop": list(sampling.stop),
+                       "chat_template": sampling.chat_template}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int], Callable[[], Any]] | None = None
+                         ) -> dict[str, Any]:
+    """Every (model, game) of `config`: the policy table (a bot's, or scored on the server; read back from
+    `config.out` when a rerun finds it), then exact_metrics. Returns {"models": {model: {game: metrics}}}, each
+    with the seconds it took and the scoring requests it made."""
+    from stratagem.files import atomic_write
+
+    for g in config.games:
+        if g not in EXACT_GAMES:
+            raise ValueError(f"exact evaluation covers {', '.join(EXACT_GAMES)}, got {g!r}")
+    stop = list(config.sampling.stop)
+    result: dict[str, Any] = {"reply": asdict(config.reply), "stop": stop, "models": {}}
+    points_cache: dict[str, dict[str, DecisionPoint]] = {}
+    for model in config.models:
+        for game in config.games:
+            t0 = time.perf_counter()
+            requests = 0
+            if model in BOT_POLICIES:
+                pol = bot_table(game, model)
+            else:
+                path = Path(config.out) / f"policy-{model.replace('/', '_')}-{game}-" \
+                    f"{protocol_key(model, game, config.sampling, config.reply)}.json" if config.out else None
+                if path is not None and path.is_file():
+                    raw = json.loads(path.read_text())
+                    pol = PolicyTable(game, {k: {int(a): p for a, p in v.items()} for k, v in raw["table"].items()},
+                                      raw["legal_mass"])
+                else:
+                    if game not in points_cache:
+                        points_cache[game] = decision_points(game, config.reply, stop)
+                    points = points_cache[game]
+                    scorer = VLLMScorer(config.base_url, model, config.sampling, config.api_key)
+                    try:
+                        tick = progress(f"{model} {game}", len(points)) if progress else None
+                        pol = await policy_table(game, points, scorer, config.reply, stop, config.concurrency, tick)
+                    finally:
+                        await scorer.aclose()
+                    requests = scorer.requests
+                    if path is not None:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        atomic_write(path, json.dumps({"model": model, "game": game, "table": pol.table,
+                                                       "legal_mass": pol.legal_mass}))
+            metrics = exact_metrics(game, pol)
+            metrics.update(seconds=time.perf_counter() - t0, requests=requests)
+            result["models"].setdefault(model, {})[game] = metrics
+    if config.out:
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(config.out) / "summary.json", json.dumps(result, indent=2))
+    return result
+
+
+def results_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    t = Table(title="exact evaluation (no sampling: the policy's table; returns in chips per game)")
+    for col in ("model", "game", "exploitability", "vs cfr first / second", "vs nash first / second",
+                "illegal prob mean (max)", "seconds"):
+        t.add_column(col)
+    for model, games in result["models"].items():
+        for game, m in games.items():
+            t.add_row(model, game, f"{m['exploitability']:.4f}",
+                      f"{m['vs_cfr']['first']:+.4f} / {m['vs_cfr']['second']:+.4f}",
+                      f"{m['vs_nash']['first']:+.4f} / {m['vs_nash']['second']:+.4f}",
+                      f"{m['illegal_prob_mean']:.3f} ({m['illegal_prob_max']:.3f})", f"{m['seconds']:.1f}")
+    return t
+
+
+def run(config: ExactEvalConfig, progress: Callable[[str, int], Callable[[], Any]] | None = None) -> dict[str, Any]:
+    return asyncio.run(run_exact_eval(config, progress))

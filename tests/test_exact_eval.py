@@ -1,0 +1,162 @@
+"""Exact evaluation: decision points replayed through the real games, known exploitability values, a scripted
+policy's table against OpenSpiel's own computation, forfeits counted as played, the CLI on bots, and (vllm) the
+default model's Kuhn table from the real server, cross-checked against the log-probs of a sampled reply."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyspiel
+import pytest
+
+from stratagem.agents.sampling import SamplingConfig
+from stratagem.games.base import ReplyFormat
+from stratagem.integrations.exact_eval import (DecisionPoint, PolicyTable, bot_table, canonical_reply,
+                                               decision_points, exact_metrics, expected_returns, policy_table)
+
+STOP = SamplingConfig().stop  # the training protocol's: '>' and newline
+
+
+def test_known_values_of_the_uniform_random_cfr_and_nash_policies():
+    """Uniform random: exploitability 0.4583 (NashConv 0.9167) in Kuhn, 2.3736 in Leduc. The CFR table's number is
+    OpenSpiel's own for the solver's average policy; Nash against Nash is the game's value (Kuhn -1/18, Leduc
+    -0.0856 for the first seat)."""
+    kuhn = exact_metrics("kuhn_poker", bot_table("kuhn_poker", "random"))
+    assert kuhn["exploitability"] == pytest.approx(0.458333, abs=1e-5)
+    assert kuhn["nash_conv"] == pytest.approx(0.916667, abs=1e-5) and kuhn["information_states"] == 12
+    leduc = exact_metrics("leduc_poker", bot_table("leduc_poker", "random"))
+    assert leduc["exploitability"] == pytest.approx(2.373611, abs=1e-5) and leduc["information_states"] == 936
+    solver = pyspiel.CFRSolver(pyspiel.load_game("kuhn_poker"))
+    for _ in range(1000):
+        solver.evaluate_and_update_policy()
+    want = pyspiel.exploitability(pyspiel.load_game("kuhn_poker"), solver.average_policy())
+    assert exact_metrics("kuhn_poker", bot_table("kuhn_poker", "cfr"))["exploitability"] == pytest.approx(want, abs=1e-9)
+    for game, value in (("kuhn_poker", -1 / 18), ("leduc_poker", -0.085606)):
+        nash = bot_table(game, "nash")
+        v = expected_returns(game, [nash, nash])
+        assert v[0] == pytest.approx(value, abs=1e-4) and v[0] + v[1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_decision_points_are_the_games_own_prompts_one_per_information_state():
+    points = decision_points("kuhn_poker", ReplyFormat(), STOP)
+    assert len(points) == 12 and {p.seat for p in points.values()} == {0, 1}
+    root = points["0"]  # player 0 holds the jack, nothing bet yet
+    assert root.seat == 0 and root.legal == {"<PASS>": 0, "<BET>": 1} and root.response_prefix == "<answer><"
+    assert "Your card: J" in root.messages[-1]["content"]
+    later = points["1pb"]  # player 0 with the queen passed, player 1 bet: its own earlier reply is in the chat
+    assert [m["role"] for m in later.messages] == ["system", "user", "assistant", "user"]
+    assert later.messages[2]["content"] == "<answer><PASS>" and "Your card: Q" in later.messages[1]["content"]
+    assert canonical_reply(ReplyFormat(), STOP, ["<PASS>", "<BET>"], "<BET>") == "BET>"
+    assert canonical_reply(ReplyFormat(), [], ["<PASS>", "<BET>"], "<BET>") == "BET></answer>"
+    with pytest.raises(ValueError, match="has no table"):
+        canonical_reply(ReplyFormat(think=True, response_prefix=""), [], ["<BET>"], "<BET>")
+    with pytest.raises(ValueError, match="does not start with the forced prefix"):
+        canonical_reply(ReplyFormat(response_prefix="<answer><X("), STOP, ["<PASS>", "<BET>"], "<BET>")
+
+
+class ScriptedScorer:
+    """Reads the card from the prompt: bet 0.9 / pass 0.05 with the king (0.05 outside the legal actions), else
+    bet 0.2 / pass 0.8."""
+
+    def __init__(self):
+        self.seen = []
+
+    async def logprobs(self, point: DecisionPoint, completions: dict[str, str]) -> dict[str, float]:
+        self.seen.append(completions)
+        first = next(m["content"] for m in point.messages if m["role"] == "user")
+        king = "Your card: K" in first
+        p = {"<BET>": 0.9, "<PASS>": 0.05} if king else {"<BET>": 0.2, "<PASS>": 0.8}
+        return {lab: math.log(p[lab]) for lab in completions}
+
+
+async def test_a_scripted_policys_table_gives_openspiels_exploitability_of_the_same_policy():
+    fmt = ReplyFormat()
+    scorer = ScriptedScorer()
+    points = decision_points("kuhn_poker", fmt, STOP)
+    table = await policy_table("kuhn_poker", points, scorer, fmt, STOP)
+    assert scorer.seen[0] == {"<PASS>": "PASS>", "<BET>": "BET>"}
+    # the same policy written directly over OpenSpiel's information states (their first character is the card)
+    bets = {key: (0.9 / 0.95 if key[0] == "2" else 0.2) for key in points}
+    direct = pyspiel.TabularPolicy({key: [(0, 1 - b), (1, b)] for key, b in bets.items()})
+    want = pyspiel.exploitability(pyspiel.load_game("kuhn_poker"), direct)
+    got = exact_metrics("kuhn_poker", table)
+    assert got["exploitability"] == pytest.approx(want, abs=1e-9) and want > 0.05
+    assert table.legal_mass["2"] == pytest.approx(0.95) and table.legal_mass["0"] == pytest.approx(1.0)
+    assert got["illegal_prob_max"] == pytest.approx(0.05) and got["illegal_prob_mean"] == pytest.approx(0.05 * 4 / 12)
+    assert got["vs_cfr_as_played"]["first"] < got["vs_cfr"]["first"]  # the king's 5% outside forfeits chips
+
+
+def test_an_illegal_move_as_played_forfeits_the_chips_in_the_pot():
+    """Hand example: seat 0 passes, but half its mass at the root falls outside the legal actions (a forfeit:
+    -1, its ante); seat 1 always passes, so the other half reaches a showdown worth 0 by symmetry. E = -0.5."""
+    game = "kuhn_poker"
+    keys = bot_table(game, "random").table
+    seat0 = PolicyTable(game, {k: {0: 1.0, 1: 0.0} for k in keys}, {k: 0.5 for k in keys if len(k) == 1})
+    seat1 = PolicyTable(game, {k: {0: 1.0, 1: 0.0} for k in keys})
+    assert expected_returns(game, [seat0, seat1], forfeit_illegal=True) == pytest.approx([-0.5, 0.5])
+    assert expected_returns(game, [seat0, seat1]) == pytest.approx([0.0, 0.0])
+
+
+def test_cli_eval_exact_on_bots_needs_no_server():
+    from typer.testing import CliRunner
+
+    from stratagem.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "exact", "--models", "random", "--games", "kuhn_poker", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["models"]["random"]["kuhn_poker"]["exploitability"] == pytest.approx(0.4583, abs=1e-4)
+    r = CliRunner().invoke(app, ["eval", "exact", "--models", "random", "--games", "tictactoe"])
+    assert r.exit_code == 1 and "exact evaluation covers kuhn_poker, leduc_poker" in r.output
+
+
+@pytest.mark.vllm
+def test_the_default_models_kuhn_table_from_the_real_server(vllm_server, tmp_path):
+    """`stratagem eval exact` on the default model: a table over all 12 information states, and at the king's root
+    the table's log-prob of the action the model samples greedily agrees with the log-probs the server reported for
+    the tokens it generated (the scorer renders the chat as sampling does)."""
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from stratagem.agents.llm import LLMAgent
+    from stratagem.cli import app
+    from stratagem.games.core import Observation
+    from stratagem.integrations.exact_eval import VLLMScorer
+
+    r = CliRunner().invoke(app, ["eval", "exact", "--models", "base,cfr", "--games", "kuhn_poker", "--base-url",
+                                 vllm_server.base_url, "--out", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout.strip().splitlines()[-1])["models"]["base"]["kuhn_poker"]
+    assert m["information_states"] == 12 and m["requests"] > 12
+    assert 0.0 < m["exploitability"] <= 2.0 and 0.0 <= m["illegal_prob_mean"] < 1.0
+    tables = list(tmp_path.glob("policy-base-kuhn_poker-*.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())["table"]
+    assert all(abs(sum(row.values()) - 1.0) < 1e-9 for row in table.values())
+
+    point = decision_points("kuhn_poker", ReplyFormat(), STOP)["2"]
+
+    async def check():
+        sampling = SamplingConfig(temperature=0.0)
+        agent = LLMAgent(**{**sampling.agent_kwargs(), "model": "base", "base_url": vllm_server.base_url})
+        obs = Observation(game="kuhn_poker", seat=0, role="player_0", phase="play", messages=point.messages,
+                          legal_actions=list(point.legal), response_prefix=point.response_prefix)
+        reply = await agent.act(obs)
+        await agent.aclose()
+        scorer = VLLMScorer(vllm_server.base_url, "base", SamplingConfig())
+        try:
+            label = "<" + reply.text if ("<" + reply.text) in point.legal else None
+            lps = await scorer.logprobs(point, {label: reply.text}) if label else {}
+        finally:
+            await scorer.aclose()
+        return reply, label, lps
+
+    reply, label, lps = asyncio.run(check())
+    if label is None:
+        pytest.skip(f"the greedy reply {reply.text!r} is not a legal action: nothing to compare")
+    # the sampled path is one way to write the action (its last token may run past the '>' where generation
+    # stops); the table's number adds the other tokens that stop there, so it lies between the path's probability
+    # and that of the path without its last token: a misrendered prompt would miss both bounds
+    assert sum(reply.logprobs) - 1e-3 <= lps[label] <= sum(reply.logprobs[:-1]) + 1e-3
