@@ -251,6 +251,9 @@ def eval_exact(
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Bearer token for --base-url."),
     concurrency: int = typer.Option(8, help="Scoring requests in flight at once."),
+    source: str = typer.Option("vllm", help="vllm: the served models' prompt log-probs; trainer: the model loaded "
+                               "here (exact, faster on a CPU; adapters from --run RUN/adapters/NAME)."),
+    model: str = typer.Option("default", help="With --source trainer: the base model."),
 ) -> None:
     """The policy itself, not a sample of games: the model's probability of every legal action at every information
     state of Kuhn poker or Leduc hold'em (its log-probs of each action's reply in the training protocol), then
@@ -271,12 +274,14 @@ def eval_exact(
         if reply.think:
             raise ValueError("the run's protocol thinks before it answers (reply.think): a thinking reply has no "
                              "table of action probabilities")
+        if source not in ("vllm", "trainer"):
+            raise ValueError(f"--source must be vllm or trainer, got {source!r}")
         cfg = ExactEvalConfig(models=names, games=game_list, out=out, concurrency=concurrency, sampling=sampling,
-                              reply=reply, api_key=api_key)
+                              reply=reply, api_key=api_key, source=source, model_path=model, run=run)
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1)
-    served = [m for m in names if m not in BOT_POLICIES]
+    served = [m for m in names if m not in BOT_POLICIES] if source == "vllm" else []
     with contextlib.ExitStack() as stack, _progress() as progress:
         if served:
             cfg.base_url = stack.enter_context(endpoint(base_url, adapter)).split(",")[0]

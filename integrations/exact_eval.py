@@ -33,6 +33,7 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +58,14 @@ class ExactEvalConfig:
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible vLLM endpoint "
                           "(needs /tokenize and prompt_logprobs: vLLM's own server)."})
     api_key: str | None = field(default=None, metadata={"help": "Bearer token for the endpoint."})
+    source: str = field(default="vllm", metadata={"help": "Where the log-probs come from: 'vllm' (the served "
+                        "models; a reply's last factor over the top 20 candidates) or 'trainer' (the model loaded "
+                        "here with transformers, adapters from run/adapters/NAME; exact over the whole vocabulary, "
+                        "and faster on a CPU through its cache).", "choices": ("vllm", "trainer")})
+    model_path: str = field(default="default", metadata={"help": "With source 'trainer': the base model (a "
+                            "registered name, a directory or a hub id)."})
+    run: str | None = field(default=None, metadata={"help": "With source 'trainer': the run whose adapters "
+                            "(run/adapters/iter-K) the model names refer to."})
     concurrency: int = field(default=8, metadata={"help": "Scoring requests in flight at once.", "min": 1})
     out: str | None = field(default=None, metadata={"help": "Directory for each policy table (JSON, reused by a "
                             "rerun with the same model, game and protocol) and summary.json."})
@@ -240,6 +249,107 @@ class VLLMScorer:
         await self.agent.aclose()
 
 
+class TrainerScorer:
+    """Log-probs from the model in this process (a `LoRATrainer`'s, or a base model and adapter loaded from disk),
+    exact where vLLM's are truncated: the chat rendered by the tokenizer's own template (the one vLLM applies, or
+    the protocol's `chat_template`), then the continuation's tokens, and the last factor summed over the whole
+    vocabulary (every token that starts with the last token's text). Prompts are scored in token order (`prepare`),
+    each continuing from the keys and values of the start it shares with the one before (the system line and the
+    rules; a seat's earlier prompt, which its later one extends), each action from the prompt's."""
+
+    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig):
+        self.model, self.tok = model, tokenizer
+        self.stop = [x for x in sampling.stop if x]
+        self.chat_template = None
+        if sampling.chat_template != "model" and "<|im_start|>" in str(getattr(tokenizer, "chat_template", "")):
+            from stratagem.games.base import chat_template  # as the agents send it: to a ChatML model only
+
+            self.chat_template = chat_template(sampling.chat_template)
+        self.requests = 0
+        self._rendered: dict[str, list[int]] = {}
+        self._cached: list[int] = []  # the tokens whose keys and values are in _cache
+        self._cache: Any = None
+        self._starts: dict[str, list[int]] = {}  # last-token text -> vocabulary ids whose text starts with it
+        self._vocab: list[str] | None = None
+
+    @classmethod
+    def from_pretrained(cls, model_path: str, adapter_path: str | None, sampling: SamplingConfig) -> "TrainerScorer":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        if adapter_path:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_path)
+        return cls(model.eval(), AutoTokenizer.from_pretrained(model_path), sampling)
+
+    def render(self, point: DecisionPoint) -> list[int]:
+        messages = [*point.messages, {"role": "assistant", "content": point.response_prefix}] \
+            if point.response_prefix else list(point.messages)
+        kw = {"chat_template": self.chat_template} if self.chat_template else {}
+        ids = self.tok.apply_chat_template(messages, tokenize=True, continue_final_message=bool(point.response_prefix),
+                                           add_generation_prompt=not point.response_prefix, **kw)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def _forward(self, ids: list[int]) -> Any:
+        import torch
+
+        out = self.model(input_ids=torch.tensor([ids], device=self.model.device), past_key_values=self._cache,
+                         use_cache=True)
+        self._cache = out.past_key_values
+        self.requests += 1
+        return torch.log_softmax(out.logits[0].float(), dim=-1)
+
+    def prepare(self, points: list[DecisionPoint]) -> list[DecisionPoint]:
+        """The order to score in: by prompt tokens, so that each prompt shares the longest start with the one
+        before it (the rules; a seat's later prompt extends its earlier one), which stays in the cache."""
+        self.model.eval()  # a trainer's model may be in training mode (dropout)
+        self._rendered = {p.key: self.render(p) for p in points}
+        return sorted(points, key=lambda p: self._rendered[p.key])
+
+    def _crop(self, n: int) -> None:
+        """Forget every cached position from n on (a negative crop: newer transformers deprecate the positive)."""
+        if self._cache is not None and self._cache.get_seq_length() > n:
+            self._cache.crop(n - self._cache.get_seq_length())
+
+    def _starting_with(self, text: str) -> list[int]:
+        if text not in self._starts:
+            if self._vocab is None:
+                self._vocab = [self.tok.decode([i]) for i in range(len(self.tok))]
+            self._starts[text] = [i for i, t in enumerate(self._vocab) if t.startswith(text)]
+        return self._starts[text]
+
+    async def logprobs(self, point: DecisionPoint, completions: dict[str, str]) -> dict[str, float]:
+        import torch
+
+        prompt = self._rendered.get(point.key) or self.render(point)
+        # reuse the cached start this prompt shares with the last one, always running at least its last token
+        n = min(len(os.path.commonprefix([self._cached, prompt])), len(prompt) - 1)
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            self._crop(n)
+            if n == 0:
+                self._cache = None
+            last = self._forward(prompt[n:])[-1]
+            for label, text in completions.items():
+                tail = self.tok(text, add_special_tokens=False)["input_ids"]
+                lps = [last] + (list(self._forward(tail[:-1])) if len(tail) > 1 else [])
+                total = sum(float(lp[t]) for lp, t in zip(lps[:-1], tail[:-1]))
+                if any(text.endswith(x) for x in self.stop):
+                    ids = self._starting_with(self.tok.decode([tail[-1]]))
+                    total += float(torch.logsumexp(lps[-1][ids], dim=0))
+                else:
+                    total += float(lps[-1][tail[-1]])
+                out[label] = total
+                self._crop(len(prompt))
+        self._cached = prompt
+        return out
+
+    async def aclose(self) -> None:
+        pass
+
+
 @dataclass
 class PolicyTable:
     """A policy over a game's information states: `table` renormalised over the legal actions (what OpenSpiel
@@ -269,7 +379,11 @@ async def policy_table(game: str, points: dict[str, DecisionPoint], scorer: Scor
             raise ValueError(f"{game}: the model gives every legal action probability 0 at {point.key!r}")
         return point.key, {a: p / mass for a, p in probs.items()}, mass
 
-    rows = await map_concurrent(one, list(points.values()), concurrency,
+    order = list(points.values())
+    if hasattr(scorer, "prepare"):
+        order = scorer.prepare(order)
+        concurrency = 1  # one model in this process, one cache
+    rows = await map_concurrent(one, order, concurrency,
                                 (lambda _: on_point()) if on_point else None)
     return PolicyTable(game, {k: t for k, t, _ in rows}, {k: m for k, _, m in rows})
 
@@ -367,26 +481,45 @@ def exact_metrics(game: str, policy: PolicyTable) -> dict[str, Any]:
     return out
 
 
-def protocol_key(model: str, game: str, sampling: SamplingConfig, fmt: ReplyFormat) -> str:
+def protocol_key(model: str, game: str, sampling: SamplingConfig, fmt: ReplyFormat, source: str = "vllm") -> str:
     """What a cached table depends on: the model's name, the game and every protocol field that shapes a prompt or
     a reply."""
-    blob = json.dumps({"model": model, "game": game, "reply": asdict(fmt), "stop": list(sampling.stop),
+    blob = json.dumps({"model": model, "game": game, "source": source, "reply": asdict(fmt),
+                       "stop": list(sampling.stop),
                        "chat_template": sampling.chat_template}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int], Callable[[], Any]] | None = None
-                         ) -> dict[str, Any]:
-    """Every (model, game) of `config`: the policy table (a bot's, or scored on the server; read back from
-    `config.out` when a rerun finds it), then exact_metrics. Returns {"models": {model: {game: metrics}}}, each
-    with the seconds it took and the scoring requests it made."""
+def trainer_scorer(config: ExactEvalConfig, model: str) -> TrainerScorer:
+    """A TrainerScorer for a model name of `config`: 'base' is config.model_path, any other name an adapter of
+    config.run (run/adapters/NAME)."""
+    from stratagem.models import resolve
+
+    adapter = None
+    if model != "base":
+        if not config.run:
+            raise ValueError(f"--models {model}: with --source trainer, a name other than base is an adapter of "
+                             "a run; give --run RUN")
+        adapter = Path(config.run) / "adapters" / model
+        if not (adapter / "adapter_config.json").is_file():
+            raise ValueError(f"--models {model}: no adapter at {adapter}")
+    return TrainerScorer.from_pretrained(resolve(config.model_path), str(adapter) if adapter else None,
+                                         config.sampling)
+
+
+async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int], Callable[[], Any]] | None = None,
+                         scorer_for: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Every (model, game) of `config`: the policy table (a bot's, or scored by `scorer_for(model)`, by default
+    the source config.source names; read back from `config.out` when a rerun finds it), then exact_metrics.
+    Returns {"models": {model: {game: metrics}}}, each with the seconds it took and the scoring requests (server
+    requests, or forward passes) it made."""
     from stratagem.files import atomic_write
 
     for g in config.games:
         if g not in EXACT_GAMES:
             raise ValueError(f"exact evaluation covers {', '.join(EXACT_GAMES)}, got {g!r}")
     stop = list(config.sampling.stop)
-    result: dict[str, Any] = {"reply": asdict(config.reply), "stop": stop, "models": {}}
+    result: dict[str, Any] = {"reply": asdict(config.reply), "stop": stop, "source": config.source, "models": {}}
     points_cache: dict[str, dict[str, DecisionPoint]] = {}
     for model in config.models:
         for game in config.games:
@@ -396,7 +529,7 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
                 pol = bot_table(game, model)
             else:
                 path = Path(config.out) / f"policy-{model.replace('/', '_')}-{game}-" \
-                    f"{protocol_key(model, game, config.sampling, config.reply)}.json" if config.out else None
+                    f"{protocol_key(model, game, config.sampling, config.reply, config.source)}.json" if config.out else None
                 if path is not None and path.is_file():
                     raw = json.loads(path.read_text())
                     pol = PolicyTable(game, {k: {int(a): p for a, p in v.items()} for k, v in raw["table"].items()},
@@ -405,7 +538,12 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
                     if game not in points_cache:
                         points_cache[game] = decision_points(game, config.reply, stop)
                     points = points_cache[game]
-                    scorer = VLLMScorer(config.base_url, model, config.sampling, config.api_key)
+                    if scorer_for is not None:
+                        scorer = scorer_for(model)
+                    elif config.source == "trainer":
+                        scorer = trainer_scorer(config, model)
+                    else:
+                        scorer = VLLMScorer(config.base_url, model, config.sampling, config.api_key)
                     try:
                         tick = progress(f"{model} {game}", len(points)) if progress else None
                         pol = await policy_table(game, points, scorer, config.reply, stop, config.concurrency, tick)

@@ -98,6 +98,40 @@ def test_an_illegal_move_as_played_forfeits_the_chips_in_the_pot():
     assert expected_returns(game, [seat0, seat1]) == pytest.approx([0.0, 0.0])
 
 
+async def test_the_trainer_scorer_with_its_cache_equals_a_full_forward_of_each_reply(model_path):
+    """Kuhn on the default model: each action's log-prob from the cached, prompt-ordered scorer equals one
+    uncached forward of prompt + reply, with the last factor summed over every vocabulary token that starts with
+    the last token's text (generation stops inside it at the '>')."""
+    import torch
+
+    from stratagem.integrations.exact_eval import TrainerScorer
+
+    scorer = TrainerScorer.from_pretrained(model_path, None, SamplingConfig())
+    fmt = ReplyFormat()
+    points = decision_points("kuhn_poker", fmt, STOP)
+    table = await policy_table("kuhn_poker", points, scorer, fmt, STOP)
+    tok, model = scorer.tok, scorer.model
+    vocab = [tok.decode([i]) for i in range(len(tok))]
+    for key in ("0", "2", "1pb", "2b"):
+        point = points[key]
+        prompt = scorer.render(point)
+        probs = {}
+        for label, a in point.legal.items():
+            tail = tok(canonical_reply(fmt, STOP, list(point.legal), label), add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(input_ids=torch.tensor([prompt + tail])).logits[0].float(), -1)
+            rows = lp[len(prompt) - 1: len(prompt) + len(tail) - 1]
+            total = sum(float(rows[j, t]) for j, t in enumerate(tail[:-1]))
+            stops = [i for i, text in enumerate(vocab) if text.startswith(tok.decode([tail[-1]]))]
+            probs[a] = math.exp(total + float(torch.logsumexp(rows[-1, stops], 0)))
+        mass = sum(probs.values())
+        assert table.legal_mass[key] == pytest.approx(mass, abs=1e-5)
+        for a, p in probs.items():
+            assert table.table[key][a] == pytest.approx(p / mass, abs=1e-5)
+    # one forward per prompt (from the start it shares with the one before) and one per action for its later tokens
+    assert scorer.requests == len(points) + sum(len(p.legal) for p in points.values())
+
+
 def test_cli_eval_exact_on_bots_needs_no_server():
     from typer.testing import CliRunner
 
@@ -160,3 +194,12 @@ def test_the_default_models_kuhn_table_from_the_real_server(vllm_server, tmp_pat
     # stops); the table's number adds the other tokens that stop there, so it lies between the path's probability
     # and that of the path without its last token: a misrendered prompt would miss both bounds
     assert sum(reply.logprobs) - 1e-3 <= lps[label] <= sum(reply.logprobs[:-1]) + 1e-3
+
+    # the same table from the model loaded here (exact over the vocabulary) agrees with the server's
+    r = CliRunner().invoke(app, ["eval", "exact", "--models", "base", "--games", "kuhn_poker", "--source",
+                                 "trainer", "--out", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    here = json.loads(r.stdout.strip().splitlines()[-1])["models"]["base"]["kuhn_poker"]
+    assert here["exploitability"] == pytest.approx(m["exploitability"], abs=0.02)
+    assert here["illegal_prob_mean"] == pytest.approx(m["illegal_prob_mean"], abs=0.02)
+    assert len(list(tmp_path.glob("policy-base-kuhn_poker-*.json"))) == 2  # one table per source

@@ -122,3 +122,23 @@ def test_marshal_preset_two_steps_on_the_cpu(vllm_server, model_path, tmp_path):
         assert m["dropped_acts"] == 0 and m["trained_acts"] == sum(len(e.turns) for e in eps if e.iteration ==
                                                                     m["iteration"])
         assert m["trained_tokens"] > 0
+
+
+def test_kuhn_with_exact_evaluation_before_and_after(vllm_server, model_path, tmp_path):
+    """loop.eval_exact: the starting and the final policy's tables on the real server, written beside the run; the
+    trained adapter's table is not the base model's."""
+    import json
+
+    cfg = _cfg(algo="mars", games=["kuhn_poker"], model=model_path, iterations=1, eval_exact=True)
+    store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
+    before = json.loads((store.root / "eval" / "exact-before.json").read_text())
+    after = json.loads((store.root / "eval" / "exact-after.json").read_text())
+    assert (before["model"], after["model"]) == ("base", "iter-1")
+    b, a = before["per_game"]["kuhn_poker"], after["per_game"]["kuhn_poker"]
+    assert b["information_states"] == a["information_states"] == 12 and b["requests"] > 0
+    assert 0 < b["exploitability"] <= 2 and 0 < a["exploitability"] <= 2
+    tables = {p.name.split("-")[1]: json.loads(p.read_text())["table"]
+              for p in (store.root / "eval" / "exact").glob("policy-*.json")}
+    assert set(tables) == {"base", "iter"}  # policy-base-..., policy-iter-1-...
+    diff = max(abs(tables["base"][k][a] - tables["iter"][k][a]) for k in tables["base"] for a in tables["base"][k])
+    assert diff > 1e-4

@@ -78,3 +78,45 @@ def print_comparison(before: dict[str, Any], after: dict[str, Any], before_name:
     for r in rows:
         t.add_row(*r.values())
     console().print(t)
+
+
+def evaluate_exact(cfg: Any, trainer: Any, name: str, label: str, out_dir: Path) -> dict[str, Any]:
+    """`stratagem eval exact` of the trainer's current policy (named `name`: base, or the adapter iter-K it
+    holds) on the run's evaluated poker games, in the run's reply protocol, scored by the trainer's own model (no
+    server: exact, and it leaves the server alone); the result (per game: exploitability, exact returns against
+    CFR and Nash per seat, illegal-move probability) is written to out_dir/exact-LABEL.json, the tables beside
+    it."""
+    from transformers import AutoTokenizer
+
+    from stratagem.integrations.exact_eval import EXACT_GAMES, ExactEvalConfig, TrainerScorer, run_exact_eval
+
+    lc = cfg.loop
+    games = [g for g in (lc.eval_games or lc.games) if g in EXACT_GAMES]
+    ec = ExactEvalConfig(models=[name], games=games, out=str(out_dir / "exact"), sampling=cfg.sampling,
+                         reply=cfg.reply, source="trainer")
+    tok = AutoTokenizer.from_pretrained(trainer.model_path)
+    result = asyncio.run(run_exact_eval(ec, scorer_for=lambda _: TrainerScorer(trainer.model, tok, cfg.sampling)))
+    result = {"label": label, "model": name, "per_game": result["models"][name]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"exact-{label}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def print_exact_comparison(before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str) -> None:
+    from rich.table import Table
+
+    from stratagem.console import console
+
+    t = Table(title=f"{before_name} (before) vs {after_name} (after), exact: no sampling noise")
+    for col in ("game", "exploitability", "vs cfr (mean of seats)", "vs nash (mean of seats)", "illegal prob"):
+        t.add_column(col)
+    for game, a in after.get("per_game", {}).items():
+        b = before.get("per_game", {}).get(game, {})
+
+        def cell(key: str, sub: str | None = None) -> str:
+            x = b.get(key, {}).get(sub) if sub else b.get(key)
+            y = a.get(key, {}).get(sub) if sub else a.get(key)
+            return f"{x:.4f} -> {y:.4f}" if x is not None else f"- -> {y:.4f}"
+        t.add_row(game, cell("exploitability"), cell("vs_cfr", "mean"), cell("vs_nash", "mean"),
+                  cell("illegal_prob_mean"))
+    console().print(t)

@@ -93,6 +93,10 @@ class LoopConfig:
                                "'auto' (the paper's: MCTS, CFR, Nash on Leduc, self for Hanabi), 'marshal' (MARSHAL's "
                                "evaluation: MCTS 100 and 1000 on tic-tac-toe, 10 and 100 on Connect Four) or GAME=SPEC "
                                "pairs, SPEC|SPEC for several opponents of one game (stratagem eval games --help)."})
+    eval_exact: bool = field(default=False, metadata={"help": "Before the first iteration and after the last, "
+                             "also evaluate the starting and the final policy exactly on the evaluated poker games "
+                             "(stratagem eval exact: the policy's table, exploitability, exact returns against CFR and "
+                             "Nash); saved in RUN/eval/exact-*.json. Needs a protocol without thinking."})
     eval_games: list[str] = field(default_factory=list, metadata={"help": "Strategic games of that evaluation "
                                   "(empty: the run's training games; MARSHAL evaluates the held-out ones too)."})
     policy_weights: str = field(default="auto", metadata={"help": "How the server samples the current policy iter-k: "
@@ -178,6 +182,15 @@ class RunConfig:
             if g not in strategic:
                 raise ConfigError(f"loop.eval_games[{i}]: {g!r} is not a strategic game; expected one of "
                                   f"{', '.join(strategic)}")
+        if lc.eval_exact:
+            from stratagem.integrations.exact_eval import EXACT_GAMES
+
+            if not any(g in EXACT_GAMES for g in (lc.eval_games or lc.games)):
+                raise ConfigError(f"loop.eval_exact: evaluates {', '.join(EXACT_GAMES)}, and the evaluated games "
+                                  f"({', '.join(lc.eval_games or lc.games)}) have none; add one to loop.eval_games")
+            if self.reply.think:
+                raise ConfigError("loop.eval_exact: a thinking reply (reply.think) has no table of action "
+                                  "probabilities; turn one of them off")
         if lc.eval_episodes > 0:
             from stratagem.integrations.games_eval import GamesEvalConfig, plan
 
@@ -469,6 +482,11 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(str(store.tb_dir), purge_step=done + 1)
+    exact = lc.eval_exact and dist.is_main
+    if exact and not (store.root / "eval" / "exact-before.json").is_file():
+        from stratagem.training.compare import evaluate_exact
+
+        evaluate_exact(cfg, trainer, adapter_name(done), "before", store.root / "eval")
     evaluating = lc.eval_episodes > 0 and dist.is_main
     if evaluating and not (store.root / "eval" / "before.json").is_file():
         from stratagem.training.compare import evaluate_policy
@@ -532,6 +550,13 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
             after = evaluate_policy(cfg, server.base_url, policies.served(final), "after", store.root / "eval")
             before = json.loads((store.root / "eval" / "before.json").read_text())
             print_comparison(before, after, "start", adapter_name(final))
+        if exact:
+            from stratagem.training.compare import evaluate_exact, print_exact_comparison
+
+            final = store.completed_iterations()
+            after = evaluate_exact(cfg, trainer, adapter_name(final), "after", store.root / "eval")
+            before = json.loads((store.root / "eval" / "exact-before.json").read_text())
+            print_exact_comparison(before, after, "start", adapter_name(final))
     finally:
         if tb is not None:
             tb.close()

@@ -151,6 +151,7 @@ class LoRATrainer:
         from transformers import AutoModelForCausalLM
 
         self.config = c = config or TrainerConfig()
+        self.model_path = model_path
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 to score a sampled policy; got {temperature}")
         self.temperature = float(temperature)
