@@ -120,5 +120,5 @@ class AutoGenSystem:
                        "content": m.to_text()} for i, m in enumerate(result.messages)]
         final = _final_text(transcript).replace("TERMINATE", "").replace("VERIFIED", "").strip()
         calls = sum(1 for m in result.messages if getattr(m, "models_usage", None) is not None)
-        return Solution(prediction=extract_answer(final, q.kind), final_text=final, transcript=transcript,
+        return Solution(prediction=extract_answer(final, q.kind, q.letters), final_text=final, transcript=transcript,
                         calls=calls, meta={"team": self.config.team, "stop_reason": result.stop_reason})

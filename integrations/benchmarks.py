@@ -18,8 +18,17 @@ from typing import Any, Callable
 
 from stratagem.files import read_json_lines
 
-BENCHMARKS = ("gsm8k", "math500", "aime", "amc", "gpqa")
+BENCHMARKS = ("gsm8k", "math500", "aime", "amc", "gpqa", "aqua", "mmlu_stem")
 LETTERS = "ABCD"
+# MMLU's STEM category (Hendrycks et al.'s categories.py: physics, chemistry, biology, computer science, math,
+# engineering), 18 subjects
+MMLU_STEM_SUBJECTS = (
+    "abstract_algebra", "astronomy", "college_biology", "college_chemistry", "college_computer_science",
+    "college_mathematics", "college_physics", "computer_security", "conceptual_physics", "electrical_engineering",
+    "elementary_mathematics", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
+    "high_school_mathematics", "high_school_physics", "high_school_statistics", "machine_learning")
+# MASLab's question sampling (datasets/build_test_dataset.py): one shuffle with seed 2024, the first 500 kept
+MASLAB_SEED, MASLAB_SAMPLE = 2024, 500
 
 # Hub datasets used when no file is given: (dataset id, config, split).
 HUB_SOURCES = {
@@ -27,6 +36,8 @@ HUB_SOURCES = {
     "math500": ("HuggingFaceH4/MATH-500", None, "test"),
     "aime": ("HuggingFaceH4/aime_2024", None, "train"),
     "amc": ("AI-MO/aimo-validation-amc", None, "train"),
+    "aqua": ("deepmind/aqua_rat", "raw", "test"),
+    "mmlu_stem": ("cais/mmlu", "all", "test"),
 }
 
 
@@ -40,7 +51,9 @@ class Question:
     benchmark: str = field(default="", metadata={"help": "Benchmark name."})
     prompt: str = field(default="", metadata={"help": "The problem as shown to the model (options included)."})
     gold: str = field(default="", metadata={"help": "Gold answer: a math expression or a choice letter."})
-    kind: str = field(default="math", metadata={"help": "'math' (math-verify) or 'choice' (letter A-D)."})
+    kind: str = field(default="math", metadata={"help": "'math' (math-verify) or 'choice' (an option letter)."})
+    letters: str = field(default=LETTERS, metadata={"help": "The option letters of a 'choice' question (A-D; "
+                         "AQUA-RAT A-E)."})
 
 
 def _num_text(value: Any) -> str:
@@ -119,9 +132,75 @@ def _gpqa(path: Path, seed: int = 0) -> list[Question]:
     return out
 
 
+def choices_text(options: list[str], letters: str) -> str:
+    return "\n".join(f"({letters[i]}) {o}" for i, o in enumerate(options))
+
+
+def aqua_question(rec: dict[str, Any], qid: str) -> Question:
+    """An AQUA-RAT record: `options` as published ("A)12", ...), `correct` the letter."""
+    letters = "ABCDE"
+    options = [re.sub(r"^\s*[A-E]\s*\)\s*", "", str(o)) for o in rec["options"]]
+    if len(options) != 5 or str(rec["correct"]).strip().upper() not in letters:
+        raise ValueError("expected five options A-E and a correct letter")
+    return Question(id=qid, benchmark="aqua", prompt=f"{str(rec['question']).strip()}\n\n"
+                    f"{choices_text(options, letters)}", gold=str(rec["correct"]).strip().upper(), kind="choice",
+                    letters=letters)
+
+
+def _aqua(path: Path) -> list[Question]:
+    out = []
+    for lineno, rec in _read_jsonl(path):
+        _require(path, lineno, rec, "question", "options", "correct")
+        try:
+            out.append(aqua_question(rec, str(rec.get("id", lineno))))
+        except ValueError as e:
+            raise BenchmarkFormatError(f"{path}:{lineno}: {e}") from None
+    return out
+
+
+def mmlu_question(rec: dict[str, Any], qid: str) -> Question:
+    """An MMLU record (cais/mmlu's fields): `question`, four `choices`, `answer` an index 0-3 (or a letter)."""
+    choices = [str(c) for c in rec["choices"]]
+    answer = rec["answer"]
+    gold = LETTERS[int(answer)] if str(answer).strip().isdigit() else str(answer).strip().upper()
+    if len(choices) != 4 or gold not in LETTERS:
+        raise ValueError("expected four choices and an answer 0-3 or A-D")
+    return Question(id=qid, benchmark="mmlu_stem", prompt=f"{str(rec['question']).strip()}\n\n"
+                    f"{choices_text(choices, LETTERS)}", gold=gold, kind="choice")
+
+
+def _mmlu_stem(path: Path) -> list[Question]:
+    """The STEM subjects' questions of an MMLU file (JSONL with a `subject` field; other subjects are skipped)."""
+    out = []
+    for lineno, rec in _read_jsonl(path):
+        _require(path, lineno, rec, "question", "choices", "answer", "subject")
+        if rec["subject"] not in MMLU_STEM_SUBJECTS:
+            continue
+        try:
+            out.append(mmlu_question(rec, str(rec.get("id", lineno))))
+        except ValueError as e:
+            raise BenchmarkFormatError(f"{path}:{lineno}: {e}") from None
+    return out
+
+
+def maslab_sample(questions: list[Question], n: int = MASLAB_SAMPLE, seed: int = MASLAB_SEED) -> list[Question]:
+    """MASLab's sample: the questions shuffled once by random.seed(seed), the first n kept, repeated prompts
+    dropped (its deduplicate keeps the first). A benchmark of n or fewer (AIME 30, AMC 40, GPQA-Diamond 198) is
+    kept whole, in the shuffled order."""
+    pool = list(questions)
+    random.Random(seed).shuffle(pool)
+    seen: set[str] = set()
+    out = []
+    for q in pool[:n]:
+        if q.prompt not in seen:
+            seen.add(q.prompt)
+            out.append(q)
+    return out
+
+
 LOADERS: dict[str, Callable[[Path], list[Question]]] = {
     "gsm8k": _gsm8k, "math500": _problem_answer("math500"), "aime": _problem_answer("aime"),
-    "amc": _problem_answer("amc"),
+    "amc": _problem_answer("amc"), "aqua": _aqua, "mmlu_stem": _mmlu_stem,
 }
 
 
@@ -137,7 +216,12 @@ def _from_hub(name: str) -> list[Question]:
     ds = datasets.load_dataset(repo, config, split=split)
     tmp: list[Question] = []
     for i, rec in enumerate(ds):
-        if name == "gsm8k":
+        if name == "aqua":
+            tmp.append(aqua_question(rec, str(i + 1)))
+        elif name == "mmlu_stem":
+            if rec["subject"] in MMLU_STEM_SUBJECTS:
+                tmp.append(mmlu_question(rec, str(i + 1)))
+        elif name == "gsm8k":
             tmp.append(Question(id=str(i + 1), benchmark=name, prompt=rec["question"], gold=gsm8k_gold(rec["answer"]) or ""))
         else:
             tmp.append(Question(id=str(rec.get("id", rec.get("unique_id", i + 1))), benchmark=name,
@@ -146,8 +230,11 @@ def _from_hub(name: str) -> list[Question]:
 
 
 def load_benchmark(name: str, path: str | Path | None = None, *, limit: int | None = None,
-                   seed: int = 0) -> list[Question]:
-    """The first `limit` questions of benchmark `name` from `path` (or the hub when `path` is None)."""
+                   seed: int = 0, sample: str = "first") -> list[Question]:
+    """The first `limit` questions of benchmark `name` from `path` (or the hub when `path` is None), in the file's
+    order (`sample` 'first') or in MASLab's sample (`sample` 'maslab': maslab_sample, then the first `limit`)."""
+    if sample not in ("first", "maslab"):
+        raise BenchmarkFormatError(f"sample must be 'first' or 'maslab', got {sample!r}")
     if name not in BENCHMARKS:
         raise BenchmarkFormatError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
     if path is None:
@@ -159,6 +246,8 @@ def load_benchmark(name: str, path: str | Path | None = None, *, limit: int | No
         questions = _gpqa(p, seed) if name == "gpqa" else LOADERS[name](p)
     if not questions:
         raise BenchmarkFormatError(f"benchmark file {path} holds no questions")
+    if sample == "maslab":
+        questions = maslab_sample(questions)
     return questions[:limit] if limit else questions
 
 
@@ -202,29 +291,30 @@ def last_number(text: str) -> str | None:
     return _num_text(nums[-1].rstrip(".")) if nums else None
 
 
-_LETTER_PATTERNS = (
-    re.compile(r"answer\s*(?:is|:)?\s*\(?\s*([A-D])\b\)?", re.IGNORECASE),
-    re.compile(r"\(([A-D])\)"),
-    re.compile(r"\b([A-D])\b"),
-)
+def _letter_patterns(letters: str) -> tuple[re.Pattern[str], ...]:
+    span = f"[{letters[0]}-{letters[-1]}]"
+    return (re.compile(rf"answer\s*(?:is|:)?\s*\(?\s*({span})\b\)?", re.IGNORECASE),
+            re.compile(rf"\(({span})\)"),
+            re.compile(rf"\b({span})\b"))
 
 
-def choice_letter(text: str) -> str | None:
-    """The chosen option letter: the last 'answer is (X)', else the last '(X)', else the last standalone A-D."""
+def choice_letter(text: str, letters: str = LETTERS) -> str | None:
+    """The chosen option letter (one of `letters`): the last 'answer is (X)', else the last '(X)', else the last
+    standalone letter."""
     boxed = last_boxed(text)
-    if boxed and re.fullmatch(r"\(?([A-Da-d])\)?", boxed):
+    if boxed and re.fullmatch(r"\(?([A-Za-z])\)?", boxed) and boxed.strip("()").upper() in letters:
         return boxed.strip("()").upper()
-    for pat in _LETTER_PATTERNS:
-        hits = pat.findall(text)
+    for pat in _letter_patterns(letters):
+        hits = [h.upper() for h in pat.findall(text) if h.upper() in letters]
         if hits:
-            return hits[-1].upper()
+            return hits[-1]
     return None
 
 
-def extract_answer(text: str, kind: str = "math") -> str | None:
+def extract_answer(text: str, kind: str = "math", letters: str = LETTERS) -> str | None:
     """The answer a reply commits to: a letter for 'choice', else the last \\boxed{} or the last number."""
     if kind == "choice":
-        return choice_letter(text)
+        return choice_letter(text, letters)
     boxed = last_boxed(text)
     return boxed if boxed else last_number(text)
 

@@ -59,9 +59,14 @@ def _progress() -> Any:
 @eval_app.command("mas")
 def eval_mas(
     system: str = typer.Option("single", help="single, autogen, mad or debate."),
-    benchmark: str = typer.Option(..., help="gsm8k, math500, aime, amc or gpqa."),
-    data: Optional[str] = typer.Option(None, help="Benchmark file (JSONL; CSV for GPQA). Default: the hub."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
+    benchmark: str = typer.Option(..., help="gsm8k, math500, aime, amc, gpqa, aqua (AQUA-RAT) or mmlu_stem."),
+    data: Optional[str] = typer.Option(None, help="Benchmark file (JSONL; CSV for GPQA; an MMLU file's STEM "
+                                       "subjects for mmlu_stem). Default: the hub."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N questions (of the sample)."),
+    sample: str = typer.Option("first", help="first: the file's order; maslab: MASLab's sample (one shuffle with "
+                               "seed 2024, the first 500, repeated questions dropped)."),
+    repeats: int = typer.Option(1, help="Answer each question this many times (seeds seed .. seed+K-1); accuracy "
+                                "and its interval over repeats and questions."),
     models: str = typer.Option("base", help="Comma-separated served model / adapter names; the first is the reference."),
     out: Optional[str] = typer.Option(None, help="Directory for per-question JSONL with transcripts (resumable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
@@ -89,7 +94,7 @@ def eval_mas(
     if ci not in CI_METHODS:
         raise typer.BadParameter(f"--ci expects one of {', '.join(CI_METHODS)}, got {ci!r}")
     try:
-        questions = load_benchmark(benchmark, data, limit=limit, seed=seed)
+        questions = load_benchmark(benchmark, data, limit=limit, seed=seed, sample=sample)
     except BenchmarkFormatError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1)
@@ -100,9 +105,9 @@ def eval_mas(
                                      "one --base-url, or use single, mad or debate to spread over several")
         cfg = EvalConfig(system=system, models=names, base_url=url, out=out, concurrency=concurrency,
                          temperature=temperature, max_tokens=max_tokens, seed=seed, rounds=rounds, agents=agents,
-                         team=team, ci=ci)
+                         team=team, ci=ci, repeats=repeats)
         with _progress() as progress:
-            task = progress.add_task(f"{system} on {benchmark}", total=len(questions) * len(names))
+            task = progress.add_task(f"{system} on {benchmark}", total=len(questions) * len(names) * repeats)
             summary = asyncio.run(run_eval(cfg, questions, on_result=lambda _: progress.advance(task)))
     summary["benchmark"] = benchmark
     if json_out:

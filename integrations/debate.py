@@ -250,8 +250,8 @@ class MADDebate:
             if verdict.supported_side:
                 final_text = neg_text if verdict.supported_side == "negative" else aff_text
             else:
-                final_text = decision if extract_answer(decision, q.kind) is not None else aff_text
-        return Solution(prediction=extract_answer(final_text, q.kind), final_text=final_text, transcript=transcript,
+                final_text = decision if extract_answer(decision, q.kind, q.letters) is not None else aff_text
+        return Solution(prediction=extract_answer(final_text, q.kind, q.letters), final_text=final_text, transcript=transcript,
                         calls=sum(s.calls for s in speakers),
                         meta={"rounds": rounds_run, "decided_by": decided_by, "verdict": verdict.__dict__})
 
@@ -303,7 +303,7 @@ class DuDebate:
                 answers = list(await asyncio.gather(*(a.say(p, r) for a, p in zip(agents, prompts))))
         finally:
             await llm.aclose()
-        preds = [extract_answer(t, q.kind) for t in answers]
+        preds = [extract_answer(t, q.kind, q.letters) for t in answers]
         winner = majority_vote(preds)
         final_text = answers[preds.index(winner)] if winner is not None else answers[0]
         return Solution(prediction=winner, final_text=final_text, transcript=transcript,

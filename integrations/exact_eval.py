@@ -521,16 +521,26 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
     stop = list(config.sampling.stop)
     result: dict[str, Any] = {"reply": asdict(config.reply), "stop": stop, "source": config.source, "models": {}}
     points_cache: dict[str, dict[str, DecisionPoint]] = {}
+
+    def new_scorer(model: str) -> Any:
+        if scorer_for is not None:
+            return scorer_for(model)
+        if config.source == "trainer":
+            return trainer_scorer(config, model)
+        return VLLMScorer(config.base_url, model, config.sampling, config.api_key)
+
     for model in config.models:
-        for game in config.games:
-            t0 = time.perf_counter()
-            requests = 0
-            if model in BOT_POLICIES:
-                pol = bot_table(game, model)
-            else:
+        scorer: Any = None  # one per model, kept over its games (a loaded model, a client)
+        try:
+            for game in config.games:
+                t0 = time.perf_counter()
+                requests = 0
                 path = Path(config.out) / f"policy-{model.replace('/', '_')}-{game}-" \
-                    f"{protocol_key(model, game, config.sampling, config.reply, config.source)}.json" if config.out else None
-                if path is not None and path.is_file():
+                    f"{protocol_key(model, game, config.sampling, config.reply, config.source)}.json" \
+                    if config.out and model not in BOT_POLICIES else None
+                if model in BOT_POLICIES:
+                    pol = bot_table(game, model)
+                elif path is not None and path.is_file():
                     raw = json.loads(path.read_text())
                     pol = PolicyTable(game, {k: {int(a): p for a, p in v.items()} for k, v in raw["table"].items()},
                                       raw["legal_mass"])
@@ -538,25 +548,21 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
                     if game not in points_cache:
                         points_cache[game] = decision_points(game, config.reply, stop)
                     points = points_cache[game]
-                    if scorer_for is not None:
-                        scorer = scorer_for(model)
-                    elif config.source == "trainer":
-                        scorer = trainer_scorer(config, model)
-                    else:
-                        scorer = VLLMScorer(config.base_url, model, config.sampling, config.api_key)
-                    try:
-                        tick = progress(f"{model} {game}", len(points)) if progress else None
-                        pol = await policy_table(game, points, scorer, config.reply, stop, config.concurrency, tick)
-                    finally:
-                        await scorer.aclose()
-                    requests = scorer.requests
+                    scorer = scorer or new_scorer(model)
+                    tick = progress(f"{model} {game}", len(points)) if progress else None
+                    before = scorer.requests
+                    pol = await policy_table(game, points, scorer, config.reply, stop, config.concurrency, tick)
+                    requests = scorer.requests - before
                     if path is not None:
                         path.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write(path, json.dumps({"model": model, "game": game, "table": pol.table,
                                                        "legal_mass": pol.legal_mass}))
-            metrics = exact_metrics(game, pol)
-            metrics.update(seconds=time.perf_counter() - t0, requests=requests)
-            result["models"].setdefault(model, {})[game] = metrics
+                metrics = exact_metrics(game, pol)
+                metrics.update(seconds=time.perf_counter() - t0, requests=requests)
+                result["models"].setdefault(model, {})[game] = metrics
+        finally:
+            if scorer is not None:
+                await scorer.aclose()
     if config.out:
         Path(config.out).mkdir(parents=True, exist_ok=True)
         atomic_write(Path(config.out) / "summary.json", json.dumps(result, indent=2))

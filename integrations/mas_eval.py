@@ -44,7 +44,7 @@ class SingleAgent:
         transcript = [{"agent": "user", "round": 0, "role": "user", "content": prompt},
                       {"agent": "solver", "round": 0, "role": "assistant", "content": reply.text,
                        "finish_reason": reply.finish_reason}]
-        return Solution(prediction=extract_answer(reply.text, q.kind), final_text=reply.text, transcript=transcript,
+        return Solution(prediction=extract_answer(reply.text, q.kind, q.letters), final_text=reply.text, transcript=transcript,
                         calls=1)
 
 
@@ -65,12 +65,16 @@ class EvalConfig:
     team: str = field(default="two_agent", metadata={"help": "autogen team: two_agent, round_robin, selector."})
     ci: str = field(default="wilson", metadata={"help": f"Interval of the accuracy: {', '.join(CI_METHODS)}."})
     bootstrap_samples: int = field(default=2000, metadata={"help": "Resamples of the bootstrap intervals."})
+    repeats: int = field(default=1, metadata={"help": "Times each question is answered (sampling seed + r for "
+                         "repeat r); the accuracy is then the mean over repeats and questions, its interval a "
+                         "bootstrap over questions of their mean over repeats.", "min": 1})
 
 
-def make_system(config: EvalConfig, model: str) -> Any:
-    """The system named by `config.system`, serving `model`; it has `async solve(question) -> Solution`."""
+def make_system(config: EvalConfig, model: str, repeat: int = 0) -> Any:
+    """The system named by `config.system`, serving `model`, sampling with seed config.seed + repeat; it has
+    `async solve(question) -> Solution`."""
     chat = ChatConfig(base_url=config.base_url, model=model, temperature=config.temperature,
-                      max_tokens=config.max_tokens, seed=config.seed)
+                      max_tokens=config.max_tokens, seed=config.seed + repeat)
     if config.system == "single":
         return SingleAgent(chat)
     if config.system == "mad":
@@ -96,9 +100,10 @@ def bootstrap_interval(values: list[float], samples: int = 2000, seed: int = 0) 
     return means[int(0.025 * (samples - 1))], means[int(math.ceil(0.975 * (samples - 1)))]
 
 
-def paired_difference(ref: dict[str, bool], other: dict[str, bool], samples: int = 2000,
+def paired_difference(ref: dict[str, float], other: dict[str, float], samples: int = 2000,
                       seed: int = 0) -> dict[str, Any]:
-    """Mean of (other - ref) over the questions both answered, with a paired-bootstrap 95% interval."""
+    """Mean of (other - ref) over the questions both answered (each a 0/1, or a mean over repeats), with a
+    paired-bootstrap 95% interval."""
     common = sorted(set(ref) & set(other))
     diffs = [float(other[i]) - float(ref[i]) for i in common]
     lo, hi = bootstrap_interval(diffs, samples, seed)
@@ -122,9 +127,14 @@ def load_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-async def _answer(system: Any, q: Question, model: str, config: EvalConfig) -> dict[str, Any]:
-    rec: dict[str, Any] = {"id": q.id, "benchmark": q.benchmark, "model": model, "system": config.system,
-                           "gold": q.gold}
+def record_id(q: Question, repeat: int) -> str:
+    """A record's id: the question's, with @r for a repeat r >= 1 (so a run with one repeat keeps plain ids)."""
+    return q.id if repeat == 0 else f"{q.id}@{repeat}"
+
+
+async def _answer(system: Any, q: Question, model: str, config: EvalConfig, repeat: int = 0) -> dict[str, Any]:
+    rec: dict[str, Any] = {"id": record_id(q, repeat), "question": q.id, "repeat": repeat,
+                           "benchmark": q.benchmark, "model": model, "system": config.system, "gold": q.gold}
     try:
         sol = await system.solve(q)
     except Exception as e:  # an endpoint failure is recorded and retried on resume, not fatal to the run
@@ -144,19 +154,22 @@ async def run_eval(config: EvalConfig, questions: list[Question],
         raise ValueError(f"unknown interval {config.ci!r}; expected one of {', '.join(CI_METHODS)}")
     if not config.models or len(set(config.models)) != len(config.models):
         raise ValueError(f"EvalConfig.models must name distinct served models, got {config.models}")
+    if config.repeats < 1:
+        raise ValueError(f"EvalConfig.repeats must be >= 1, got {config.repeats}")
     records: dict[str, dict[str, dict[str, Any]]] = {}
-    todo: list[tuple[str, Question]] = []
+    todo: list[tuple[str, Question, int]] = []
+    jobs = [(q, r) for r in range(config.repeats) for q in questions]
     for model in config.models:
         done = load_done(results_path(config.out, model)) if config.out else {}
-        records[model] = {q.id: done[q.id] for q in questions if q.id in done}
-        todo += [(model, q) for q in questions if q.id not in done]
+        records[model] = {record_id(q, r): done[record_id(q, r)] for q, r in jobs if record_id(q, r) in done}
+        todo += [(model, q, r) for q, r in jobs if record_id(q, r) not in done]
     if config.out:
         Path(config.out).mkdir(parents=True, exist_ok=True)
-    systems = {m: make_system(config, m) for m in config.models}
+    systems = {(m, r): make_system(config, m, r) for m in config.models for r in range(config.repeats)}
 
-    async def one(job: tuple[str, Question]) -> dict[str, Any]:
-        model, q = job
-        return await _answer(systems[model], q, model, config)
+    async def one(job: tuple[str, Question, int]) -> dict[str, Any]:
+        model, q, r = job
+        return await _answer(systems[model, r], q, model, config, r)
 
     journals = {m: Journal(results_path(config.out, m)).open() for m in config.models} if config.out else {}
 
@@ -168,9 +181,17 @@ async def run_eval(config: EvalConfig, questions: list[Question],
             on_result(rec)
 
     await map_concurrent(one, todo, max(1, config.concurrency), on_result=record)
-    ids = [q.id for q in questions]
+    ids = [record_id(q, r) for q, r in jobs]
     return summarize(config, {m: [records[m][i] for i in ids if i in records[m]] for m in config.models},
-                     resumed=len(questions) * len(config.models) - len(todo))
+                     resumed=len(jobs) * len(config.models) - len(todo))
+
+
+def per_question(recs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each question's mean correctness over its repeats (a record without `question` is its own question)."""
+    groups: dict[str, list[float]] = {}
+    for r in recs:
+        groups.setdefault(str(r.get("question", r["id"])), []).append(float(bool(r["correct"])))
+    return {q: sum(v) / len(v) for q, v in groups.items()}
 
 
 def summarize(config: EvalConfig, records: dict[str, list[dict[str, Any]]], resumed: int = 0) -> dict[str, Any]:
@@ -178,15 +199,19 @@ def summarize(config: EvalConfig, records: dict[str, list[dict[str, Any]]], resu
     for model, recs in records.items():
         correct = [float(bool(r["correct"])) for r in recs]
         k, n = int(sum(correct)), len(correct)
-        lo, hi = (wilson_interval(k, n) if config.ci == "wilson"
-                  else bootstrap_interval(correct, config.bootstrap_samples, config.seed))
-        models[model] = {"n": n, "correct": k, "accuracy": k / n if n else 0.0, "ci95": [lo, hi],
+        means = per_question(recs)
+        if config.repeats > 1:  # repeats of one question are not independent: resample questions
+            lo, hi = bootstrap_interval(list(means.values()), config.bootstrap_samples, config.seed)
+        else:
+            lo, hi = (wilson_interval(k, n) if config.ci == "wilson"
+                      else bootstrap_interval(correct, config.bootstrap_samples, config.seed))
+        models[model] = {"n": n, "questions": len(means), "repeats": config.repeats, "correct": k,
+                         "accuracy": k / n if n else 0.0, "ci95": [lo, hi],
                          "errors": sum(1 for r in recs if r.get("error")),
                          "calls": sum(int(r.get("calls") or 0) for r in recs)}
     ref = config.models[0]
-    ref_correct = {r["id"]: bool(r["correct"]) for r in records[ref]}
-    paired = {m: paired_difference(ref_correct, {r["id"]: bool(r["correct"]) for r in records[m]},
-                                   config.bootstrap_samples, config.seed)
+    ref_means = per_question(records[ref])
+    paired = {m: paired_difference(ref_means, per_question(records[m]), config.bootstrap_samples, config.seed)
               for m in config.models[1:]}
     cfg = {k: v for k, v in asdict(config).items() if k not in ("base_url",)}
     return {"system": config.system, "config": cfg, "models": models, "reference": ref,

@@ -292,7 +292,7 @@ async def test_run_eval_pairs_saves_and_resumes(monkeypatch, tmp_path):
     qs = [Question(id=str(i), benchmark="gsm8k", prompt=f"q{i}", gold=str(i)) for i in range(1, 5)]
     made, runs = {}, []
 
-    def make(config, model):
+    def make(config, model, repeat=0):
         runs.append(model)
         made[model] = CountingSystem(model, fail={"4"} if model == "good" and len(runs) <= 2 else ())
         return made[model]

@@ -1,0 +1,128 @@
+"""The two benchmarks MARSHAL adds (AQUA-RAT, MMLU-STEM) on fixtures made here, letters A-E, MASLab's seeded
+sample, and repeats with their interval over questions."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from stratagem.integrations import mas_eval
+from stratagem.integrations.benchmarks import (MMLU_STEM_SUBJECTS, BenchmarkFormatError, Question, choice_letter,
+                                               extract_answer, load_benchmark, maslab_sample)
+from stratagem.integrations.debate import Solution
+from stratagem.integrations.mas_eval import EvalConfig, run_eval
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+AQUA = [{"question": "Two plus three?", "options": ["A)4", "B)5", "C)6", "D)7", "E)None of these"],
+         "rationale": "2 + 3 = 5", "correct": "B"},
+        {"question": "Which is largest?", "options": ["A) 1", "B) 2", "C) 3", "D) 4", "E) 5"], "rationale": "",
+         "correct": "E"}]
+
+
+def test_aqua_rat_has_five_lettered_options_and_scores_e(tmp_path):
+    qs = load_benchmark("aqua", _jsonl(tmp_path / "aqua.jsonl", AQUA))
+    assert [q.gold for q in qs] == ["B", "E"] and all(q.kind == "choice" and q.letters == "ABCDE" for q in qs)
+    assert qs[0].prompt == "Two plus three?\n\n(A) 4\n(B) 5\n(C) 6\n(D) 7\n(E) None of these"
+    assert extract_answer("so the answer is (E).", "choice", qs[1].letters) == "E"
+    assert choice_letter("so the answer is (E).") is None  # four-option questions never read an E
+    bad = [dict(AQUA[0], options=AQUA[0]["options"][:4])]
+    with pytest.raises(BenchmarkFormatError, match=r"bad.jsonl:1: expected five options"):
+        load_benchmark("aqua", _jsonl(tmp_path / "bad.jsonl", bad))
+
+
+def test_the_shared_aqua_file_loads_whole():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "aqua" / "test.json"
+    if not path.is_file():
+        pytest.skip("no shared AQUA-RAT file in this checkout")
+    qs = load_benchmark("aqua", path)
+    assert len(qs) == 254 and {q.gold for q in qs} <= set("ABCDE")
+
+
+def test_mmlu_stem_keeps_the_18_stem_subjects_and_maps_answer_indices(tmp_path):
+    rows = [{"question": "d/dx x^2?", "choices": ["x", "2x", "x^2", "2"], "answer": 1, "subject": "college_mathematics"},
+            {"question": "Who wrote Hamlet?", "choices": ["a", "b", "c", "d"], "answer": 0, "subject": "world_religions"},
+            {"question": "Unit of force?", "choices": ["J", "W", "N", "Pa"], "answer": "C",
+             "subject": "high_school_physics"}]
+    qs = load_benchmark("mmlu_stem", _jsonl(tmp_path / "mmlu.jsonl", rows))
+    assert [(q.gold, q.benchmark, q.letters) for q in qs] == [("B", "mmlu_stem", "ABCD"), ("C", "mmlu_stem", "ABCD")]
+    assert qs[0].prompt.endswith("(A) x\n(B) 2x\n(C) x^2\n(D) 2")
+    assert len(MMLU_STEM_SUBJECTS) == 18 and "anatomy" not in MMLU_STEM_SUBJECTS  # anatomy is MMLU's "health"
+    with pytest.raises(BenchmarkFormatError, match="missing field"):
+        load_benchmark("mmlu_stem", _jsonl(tmp_path / "x.jsonl", [{"question": "q", "choices": [], "answer": 0}]))
+
+
+def test_maslab_sample_is_one_seed_2024_shuffle_then_500_without_repeats():
+    """MASLab's datasets/build_test_dataset.py: random.seed(2024); random.shuffle(pool); pool[:500]; deduplicate
+    by query. The module-level calls and a Random(2024) instance give the same order."""
+    qs = [Question(id=str(i), benchmark="gsm8k", prompt=f"q{i % 700}", gold="0") for i in range(800)]
+    ids = [q.id for q in qs]
+    random.seed(2024)
+    random.shuffle(ids)
+    first = ids[:500]
+    seen, want = set(), []
+    for i in first:
+        prompt = f"q{int(i) % 700}"
+        if prompt not in seen:
+            seen.add(prompt)
+            want.append(i)
+    got = maslab_sample(qs)
+    assert [q.id for q in got] == want and len(want) < 500  # ids 700+ repeat prompts 0..99
+    small = qs[:30]
+    assert sorted(q.id for q in maslab_sample(small)) == sorted(q.id for q in small)  # AIME-sized: kept whole
+    assert [q.id for q in maslab_sample(small)] != [q.id for q in small]  # in the shuffled order
+
+
+def test_load_benchmark_sample_maslab_then_limit(tmp_path):
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(40)]
+    path = _jsonl(tmp_path / "g.jsonl", rows)
+    first = load_benchmark("gsm8k", path, limit=3)
+    sampled = load_benchmark("gsm8k", path, limit=3, sample="maslab")
+    assert [q.gold for q in first] == ["0", "1", "2"]
+    assert [q.id for q in sampled] == [q.id for q in maslab_sample(load_benchmark("gsm8k", path))][:3]
+    with pytest.raises(BenchmarkFormatError, match="sample must be"):
+        load_benchmark("gsm8k", path, sample="random")
+
+
+class Flaky:
+    """Right on question 1 always; on question 2 only in repeat 0 (its seed is config.seed + repeat)."""
+
+    def __init__(self, repeat):
+        self.repeat = repeat
+
+    async def solve(self, q):
+        right = q.id == "1" or (q.id == "2" and self.repeat == 0)
+        pred = q.gold if right else "-1"
+        return Solution(prediction=pred, final_text=pred, calls=1, transcript=[])
+
+
+async def test_repeats_answer_each_question_k_times_and_pair_per_question_means(monkeypatch, tmp_path):
+    qs = [Question(id=str(i), benchmark="gsm8k", prompt=f"q{i}", gold=str(i)) for i in (1, 2, 3)]
+    made = []
+
+    def make(config, model, repeat=0):
+        made.append((model, repeat, config.seed + repeat))
+        return Flaky(repeat) if model == "a" else Flaky(0)
+
+    monkeypatch.setattr(mas_eval, "make_system", make)
+    cfg = EvalConfig(models=["a", "b"], repeats=2, seed=10, out=str(tmp_path))
+    s = await run_eval(cfg, qs)
+    assert sorted(made) == [("a", 0, 10), ("a", 1, 11), ("b", 0, 10), ("b", 1, 11)]
+    a, b = s["models"]["a"], s["models"]["b"]
+    # a: question 1 twice, question 2 once, question 3 never = 3 of 6; b: questions 1 and 2 both times = 4 of 6
+    assert (a["n"], a["questions"], a["correct"], a["accuracy"]) == (6, 3, 3, 0.5)
+    assert (b["correct"], b["accuracy"]) == (4, pytest.approx(4 / 6))
+    d = s["paired_difference"]["b"]
+    assert d["n"] == 3 and d["diff"] == pytest.approx((0 + 0.5 + 0) / 3)  # per-question means: (1, .5, 0) vs (1, 1, 0)
+    ids = [json.loads(x)["id"] for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert sorted(ids) == ["1", "1@1", "2", "2@1", "3", "3@1"]
+    again = await run_eval(cfg, qs)  # resumes: every record is there
+    assert again["resumed"] == 12 and again["models"] == s["models"]
