@@ -75,9 +75,16 @@ def eval_mas(
                                                  "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
     concurrency: int = typer.Option(8, help="Questions in flight at once."),
-    max_tokens: int = typer.Option(256, help="Longest reply of one agent turn."),
-    temperature: float = typer.Option(0.7, help="Sampling temperature."),
-    rounds: Optional[int] = typer.Option(None, help="Debate rounds (mad default 3, debate default 2)."),
+    protocol: str = typer.Option("stratagem", help="stratagem: this project's MAD and AutoGen; maslab: MASLab's "
+                                 "structure, as MARSHAL evaluated (3 debate rounds, a judge reading the first round; "
+                                 "a two-agent AutoGen chat either side ends with TERMINATE)."),
+    prompts: Optional[str] = typer.Option(None, help="--protocol maslab: a YAML file with the keys of "
+                                          "integrations/prompts/maslab.yaml (e.g. MASLab's own texts)."),
+    max_tokens: Optional[int] = typer.Option(None, help="Longest reply of one agent turn (default 256; maslab: "
+                                             "2048)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 0.7; maslab: 0.5)."),
+    rounds: Optional[int] = typer.Option(None, help="Debate rounds (mad default 3, debate default 2; maslab "
+                                         "autogen: assistant turns, default 3)."),
     agents: int = typer.Option(3, help="debate: agents; autogen round_robin/selector: solvers."),
     team: str = typer.Option("two_agent", help="autogen team: two_agent, round_robin or selector."),
     ci: str = typer.Option("wilson", help="Accuracy interval: wilson or bootstrap."),
@@ -93,9 +100,18 @@ def eval_mas(
         raise typer.BadParameter(f"--system expects one of {', '.join(SYSTEMS)}, got {system!r}")
     if ci not in CI_METHODS:
         raise typer.BadParameter(f"--ci expects one of {', '.join(CI_METHODS)}, got {ci!r}")
+    if protocol not in ("stratagem", "maslab"):
+        raise typer.BadParameter(f"--protocol expects stratagem or maslab, got {protocol!r}")
+    maslab = protocol == "maslab"
+    temperature = temperature if temperature is not None else (0.5 if maslab else 0.7)
+    max_tokens = max_tokens if max_tokens is not None else (2048 if maslab else 256)
     try:
+        if prompts is not None:
+            from stratagem.integrations.maslab import load_prompts
+
+            load_prompts(prompts)  # a bad file fails before any server starts
         questions = load_benchmark(benchmark, data, limit=limit, seed=seed, sample=sample)
-    except BenchmarkFormatError as e:
+    except (BenchmarkFormatError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1)
     names = _split(models, "--models")
@@ -105,7 +121,7 @@ def eval_mas(
                                      "one --base-url, or use single, mad or debate to spread over several")
         cfg = EvalConfig(system=system, models=names, base_url=url, out=out, concurrency=concurrency,
                          temperature=temperature, max_tokens=max_tokens, seed=seed, rounds=rounds, agents=agents,
-                         team=team, ci=ci, repeats=repeats)
+                         team=team, ci=ci, repeats=repeats, protocol=protocol, prompts=prompts)
         with _progress() as progress:
             task = progress.add_task(f"{system} on {benchmark}", total=len(questions) * len(names) * repeats)
             summary = asyncio.run(run_eval(cfg, questions, on_result=lambda _: progress.advance(task)))

@@ -51,6 +51,11 @@ class SingleAgent:
 @dataclass
 class EvalConfig:
     system: str = field(default="single", metadata={"help": f"System: {', '.join(SYSTEMS)}."})
+    protocol: str = field(default="stratagem", metadata={"help": "stratagem: this project's MAD and AutoGen; "
+                          "maslab: MASLab's structure (integrations/maslab.py), as MARSHAL evaluated; single and "
+                          "debate are the same in both.", "choices": ("stratagem", "maslab")})
+    prompts: str | None = field(default=None, metadata={"help": "maslab: a YAML file of its prompts (the keys of "
+                                "integrations/prompts/maslab.yaml) instead of the shipped ones."})
     models: list[str] = field(default_factory=lambda: ["base"], metadata={"help": "Served model / adapter names; "
                               "the first is the reference of the paired differences."})
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible endpoint."})
@@ -77,6 +82,13 @@ def make_system(config: EvalConfig, model: str, repeat: int = 0) -> Any:
                       max_tokens=config.max_tokens, seed=config.seed + repeat)
     if config.system == "single":
         return SingleAgent(chat)
+    if config.protocol == "maslab" and config.system in ("mad", "autogen"):
+        from stratagem.integrations.maslab import MASLabAutoGen, MASLabMAD, load_prompts
+
+        prompts = load_prompts(config.prompts)
+        if config.system == "mad":
+            return MASLabMAD(chat, rounds=config.rounds or 3, prompts=prompts)
+        return MASLabAutoGen(chat, max_turns=config.rounds or 3, prompts=prompts)
     if config.system == "mad":
         return MADDebate(MADConfig(chat=chat, rounds=config.rounds or 3))
     if config.system == "debate":
@@ -154,6 +166,8 @@ async def run_eval(config: EvalConfig, questions: list[Question],
         raise ValueError(f"unknown interval {config.ci!r}; expected one of {', '.join(CI_METHODS)}")
     if not config.models or len(set(config.models)) != len(config.models):
         raise ValueError(f"EvalConfig.models must name distinct served models, got {config.models}")
+    if config.protocol not in ("stratagem", "maslab"):
+        raise ValueError(f"unknown protocol {config.protocol!r}; expected stratagem or maslab")
     if config.repeats < 1:
         raise ValueError(f"EvalConfig.repeats must be >= 1, got {config.repeats}")
     records: dict[str, dict[str, dict[str, Any]]] = {}
@@ -206,6 +220,7 @@ def summarize(config: EvalConfig, records: dict[str, list[dict[str, Any]]], resu
             lo, hi = (wilson_interval(k, n) if config.ci == "wilson"
                       else bootstrap_interval(correct, config.bootstrap_samples, config.seed))
         models[model] = {"n": n, "questions": len(means), "repeats": config.repeats, "correct": k,
+                         "cut_off_replies": sum(int((r.get("meta") or {}).get("cut_off") or 0) for r in recs),
                          "accuracy": k / n if n else 0.0, "ci95": [lo, hi],
                          "errors": sum(1 for r in recs if r.get("error")),
                          "calls": sum(int(r.get("calls") or 0) for r in recs)}

@@ -115,3 +115,32 @@ def test_cli_eval_games_json(vllm_server, tmp_path):
     ep = json.loads((tmp_path / "base" / "leduc_poker-first.jsonl").read_text().splitlines()[0])
     llm_turns = [t for t in ep["turns"] if t["seat"] == 0]
     assert llm_turns and llm_turns[0]["adapter"] == "base"
+
+
+@pytest.mark.parametrize("system", ["mad", "autogen"])
+def test_cli_eval_mas_maslab_protocol(vllm_server, gsm8k_two, tmp_path, system):
+    """`--protocol maslab` against the real server (a short budget so the small model is quick): MASLab's message
+    flow runs, the question reaches the first speaker as it is, and the sample is MASLab's seeded one."""
+    from stratagem.integrations.benchmarks import maslab_sample
+
+    out = tmp_path / system
+    cmd = [sys.executable, "-m", "stratagem.cli", "eval", "mas", "--system", system, "--protocol", "maslab",
+           "--benchmark", "gsm8k", "--data", str(GSM8K), "--sample", "maslab", "--limit", "2", "--models", "base",
+           "--json", "--base-url", vllm_server.base_url, "--max-tokens", "48", "--rounds", "1", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads(r.stdout.strip().splitlines()[-1])["models"]["base"]
+    assert m["n"] == 2 and m["errors"] == 0 and m["cut_off_replies"] >= 0
+    recs = [json.loads(line) for line in (out / "base.jsonl").read_text().splitlines()]
+    want = [q.id for q in maslab_sample(load_benchmark("gsm8k", GSM8K))[:2]]
+    assert sorted(r["id"] for r in recs) == sorted(want)
+    for rec in recs:
+        assert rec["meta"]["protocol"] == "maslab"
+        first_user = next(t for t in rec["transcript"] if t["role"] == "user")
+        assert "\\boxed" not in first_user["content"] and first_user["content"].strip()
+        if system == "mad":
+            assert [t["agent"] for t in rec["transcript"] if t["role"] == "assistant"][:3] == \
+                ["affirmative", "negative", "moderator"]
+        else:
+            agents = [t["agent"] for t in rec["transcript"]]
+            assert agents[:2] == ["user", "assistant"] and agents.count("assistant") == 1  # --rounds 1: one turn
