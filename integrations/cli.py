@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
@@ -59,9 +60,16 @@ def _progress() -> Any:
 @eval_app.command("mas")
 def eval_mas(
     system: str = typer.Option("single", help="single, autogen, mad or debate."),
-    benchmark: str = typer.Option(..., help="gsm8k, math500, aime, amc, gpqa, aqua (AQUA-RAT) or mmlu_stem."),
+    benchmark: Optional[str] = typer.Option(None, help="gsm8k, math500, aime, amc, gpqa, aqua (AQUA-RAT) or "
+                                            "mmlu_stem (with --table: a comma-separated list, default all seven)."),
     data: Optional[str] = typer.Option(None, help="Benchmark file (JSONL; CSV for GPQA; an MMLU file's STEM "
-                                       "subjects for mmlu_stem). Default: the hub."),
+                                       "subjects for mmlu_stem). Default: the hub. With --table: NAME=PATH pairs "
+                                       "separated by commas (benchmarks left out come from the hub)."),
+    table: bool = typer.Option(False, "--table", help="Every (system, benchmark) pair for each model, laid out as "
+                               "MARSHAL's Table 1 (a block per system, a row per model, the seven benchmarks and "
+                               "the average, each model's difference from the first with a paired 95% interval); "
+                               "needs --out (resumable)."),
+    systems: str = typer.Option("mad,autogen", help="--table: the systems, comma-separated."),
     limit: Optional[int] = typer.Option(None, help="Only the first N questions (of the sample)."),
     sample: str = typer.Option("first", help="first: the file's order; maslab: MASLab's sample (one shuffle with "
                                "seed 2024, the first 500, repeated questions dropped)."),
@@ -96,8 +104,14 @@ def eval_mas(
     from stratagem.integrations.benchmarks import BenchmarkFormatError, load_benchmark
     from stratagem.integrations.mas_eval import CI_METHODS, SYSTEMS, EvalConfig, run_eval, summary_table
 
-    if system not in SYSTEMS:
-        raise typer.BadParameter(f"--system expects one of {', '.join(SYSTEMS)}, got {system!r}")
+    system_list = _split(systems, "--systems") if table else [system]
+    for name in system_list:
+        if name not in SYSTEMS:
+            raise typer.BadParameter(f"--system expects one of {', '.join(SYSTEMS)}, got {name!r}")
+    if not table and benchmark is None:
+        raise typer.BadParameter("--benchmark is required (or --table for all of them)")
+    if table and not out:
+        raise typer.BadParameter("--table needs --out DIR (every pair is saved there and resumes)")
     if ci not in CI_METHODS:
         raise typer.BadParameter(f"--ci expects one of {', '.join(CI_METHODS)}, got {ci!r}")
     if protocol not in ("stratagem", "maslab"):
@@ -110,11 +124,36 @@ def eval_mas(
             from stratagem.integrations.maslab import load_prompts
 
             load_prompts(prompts)  # a bad file fails before any server starts
-        questions = load_benchmark(benchmark, data, limit=limit, seed=seed, sample=sample)
+        if table:
+            from stratagem.integrations.mas_table import TABLE_BENCHMARKS
+
+            benches = _split(benchmark, "--benchmark") if benchmark else list(TABLE_BENCHMARKS)
+            paths = dict(p.split("=", 1) for p in (data or "").split(",") if "=" in p)
+            unknown = set(paths) - set(benches)
+            if unknown:
+                raise ValueError(f"--data names {', '.join(sorted(unknown))}, which --benchmark does not list")
+            by_bench = {b: load_benchmark(b, paths.get(b), limit=limit, seed=seed, sample=sample) for b in benches}
+        else:
+            questions = load_benchmark(benchmark, data, limit=limit, seed=seed, sample=sample)
     except (BenchmarkFormatError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1)
     names = _split(models, "--models")
+    if table:
+        from stratagem.integrations.mas_table import run_table, table_markdown
+
+        with endpoint(base_url, adapter) as url:
+            cfg = EvalConfig(models=names, base_url=url, out=out, concurrency=concurrency, temperature=temperature,
+                             max_tokens=max_tokens, seed=seed, rounds=rounds, agents=agents, team=team, ci=ci,
+                             repeats=repeats, protocol=protocol, prompts=prompts)
+            total = sum(len(q) for q in by_bench.values()) * len(names) * repeats * len(system_list)
+            with _progress() as progress:
+                task = progress.add_task("the table", total=total)
+                result = asyncio.run(run_table(cfg, system_list, by_bench, out,
+                                               on_result=lambda _: progress.advance(task)))
+        (Path(out) / "table.md").write_text(table_markdown(result) + "\n")
+        typer.echo(json.dumps(result) if json_out else table_markdown(result))
+        return
     with endpoint(base_url, adapter) as url:
         if system == "autogen" and "," in url:
             raise typer.BadParameter("--system autogen talks to one endpoint (AutoGen's own OpenAI client); give "

@@ -126,3 +126,37 @@ async def test_repeats_answer_each_question_k_times_and_pair_per_question_means(
     assert sorted(ids) == ["1", "1@1", "2", "2@1", "3", "3@1"]
     again = await run_eval(cfg, qs)  # resumes: every record is there
     assert again["resumed"] == 12 and again["models"] == s["models"]
+
+
+def test_average_difference_is_the_mean_of_benchmark_differences_with_a_stratified_interval():
+    from stratagem.integrations.mas_table import average_difference
+
+    # benchmark 1: the other model gains one question of two (+0.5); benchmark 2: loses none of one (0): mean +0.25
+    pairs = [({"a": 0.0, "b": 1.0}, {"a": 1.0, "b": 1.0}), ({"c": 1.0}, {"c": 1.0})]
+    d = average_difference(pairs, samples=400, seed=0)
+    assert d["diff"] == pytest.approx(0.25) and d["benchmarks"] == 2
+    lo, hi = d["ci95"]
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(0.5)  # benchmark 1's resample gives 0, .5 or 1 over 2
+    assert average_difference([({}, {})]) == {"diff": 0.0, "ci95": [0.0, 0.0], "benchmarks": 0}
+
+
+async def test_the_table_runs_every_pair_and_lays_it_out_like_table_1(monkeypatch, tmp_path):
+    from stratagem.integrations.mas_table import run_table, table_markdown
+
+    def make(config, model, repeat=0):
+        return Flaky(0) if model == "trained" else Flaky(1)  # trained: questions 1 and 2; base: question 1 only
+
+    monkeypatch.setattr(mas_eval, "make_system", make)
+    qs = {b: [Question(id=str(i), benchmark=b, prompt=f"{b} q{i}", gold=str(i)) for i in (1, 2)]
+          for b in ("gsm8k", "aime")}
+    cfg = EvalConfig(models=["base", "trained"], seed=0, bootstrap_samples=200)
+    result = await run_table(cfg, ["mad", "autogen"], qs, tmp_path)
+    block = result["systems"]["mad"]
+    assert block["models"]["base"] == {"gsm8k": 0.5, "aime": 0.5, "average": 0.5}
+    assert block["models"]["trained"]["average"] == 1.0 and block["diff"]["trained"]["average"]["diff"] == 0.5
+    assert (tmp_path / "autogen" / "aime" / "trained.jsonl").is_file()
+    md = table_markdown(result).splitlines()
+    assert md[0] == "| MAS | model | GSM8K | AIME24 | Avg. |"
+    assert md[2] == "| mad | base | 50.0 | 50.0 | 50.0 |" and md[3] == "| mad | trained | 100.0 | 100.0 | 100.0 |"
+    assert md[4].startswith("| mad | trained - base | +50.0 [")
+    assert len(md) == 2 + 2 * 3

@@ -144,3 +144,28 @@ def test_cli_eval_mas_maslab_protocol(vllm_server, gsm8k_two, tmp_path, system):
         else:
             agents = [t["agent"] for t in rec["transcript"]]
             assert agents[:2] == ["user", "assistant"] and agents.count("assistant") == 1  # --rounds 1: one turn
+
+
+def test_cli_eval_mas_maslab_table(vllm_server, gsm8k_two, tmp_path):
+    """`eval mas --protocol maslab --table` on the real server: MAD and AutoGen on two local benchmarks, laid out as
+    MARSHAL's Table 1, saved beside the per-pair records; a rerun resumes every pair."""
+    aqua = REPO / ".." / "shared" / "data" / "aqua" / "test.json"
+    if not aqua.exists():
+        pytest.skip("no shared AQUA-RAT file beside the repository")
+    out = tmp_path / "table"
+    cmd = [sys.executable, "-m", "stratagem.cli", "eval", "mas", "--protocol", "maslab", "--table",
+           "--benchmark", "gsm8k,aqua", "--data", f"gsm8k={GSM8K},aqua={aqua}", "--models", "base", "--limit", "2",
+           "--max-tokens", "48", "--rounds", "1", "--json", "--base-url", vllm_server.base_url, "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(result["systems"]) == {"mad", "autogen"} and result["benchmarks"] == ["gsm8k", "aqua"]
+    for block in result["systems"].values():
+        acc = block["models"]["base"]
+        assert set(acc) == {"gsm8k", "aqua", "average"} and all(0.0 <= v <= 1.0 for v in acc.values())
+        assert acc["average"] == pytest.approx((acc["gsm8k"] + acc["aqua"]) / 2)
+    md = (out / "table.md").read_text().splitlines()
+    assert md[0] == "| MAS | model | GSM8K | AQUA | Avg. |" and len(md) == 4
+    for system in ("mad", "autogen"):
+        for bench in ("gsm8k", "aqua"):
+            assert len((out / system / bench / "base.jsonl").read_text().splitlines()) == 2
