@@ -48,6 +48,16 @@ def endpoint(base_url: Optional[list[str]] | str, adapters: list[str], model: st
         yield srv.base_url
 
 
+def _run_preset(run: str) -> str:
+    """The preset a training run recorded (loop.preset in its config.yaml; 'laptop' when it names none)."""
+    import yaml
+
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise typer.BadParameter(f"--run {run}: no config.yaml there")
+    return str(((yaml.safe_load(path.read_text()) or {}).get("loop") or {}).get("preset") or "laptop")
+
+
 def _progress() -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -83,9 +93,13 @@ def eval_mas(
                                                  "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
     concurrency: int = typer.Option(8, help="Questions in flight at once."),
-    protocol: str = typer.Option("stratagem", help="stratagem: this project's MAD and AutoGen; maslab: MASLab's "
-                                 "structure, as MARSHAL evaluated (3 debate rounds, a judge reading the first round; "
-                                 "a two-agent AutoGen chat either side ends with TERMINATE)."),
+    protocol: Optional[str] = typer.Option(None, help="stratagem: this project's MAD and AutoGen; maslab: MASLab's "
+                                           "structure, as MARSHAL evaluated (3 debate rounds, a judge reading the "
+                                           "first round; a two-agent AutoGen chat either side ends with TERMINATE). "
+                                           "Default: maslab for a --run trained with a marshal preset, else "
+                                           "stratagem."),
+    run: Optional[str] = typer.Option(None, help="The training run the models come from: its preset picks the "
+                                      "default --protocol."),
     prompts: Optional[str] = typer.Option(None, help="--protocol maslab: a YAML file with the keys of "
                                           "integrations/prompts/maslab.yaml (e.g. MASLab's own texts)."),
     max_tokens: Optional[int] = typer.Option(None, help="Longest reply of one agent turn (default 256; maslab: "
@@ -114,6 +128,8 @@ def eval_mas(
         raise typer.BadParameter("--table needs --out DIR (every pair is saved there and resumes)")
     if ci not in CI_METHODS:
         raise typer.BadParameter(f"--ci expects one of {', '.join(CI_METHODS)}, got {ci!r}")
+    if protocol is None:
+        protocol = "maslab" if run and _run_preset(run).startswith("marshal") else "stratagem"
     if protocol not in ("stratagem", "maslab"):
         raise typer.BadParameter(f"--protocol expects stratagem or maslab, got {protocol!r}")
     maslab = protocol == "maslab"

@@ -160,3 +160,28 @@ async def test_the_table_runs_every_pair_and_lays_it_out_like_table_1(monkeypatc
     assert md[2] == "| mad | base | 50.0 | 50.0 | 50.0 |" and md[3] == "| mad | trained | 100.0 | 100.0 | 100.0 |"
     assert md[4].startswith("| mad | trained - base | +50.0 [")
     assert len(md) == 2 + 2 * 3
+
+
+def test_a_marshal_run_makes_maslab_the_default_protocol(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from stratagem.cli import app
+
+    seen = {}
+
+    async def fake_run_eval(cfg, questions, on_result=None):
+        seen["protocol"], seen["temperature"], seen["max_tokens"] = cfg.protocol, cfg.temperature, cfg.max_tokens
+        return {"system": cfg.system, "models": {"base": {"n": 0, "accuracy": 0.0, "ci95": [0, 1], "errors": 0}},
+                "paired_difference": {}, "reference": "base"}
+
+    monkeypatch.setattr(mas_eval, "run_eval", fake_run_eval)
+    data = _jsonl(tmp_path / "g.jsonl", [{"question": "q", "answer": "#### 1"}])
+    for preset, want in (("marshal", ("maslab", 0.5, 2048)), ("laptop", ("stratagem", 0.7, 256))):
+        run = tmp_path / preset
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"loop": {"preset": preset}}))
+        r = CliRunner().invoke(app, ["eval", "mas", "--benchmark", "gsm8k", "--data", str(data), "--run", str(run),
+                                     "--base-url", "http://127.0.0.1:9/v1", "--json"])
+        assert r.exit_code == 0, r.output
+        assert (seen["protocol"], seen["temperature"], seen["max_tokens"]) == want
