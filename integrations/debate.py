@@ -3,7 +3,8 @@
 MAD (Liang et al., 2023, "Encouraging Divergent Thinking in Large Language Models through Multi-Agent Debate"): an
 affirmative debater answers, a negative debater disagrees, and after each round a moderator returns JSON saying
 whether it prefers a side, which, why, and the debate answer; the debate stops at the first preference or after
-`rounds` rounds, when a judge lists the candidates and picks the final answer. Prompts follow the paper's code.
+`rounds` rounds, when a judge lists the candidates and picks the final answer. The structure follows the paper's code;
+the words are the project's own (integrations/prompts/maslab.yaml, shared with the maslab protocol).
 
 Du et al. (2023, "Improving Factuality and Reasoning in Language Models through Multiagent Debate"): N agents answer;
 for R rounds each sees the others' latest answers and revises; the final answer is the majority vote.
@@ -178,29 +179,24 @@ def parse_verdict(text: str) -> Verdict:
 
 # ---- MAD (Liang et al.) ------------------------------------------------------------------------------------------
 
-PLAYER_META = ("You are a debater. Hello and welcome to the debate. It's not necessary to fully agree with each "
-               "other's perspectives, as our objective is to find the correct answer.\nThe debate topic is stated "
-               "as follows:\n{topic}")
-MODERATOR_META = ("You are a moderator. There will be two debaters involved in a debate. They will present their "
-                  "answers and discuss their perspectives on the following topic:\n\"{topic}\"\nAt the end of each "
-                  "round, you will evaluate answers and decide which is correct.")
-NEGATIVE_FIRST = "{aff}\n\nYou disagree with my answer. Provide your answer and reasons."
-DEBATE_PROMPT = "{other}\n\nDo you agree with my perspective? Please provide your reasons and answer."
-MODERATOR_PROMPT = (
-    "Now the {ordinal} round of debate for both sides has ended.\n\nAffirmative side arguing:\n{aff}\n\nNegative "
-    "side arguing:\n{neg}\n\nYou, as the moderator, will evaluate both sides' answers and determine if there is a "
-    "clear preference for an answer candidate. If so, please summarize your reasons for supporting "
-    "affirmative/negative side and give the final answer that you think is correct, and the debate will conclude. "
-    "If not, the debate will continue to the next round. Now please output your answer in json format, with the "
-    "format as follows: {{\"Whether there is a preference\": \"Yes or No\", \"Supported Side\": \"Affirmative or "
-    "Negative\", \"Reason\": \"\", \"debate_answer\": \"\"}}. Please strictly output in JSON format, do not output "
-    "irrelevant content.")
-JUDGE_CANDIDATES = ("Affirmative side arguing:\n{aff}\n\nNegative side arguing:\n{neg}\n\nNow, what answer "
-                    "candidates do we have? Present them without reasons.")
-JUDGE_DECIDE = ("Therefore, {topic}\nPlease summarize your reasons and give the final answer that you think is "
-                "correct. Now please output your answer in json format, with the format as follows: {{\"Reason\": "
-                "\"\", \"debate_answer\": \"\"}}. Please strictly output in JSON format, do not output irrelevant "
-                "content.")
+def _mad_prompts() -> dict[str, str]:
+    """The MAD prompts, in the project's own words: the file the maslab protocol uses (integrations/prompts/
+    maslab.yaml), shared so that the two protocols differ in structure only."""
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parent / "prompts" / "maslab.yaml").read_text())
+
+
+_P = _mad_prompts()
+PLAYER_META = _P["mad_player_system"]
+MODERATOR_META = _P["mad_moderator_system"]
+NEGATIVE_FIRST = _P["mad_negative_first"]
+DEBATE_PROMPT = _P["mad_rebuttal"]
+MODERATOR_PROMPT = _P["mad_moderator_round"]
+JUDGE_CANDIDATES = _P["mad_judge_candidates"]
+JUDGE_DECIDE = _P["mad_judge_decide"]
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 
@@ -259,9 +255,8 @@ class MADDebate:
 # ---- Du et al. ---------------------------------------------------------------------------------------------------
 
 DU_SYSTEM = "You are a careful problem solver. Solve the problem step by step."
-DU_REVISE = ("These are the solutions to the problem from other agents:\n{others}\nUsing the reasoning from other "
-             "agents as additional advice, can you give an updated answer? Examine your solution and that of the "
-             "other agents step by step. {instruction}")
+DU_REVISE = ("Here is how the other agents solved the same problem:\n{others}\nTake their reasoning as advice: "
+             "go through your own solution and theirs step by step, then give your updated answer. {instruction}")
 
 
 @dataclass
@@ -296,7 +291,7 @@ class DuDebate:
         try:
             answers = list(await asyncio.gather(*(a.say(task_text(q), 0) for a in agents)))
             for r in range(1, self.config.rounds + 1):
-                prompts = [DU_REVISE.format(others="".join(f"\nOne agent solution: ```{t}```\n"
+                prompts = [DU_REVISE.format(others="".join(f"\nAnother agent's solution: ```{t}```\n"
                                                            for j, t in enumerate(answers) if j != i),
                                             instruction=instruction(q))
                            for i in range(len(agents))]

@@ -218,18 +218,18 @@ async def test_mad_stops_at_moderator_preference(monkeypatch):
     said = [(m["agent"], m["role"]) for m in sol.transcript if m["role"] != "system"]
     assert said == [("affirmative", "user"), ("affirmative", "assistant"), ("negative", "user"),
                     ("negative", "assistant"), ("moderator", "user"), ("moderator", "assistant")]
-    assert fake.seen[1][1].startswith("16-3-4=9") and "You disagree" in fake.seen[1][1]
+    assert fake.seen[1][1].startswith("16-3-4=9") and "You do not accept my answer" in fake.seen[1][1]
 
 
 async def test_mad_goes_to_judge_when_moderator_never_decides(monkeypatch):
     fake = Scripted({"affirmative": "it is 18", "negative": "it is 9", "moderator": "no json here, keep going",
-                     "judge": lambda obs: ("candidates: 18, 9" if "candidates" in obs.messages[-1]["content"]
+                     "judge": lambda obs: ("candidates: 18, 9" if "candidate answers" in obs.messages[-1]["content"]
                                            else "{'Reason': 'check', 'debate_answer': '9'}")})
     monkeypatch.setattr(debate, "make_llm", lambda chat: fake)
     sol = await MADDebate(MADConfig(rounds=2)).solve(Q)
     assert sol.calls == 2 * 3 + 2 and sol.meta["decided_by"] == "judge" and sol.meta["rounds"] == 2
     assert sol.prediction == "9"
-    assert "Do you agree with my perspective" in [c for r, c in fake.seen if r == "affirmative"][1]
+    assert "Do you accept my view" in [c for r, c in fake.seen if r == "affirmative"][1]
 
 
 async def test_du_debate_rounds_and_vote(monkeypatch):
@@ -239,7 +239,7 @@ async def test_du_debate_rounds_and_vote(monkeypatch):
     sol = await DuDebate(DuConfig(agents=3, rounds=1)).solve(Q)
     assert sol.calls == 6 and sol.meta["votes"] == ["18", "9", "18"] and sol.prediction == "18"
     revise = [c for r, c in fake.seen[3:]]
-    assert all(c.count("One agent solution") == 2 for c in revise)
+    assert all(c.count("Another agent's solution") == 2 for c in revise)
 
 
 def test_protocol_configs_are_checked():
