@@ -57,10 +57,10 @@ def main(model: str, out: str) -> None:
     trained: list[int] = []
     scored = trainer.token_logprobs
 
-    def spy(samples, *, reference=False):  # which samples this rank trains on (grad-enabled passes only)
+    def spy(samples, **kw):  # which samples this rank trains on (grad-enabled passes only)
         if torch.is_grad_enabled():
             trained.extend(batch.samples.index(s) for s in samples)
-        return scored(samples, reference=reference)
+        return scored(samples, **kw)
 
     trainer.token_logprobs = spy
     stats = trainer.ppo_step(batch, act_adv, PPOConfig())  # metrics summed over the ranks by the trainer

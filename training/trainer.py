@@ -304,9 +304,7 @@ class LoRATrainer:
                 self.model.train()
                 for mb in self.micro_batches(samples, group):
                     ents: list[torch.Tensor] | None = [] if objective.wants_entropy else None
-                    mb_samples = [samples[i] for i in mb]
-                    lps = self.token_logprobs(mb_samples) if ents is None else \
-                        self.token_logprobs(mb_samples, entropy=ents)
+                    lps = self.token_logprobs([samples[i] for i in mb], entropy=ents)
                     if ents is not None:
                         state["entropy"] = ents  # this micro-batch's, beside its log-probs
                     loss, st = objective.loss(self, batch, mb, lps, state, first_step=epoch == 0 and g == 0)
