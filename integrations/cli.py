@@ -80,6 +80,9 @@ def eval_mas(
                                "the average, each model's difference from the first with a paired 95% interval); "
                                "needs --out (resumable)."),
     systems: str = typer.Option("mad,autogen", help="--table: the systems, comma-separated."),
+    reference: Optional[str] = typer.Option(None, help="--table: print a published table's rows beside ours: "
+                                            "marshal (the cells of MARSHAL's Table 1 its public sources state; the "
+                                            "rest n/a) or a YAML file of that shape with every cell filled."),
     limit: Optional[int] = typer.Option(None, help="Only the first N questions (of the sample)."),
     sample: str = typer.Option("first", help="first: the file's order; maslab: MASLab's sample (one shuffle with "
                                "seed 2024, the first 500, repeated questions dropped)."),
@@ -133,6 +136,7 @@ def eval_mas(
     if protocol not in ("stratagem", "maslab"):
         raise typer.BadParameter(f"--protocol expects stratagem or maslab, got {protocol!r}")
     maslab = protocol == "maslab"
+    published = None
     temperature = temperature if temperature is not None else (0.5 if maslab else 0.7)
     max_tokens = max_tokens if max_tokens is not None else (2048 if maslab else 256)
     try:
@@ -140,6 +144,12 @@ def eval_mas(
             from stratagem.integrations.maslab import load_prompts
 
             load_prompts(prompts)  # a bad file fails before any server starts
+        if reference is not None:
+            if not table:
+                raise ValueError("--reference adds a published table's rows to --table; give --table")
+            from stratagem.integrations.mas_table import load_reference
+
+            published = load_reference(reference)
         if table:
             from stratagem.integrations.mas_table import TABLE_BENCHMARKS
 
@@ -167,8 +177,10 @@ def eval_mas(
                 task = progress.add_task("the table", total=total)
                 result = asyncio.run(run_table(cfg, system_list, by_bench, out,
                                                on_result=lambda _: progress.advance(task)))
-        (Path(out) / "table.md").write_text(table_markdown(result) + "\n")
-        typer.echo(json.dumps(result) if json_out else table_markdown(result))
+        if published:
+            result["reference"] = published
+        (Path(out) / "table.md").write_text(table_markdown(result, published) + "\n")
+        typer.echo(json.dumps(result) if json_out else table_markdown(result, published))
         return
     with endpoint(base_url, adapter) as url:
         if system == "autogen" and "," in url:

@@ -24,6 +24,32 @@ from stratagem.integrations.mas_eval import EvalConfig, load_done, per_question,
 TABLE_BENCHMARKS = ("gsm8k", "math500", "aqua", "aime", "amc", "gpqa", "mmlu_stem")
 TITLES = {"gsm8k": "GSM8K", "math500": "MATH500", "aqua": "AQUA", "aime": "AIME24", "amc": "AMC23",
           "gpqa": "GPQA-D", "mmlu_stem": "MMLU-STEM"}
+REFERENCES = {"marshal": Path(__file__).parent / "references" / "marshal.yaml"}
+
+
+def load_reference(name_or_path: str) -> dict[str, Any]:
+    """A published table to print beside ours: `marshal` (the cells of MARSHAL's Table 1 its public sources state)
+    or a YAML file of the same shape (`source`, `rows`, `systems: {system: {row: {benchmark: % or null}}}`)."""
+    import yaml
+
+    path = REFERENCES.get(name_or_path, Path(name_or_path))
+    if not path.is_file():
+        raise ValueError(f"--reference expects {' or '.join(REFERENCES)} or a YAML file, got {name_or_path!r}")
+    data = yaml.safe_load(path.read_text()) or {}
+    rows, systems = data.get("rows"), data.get("systems")
+    if not isinstance(rows, list) or not rows or not isinstance(systems, dict) or not data.get("source"):
+        raise ValueError(f"{path}: a reference table needs `source`, a non-empty `rows` list and `systems`")
+    known = {*TABLE_BENCHMARKS, "average"}
+    for system, block in systems.items():
+        if not isinstance(block, dict) or set(block) != set(rows):
+            raise ValueError(f"{path}: systems.{system} must give exactly the rows {rows}")
+        for row, cells in block.items():
+            bad = [k for k, v in (cells or {}).items()
+                   if k not in known or not (v is None or isinstance(v, (int, float)))]
+            if bad or not cells:
+                raise ValueError(f"{path}: systems.{system}.{row}: {bad or 'no cells'}: each cell is one of "
+                                 f"{', '.join(sorted(known))} with a percentage or null")
+    return {"source": data["source"], "rows": rows, "systems": systems, "name": name_or_path}
 
 
 def average_difference(pairs: list[tuple[dict[str, float], dict[str, float]]], samples: int = 2000,
@@ -83,9 +109,33 @@ async def run_table(base: EvalConfig, systems: list[str], questions: dict[str, l
     return result
 
 
-def table_markdown(result: dict[str, Any]) -> str:
+def _reference_rows(system: str, benches: list[str], reference: dict[str, Any]) -> list[str]:
+    """The published rows of one system (as printed, n/a where the file has no number) and each later row's
+    difference from the first where both cells are given."""
+    block = reference["systems"].get(system)
+    if block is None:
+        return []
+
+    def cell(v: Any, sign: str = "") -> str:
+        return "n/a" if v is None else f"{v:{sign}.2f}"
+
+    rows, first = reference["rows"], block[reference["rows"][0]]
+    lines = []
+    for row in rows:
+        cells = block[row]
+        lines.append(f"| {system} | {row} (paper) | " + " | ".join(cell(cells.get(b)) for b in [*benches, "average"])
+                     + " |")
+        if row != rows[0]:
+            diff = [None if cells.get(b) is None or first.get(b) is None else cells[b] - first[b]
+                    for b in [*benches, "average"]]
+            lines.append(f"| {system} | {row} - {rows[0]} (paper) | " + " | ".join(cell(d, "+") for d in diff) + " |")
+    return lines
+
+
+def table_markdown(result: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
     """Markdown laid out like MARSHAL's Table 1 (accuracy in %, one block per system); under each trained model a
-    row of its differences from the base with their 95% intervals."""
+    row of its differences from the base with their 95% intervals; with `reference`, the published rows of each
+    system after ours (the paper's average is over its seven benchmarks, whichever columns this table has)."""
     benches = result["benchmarks"]
     head = "| MAS | model | " + " | ".join(TITLES.get(b, b) for b in benches) + " | Avg. |"
     lines = [head, "|" + "---|" * (len(benches) + 3)]
@@ -100,4 +150,8 @@ def table_markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {system} | {m} - {ref} | " + " | ".join(
                     f"{100 * d[b]['diff']:+.1f} [{100 * d[b]['ci95'][0]:+.1f}, {100 * d[b]['ci95'][1]:+.1f}]"
                     for b in [*benches, "average"]) + " |")
+        if reference:
+            lines.extend(_reference_rows(system, benches, reference))
+    if reference:
+        lines.append(f"\n(paper): {reference['source']}; n/a: no number in the reference {reference['name']!r}")
     return "\n".join(lines)

@@ -185,3 +185,42 @@ def test_a_marshal_run_makes_maslab_the_default_protocol(tmp_path, monkeypatch):
                                      "--base-url", "http://127.0.0.1:9/v1", "--json"])
         assert r.exit_code == 0, r.output
         assert (seen["protocol"], seen["temperature"], seen["max_tokens"]) == want
+
+
+def test_the_marshal_reference_prints_its_published_cells_and_n_a_elsewhere(tmp_path):
+    from stratagem.integrations.mas_table import load_reference, table_markdown
+
+    ref = load_reference("marshal")
+    assert ref["rows"] == ["Qwen3-4B", "MARSHAL"]
+    # the headline gains of the paper are differences of these cells: GPQA-D +7.57 in MAD, AIME +10.0 in AutoGen
+    mad, autogen = ref["systems"]["mad"], ref["systems"]["autogen"]
+    assert mad["MARSHAL"]["gpqa"] - mad["Qwen3-4B"]["gpqa"] == pytest.approx(7.57)
+    assert autogen["MARSHAL"]["aime"] - autogen["Qwen3-4B"]["aime"] == pytest.approx(10.0)
+    result = {"models": ["base"], "benchmarks": ["aime", "gpqa"],
+              "systems": {"mad": {"models": {"base": {"aime": 0.5, "gpqa": 0.25, "average": 0.375}}, "diff": {}}}}
+    md = table_markdown(result, ref).splitlines()
+    assert md[2] == "| mad | base | 50.0 | 25.0 | 37.5 |"
+    assert md[3] == "| mad | Qwen3-4B (paper) | n/a | 37.88 | n/a |"
+    assert md[4] == "| mad | MARSHAL (paper) | n/a | 45.45 | n/a |"
+    assert md[5] == "| mad | MARSHAL - Qwen3-4B (paper) | n/a | +7.57 | n/a |"
+    assert "arXiv 2510.15414v2" in md[-1]
+
+
+def test_a_users_reference_file_is_checked_before_anything_runs(tmp_path):
+    import yaml
+
+    from stratagem.integrations.mas_table import load_reference
+
+    good = {"source": "my table", "rows": ["a", "b"],
+            "systems": {"mad": {"a": {"gsm8k": 90.0, "average": 90.0}, "b": {"gsm8k": 91.5, "average": 91.5}}}}
+    path = tmp_path / "ref.yaml"
+    path.write_text(yaml.safe_dump(good))
+    assert load_reference(str(path))["systems"]["mad"]["b"]["gsm8k"] == 91.5
+    for broken, message in ((dict(good, rows=[]), "non-empty `rows`"),
+                            (dict(good, systems={"mad": {"a": {"gsm8k": 1.0}}}), "exactly the rows"),
+                            (dict(good, systems={"mad": {"a": {"gsm9k": 1.0}, "b": {"gsm8k": "x"}}}), "gsm9k")):
+        path.write_text(yaml.safe_dump(broken))
+        with pytest.raises(ValueError, match=message):
+            load_reference(str(path))
+    with pytest.raises(ValueError, match="marshal or a YAML file"):
+        load_reference(str(tmp_path / "missing.yaml"))

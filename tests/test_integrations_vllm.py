@@ -155,7 +155,8 @@ def test_cli_eval_mas_maslab_table(vllm_server, gsm8k_two, tmp_path):
     out = tmp_path / "table"
     cmd = [sys.executable, "-m", "stratagem.cli", "eval", "mas", "--protocol", "maslab", "--table",
            "--benchmark", "gsm8k,aqua", "--data", f"gsm8k={GSM8K},aqua={aqua}", "--models", "base", "--limit", "2",
-           "--max-tokens", "48", "--rounds", "1", "--json", "--base-url", vllm_server.base_url, "--out", str(out)]
+           "--max-tokens", "48", "--rounds", "1", "--json", "--base-url", vllm_server.base_url, "--out", str(out),
+           "--reference", "marshal"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -165,7 +166,10 @@ def test_cli_eval_mas_maslab_table(vllm_server, gsm8k_two, tmp_path):
         assert set(acc) == {"gsm8k", "aqua", "average"} and all(0.0 <= v <= 1.0 for v in acc.values())
         assert acc["average"] == pytest.approx((acc["gsm8k"] + acc["aqua"]) / 2)
     md = (out / "table.md").read_text().splitlines()
-    assert md[0] == "| MAS | model | GSM8K | AQUA | Avg. |" and len(md) == 4
+    assert md[0] == "| MAS | model | GSM8K | AQUA | Avg. |" and md[2].startswith("| mad | base | ")
+    # the paper's rows after ours, n/a where MARSHAL's sources give no GSM8K / AQUA cell
+    assert md[3] == "| mad | Qwen3-4B (paper) | n/a | n/a | n/a |" and result["reference"]["name"] == "marshal"
+    assert sum("(paper) |" in line for line in md) == 6 and len(md) == 12
     for system in ("mad", "autogen"):
         for bench in ("gsm8k", "aqua"):
             assert len((out / system / bench / "base.jsonl").read_text().splitlines()) == 2
