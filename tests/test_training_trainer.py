@@ -192,7 +192,8 @@ def test_gradient_checkpointing_gives_the_same_update(model_path, tokenizer):
     adv = [1.0 if eps[a.episode].turns[a.turn].reward > 0 else -1.0 for a in batch.acts]
     out = []
     for ckpt in (False, True):
-        trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-3, dtype="float32", gradient_checkpointing=ckpt), seed=0)
+        trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-3, dtype="float32", gradient_checkpointing=ckpt,
+                                                              shared_prefix=False), seed=0)
         assert trainer.model.get_base_model().is_gradient_checkpointing == ckpt
         stats = trainer.ppo_step(batch, adv, PPOConfig())
         out.append((stats["loss"], _snapshot(trainer)))

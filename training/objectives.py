@@ -13,6 +13,7 @@ advantages is selected by `loop.algo` directly (as `maro` is).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -103,22 +104,20 @@ class ClippedPolicyLoss(Objective):
         # same low-precision numerics, so at the first step the ratio is exactly 1 (and the KL exactly 0 while
         # LoRA's B is still zero)
         groups = trainer.mini_batches(len(samples))
+        t0 = time.perf_counter()
         state: dict[str, Any] = {"adv": list(targets), "w": aggregation_weights(cfg.aggregation, batch.acts),
                                  "ref": trainer.score(samples, reference=True, groups=groups) if want_ref else None}
-        endpoint = [torch.tensor(s.old_logprobs, dtype=torch.float32) for s in samples]
+        t1 = time.perf_counter()
+        state["endpoint"] = [torch.tensor(s.old_logprobs, dtype=torch.float32) for s in samples]
         if cfg.old_logprobs == "trainer":
-            scored = trainer.score(samples, groups=groups)
-            old = [lp.float().cpu() if lp is not None else torch.full((len(s.positions),), float("nan"))
-                   for lp, s in zip(scored, samples)]
-            if trainer.temperature == 1.0:  # how far the endpoint's log-probs are from the trainer's own
-                ratio = torch.exp(_cat(old) - _cat(endpoint))
-                known = ~torch.isnan(ratio)
-                if known.any():
-                    outside = (ratio[known] - ratio[known].clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)).abs() > 0
-                    state["endpoint_outside_clip_frac"] = float(outside.float().mean())
-            state["old"] = old
+            # the first step's old log-probs are its own policy's (the weights have not moved yet): they are taken
+            # from that step's forward (loss, first_step) instead of a pass of their own
+            scored = trainer.score(samples, groups=groups[1:])
+            state["old"] = [lp.float().cpu() if lp is not None else None for lp in scored]
         else:
-            state["old"] = endpoint
+            state["old"] = state["endpoint"]
+        state["pass_s"] = {"ref_s": t1 - t0, "old_s": time.perf_counter() - t1}
+        state["temperature"] = trainer.temperature
         return state
 
     def loss(self, trainer, batch, mb, logps, state, first_step):
@@ -127,6 +126,9 @@ class ClippedPolicyLoss(Objective):
         logp = torch.cat(logps)
         dev = logp.device
         acts = [a for i in mb for a in samples[i].acts]
+        for i, lp in zip(mb, logps):
+            if state["old"][i] is None:  # a first-step sample (see prepare): kept for later epochs too
+                state["old"][i] = lp.detach().float().cpu()
         old = torch.cat([state["old"][i] for i in mb]).to(dev)
         adv = torch.tensor([state["adv"][a] for a in acts], device=dev, dtype=torch.float32)
         w = torch.tensor([state["w"][a] for a in acts], device=dev, dtype=torch.float32)
@@ -160,8 +162,14 @@ class ClippedPolicyLoss(Objective):
             out["kl"] = sums["kl_sum"] / n
         if "entropy_sum" in sums:
             out["entropy"] = sums["entropy_sum"] / n  # mean over trained tokens and epochs
-        if "endpoint_outside_clip_frac" in state:
-            out["endpoint_clip_frac"] = state["endpoint_outside_clip_frac"]
+        cfg: PPOConfig = self.config or PPOConfig()
+        if cfg.old_logprobs == "trainer" and state.get("old") and all(o is not None for o in state["old"]):
+            ratio = torch.exp(_cat(state["old"]) - _cat(state["endpoint"]))  # the endpoint's vs the trainer's own
+            known = ~torch.isnan(ratio)
+            if known.any() and state.get("temperature", 1.0) == 1.0:
+                outside = (ratio[known] - ratio[known].clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)).abs() > 0
+                out["endpoint_clip_frac"] = float(outside.float().mean())
+        out.update(state.get("pass_s", {}))
         return out
 
 
@@ -179,12 +187,14 @@ class MAROLoss(Objective):
         from its own acts (losses.mismatched_pairs); or (desirable per act, fixed mismatched samples)."""
         desirable, *rest = targets
         samples = batch.samples
+        t0 = time.perf_counter()
         ref = trainer.score(samples, reference=True, groups=trainer.mini_batches(len(samples)))
+        ref_s = time.perf_counter() - t0
         ref_act = torch.zeros(len(batch.acts))
         for s, lp in zip(samples, ref):
             ref_act.index_add_(0, torch.tensor(s.acts, dtype=torch.long), lp.float().cpu())
         state = {"labels": torch.tensor(desirable, dtype=torch.bool), "ref_act": ref_act, "z0": torch.zeros(()),
-                 "z0_sum": 0.0, "z0_n": 0}
+                 "z0_sum": 0.0, "z0_n": 0, "pass_s": {"ref_s": ref_s}}
         if len(rest) == 2:
             state["episodes"], state["rng"] = rest
         else:
@@ -230,5 +240,5 @@ class MAROLoss(Objective):
         return {"loss": sums.get("loss", 0.0), "z0": state["z0_sum"] / max(state["z0_n"], 1),
                 "reward_desirable": sums.get("r_win", 0.0) / max(n_win * passes, 1),
                 "reward_undesirable": sums.get("r_lose", 0.0) / max(n_lose * passes, 1),
-                "desirable_acts": float(n_win), "undesirable_acts": float(n_lose)}
+                "desirable_acts": float(n_win), "undesirable_acts": float(n_lose), **state["pass_s"]}
 

@@ -78,6 +78,14 @@ class TrainerConfig:
     logits_at_loss_only: bool = field(default=True, metadata={"help": "Run the LM head only on trained positions "
                                       "(off: full logits, for benchmarking)."})
     pack: bool = field(default=True, metadata={"help": "Pack a seat's prefix-consistent turns into one sequence."})
+    shared_prefix: bool = field(default=True, metadata={"help": "Run the tokens that all sequences of a micro-batch "
+                                "start with (a game's system line, rules and instructions) once and reuse their "
+                                "keys / values for every sequence, in all three passes (gradients flow through the "
+                                "shared part once); micro-batches are then grouped by their opening tokens and the "
+                                "shared part counts once against micro_batch_tokens. Off: every sequence computed "
+                                "from its first token. Off under gradient checkpointing (no cache there)."})
+    min_shared_prefix: int = field(default=16, metadata={"help": "Share a prefix only when it is at least this many "
+                                   "tokens (a shorter one saves less than the extra forward call costs).", "min": 1})
     max_seq_len: int = field(default=4096, metadata={"help": "Longest trained sequence; longer turns are dropped.",
                                                   "min": 1})
     track_kl: bool = field(default=True, metadata={"help": "Compute the KL to the reference (one extra no-grad "
@@ -107,6 +115,16 @@ def scheduled_lr(c: TrainerConfig, step: int, progress: float) -> float:
     if step < c.warmup_steps:
         lr *= step / c.warmup_steps
     return lr
+
+
+def shareable(a: Sample, b: Sample) -> int:
+    """How many opening tokens two sequences can share: their common prefix, stopped one token before the first
+    trained position of either (the logits predicting a trained token come from the unshared part)."""
+    n = min(len(a.input_ids), len(b.input_ids), min(a.positions, default=1) - 1, min(b.positions, default=1) - 1)
+    k = 0
+    while k < n and a.input_ids[k] == b.input_ids[k]:
+        k += 1
+    return k
 
 
 def cpu_has_native_bf16() -> bool:
@@ -189,21 +207,64 @@ class LoRATrainer:
         self._head = inner.get_output_embeddings()
 
     # ---- scoring -------------------------------------------------------------------------------------------
+    @property
+    def sharing(self) -> bool:
+        c = self.config
+        return c.shared_prefix and c.logits_at_loss_only and not c.gradient_checkpointing
+
     def micro_batches(self, samples: list[Sample], indices: list[int] | None = None) -> Iterator[list[int]]:
-        """Indices of samples grouped (longest first) so that padded length x count stays within the budget."""
+        """Indices of samples grouped (longest first) so that the tokens computed per forward stay within the
+        budget: padded length x count, or with shared prefixes the shared part once plus the padded rest of each."""
         # indices given = the samples of one optimizer step: this rank's share of them (all of them on one process)
         pool = range(len(samples)) if indices is None else \
             self.dist.shard(indices, [len(s.input_ids) for s in samples])
-        order = sorted(pool, key=lambda i: -len(samples[i].input_ids))
-        group: list[int] = []
-        for i in order:
-            longest = len(samples[group[0]].input_ids) if group else len(samples[i].input_ids)
-            if group and longest * (len(group) + 1) > self.config.micro_batch_tokens:
+        if not self.sharing:
+            order = sorted(pool, key=lambda i: -len(samples[i].input_ids))
+            group: list[int] = []
+            for i in order:
+                longest = len(samples[group[0]].input_ids) if group else len(samples[i].input_ids)
+                if group and longest * (len(group) + 1) > self.config.micro_batch_tokens:
+                    yield group
+                    group = []
+                group.append(i)
+            if group:
                 yield group
-                group = []
-            group.append(i)
+            return
+        # token order puts the sequences with the longest common openings side by side; a sequence joins the
+        # group when computing them together costs no more than apart (and fits the budget)
+        order = sorted(pool, key=lambda i: samples[i].input_ids)
+        group, cost, shared, longest = [], 0, 0, 0
+        for i in order:
+            n = len(samples[i].input_ids)
+            if group:
+                lcp = min(shared, shareable(samples[group[0]], samples[i]))
+                top = max(longest, n)
+                together = lcp + (len(group) + 1) * (top - lcp) if lcp >= self.config.min_shared_prefix \
+                    else (len(group) + 1) * top
+                if together <= min(self.config.micro_batch_tokens, cost + n):
+                    group.append(i)
+                    cost, shared, longest = together, lcp, top
+                    continue
+                yield group
+            group, cost, shared, longest = [i], n, n, n
         if group:
             yield group
+
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor, share: int) -> torch.Tensor:
+        """The decoder's last hidden states of positions share.. (all positions when share is 0). The first `share`
+        tokens, the same in every row, run once in a batch of one; their keys / values are broadcast to the rows
+        (expand: no copy; the backward sums the rows' gradients into the one prefix computation)."""
+        if share == 0:
+            return self._decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self._decoder.config)
+        self._decoder(input_ids=ids[:1, :share], past_key_values=cache, use_cache=True)
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(ids.shape[0], -1, -1, -1)
+            layer.values = layer.values.expand(ids.shape[0], -1, -1, -1)
+        return self._decoder(input_ids=ids[:, share:], attention_mask=mask, past_key_values=cache,
+                             use_cache=True).last_hidden_state
 
     def token_logprobs(self, samples: list[Sample], *, reference: bool = False,
                        entropy: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
@@ -223,10 +284,14 @@ class LoRATrainer:
         rows = torch.tensor([b for b, s in enumerate(samples) for _ in s.positions], device=self.device)
         pos = torch.tensor([p for s in samples for p in s.positions], device=self.device)
         ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()
+        share = 0
+        if self.sharing and len(samples) > 1:
+            share = min(shareable(samples[0], s) for s in samples[1:])
+            share = share if share >= self.config.min_shared_prefix else 0
         with ctx:
             if self.config.logits_at_loss_only:
-                hidden = self._decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-                logits = self._head(hidden[rows, pos - 1]).float()
+                hidden = self._hidden(ids, mask, share)
+                logits = self._head(hidden[rows, pos - 1 - share]).float()
             else:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, pos - 1].float()
         if self.config.temper_logprobs and self.temperature != 1.0:
@@ -294,6 +359,7 @@ class LoRATrainer:
             return {"trained_tokens": 0.0}
         state = objective.prepare(self, batch, targets)
         state["epochs"] = self.config.epochs
+        t_policy = time.perf_counter()
         groups = self.mini_batches(len(samples))
         n_steps = self.config.epochs * len(groups)
         sums: dict[str, float] = {}
@@ -317,11 +383,13 @@ class LoRATrainer:
                     else 0.0
                 lr = scheduled_lr(self.config, self.optimizer_steps, progress)
                 grad_norm = self._optimizer_step(lr)
-        elapsed = time.perf_counter() - t0
+        end = time.perf_counter()
+        elapsed = end - t0
         n = batch.n_trained_tokens
         sums = self.dist.all_reduce_sum(sums)  # each rank summed over its shard only
         return {**objective.summary(sums, batch, state), "grad_norm": grad_norm, "lr": lr,
                 "trained_tokens": float(n), "input_tokens": float(batch.n_input_tokens), "update_s": elapsed,
+                "policy_s": end - t_policy,  # the forward + backward passes (prepare's: ref_s, old_s)
                 "tokens_per_s": n * self.config.epochs / elapsed,
                 "input_tokens_per_s": batch.n_input_tokens * self.config.epochs / elapsed}
 
