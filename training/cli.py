@@ -164,6 +164,21 @@ def register(app: typer.Typer) -> None:
                    f"{len(cp['commits'])} commits verified)")
 
     @app.command()
+    def export(run_dir: Path = typer.Argument(..., help="A run directory written by `stratagem train`."),
+               to: Path = typer.Option(..., "--to", help="Directory for the dataset (datasets.save_to_disk).")) -> None:
+        """Write a run's trained turns as a Hugging Face dataset, one row per trained turn: game, role, messages,
+        response, action, reward, return, advantage (MARO: desirable), the adapter that sampled it, token ids and
+        log-probs. Read it with datasets.load_from_disk."""
+        from stratagem.training.export import export_run
+
+        try:
+            n = export_run(run_dir, to)
+        except (RuntimeError, ValueError, FileNotFoundError) as e:  # a damaged store: StoreDamage
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{to}: {n} trained turns from {run_dir}")
+
+    @app.command()
     def report(run_dir: Path = typer.Argument(..., help="A run directory written by `stratagem train`.")) -> None:
         """Write PNG plots of a run's metrics to RUN_DIR/plots/."""
         from stratagem.training.report import write_report
