@@ -43,7 +43,7 @@ def measure(model_path: str, episodes: list, shared: bool, seed: int) -> dict:
     from stratagem.agents.sampling import SamplingConfig
     from stratagem.training.losses import PPOConfig
     from stratagem.training.samples import build_batch
-    from stratagem.training.trainer import LoRATrainer, TrainerConfig, shareable
+    from stratagem.training.trainer import LoRATrainer, TrainerConfig
 
     cfg = TrainerConfig(shared_prefix=shared)
     tr = LoRATrainer(model_path, cfg, seed=seed, temperature=SamplingConfig().temperature)
@@ -54,8 +54,7 @@ def measure(model_path: str, episodes: list, shared: bool, seed: int) -> dict:
     for group in tr.mini_batches(len(batch.samples)):
         for mb in tr.micro_batches(batch.samples, group):
             ss = [batch.samples[i] for i in mb]
-            share = min((shareable(ss[0], s) for s in ss[1:]), default=0) if tr.sharing else 0
-            share = share if share >= cfg.min_shared_prefix else 0
+            share = tr.share_length(ss)
             computed += share + sum(len(s.input_ids) - share for s in ss)
     import torch
 

@@ -212,36 +212,36 @@ class LoRATrainer:
         c = self.config
         return c.shared_prefix and c.logits_at_loss_only and not c.gradient_checkpointing
 
+    def share_length(self, samples: list[Sample]) -> int:
+        """How many opening tokens a micro-batch computes once (0: every sequence from its first token)."""
+        if not self.sharing or len(samples) < 2:
+            return 0
+        share = min(shareable(samples[0], s) for s in samples[1:])
+        return share if share >= self.config.min_shared_prefix else 0
+
     def micro_batches(self, samples: list[Sample], indices: list[int] | None = None) -> Iterator[list[int]]:
-        """Indices of samples grouped (longest first) so that the tokens computed per forward stay within the
-        budget: padded length x count, or with shared prefixes the shared part once plus the padded rest of each."""
+        """Indices of samples grouped so that the tokens computed per forward stay within the budget: the shared
+        opening once (none without sharing) plus the padded rest of each sequence."""
         # indices given = the samples of one optimizer step: this rank's share of them (all of them on one process)
         pool = range(len(samples)) if indices is None else \
             self.dist.shard(indices, [len(s.input_ids) for s in samples])
-        if not self.sharing:
-            order = sorted(pool, key=lambda i: -len(samples[i].input_ids))
-            group: list[int] = []
-            for i in order:
-                longest = len(samples[group[0]].input_ids) if group else len(samples[i].input_ids)
-                if group and longest * (len(group) + 1) > self.config.micro_batch_tokens:
-                    yield group
-                    group = []
-                group.append(i)
-            if group:
-                yield group
-            return
-        # token order puts the sequences with the longest common openings side by side; a sequence joins the
-        # group when computing them together costs no more than apart (and fits the budget)
-        order = sorted(pool, key=lambda i: samples[i].input_ids)
-        group, cost, shared, longest = [], 0, 0, 0
+        share = self.sharing
+        # token order puts the sequences with the longest common openings side by side; without sharing, longest
+        # first keeps the padding small
+        order = sorted(pool, key=(lambda i: samples[i].input_ids) if share else (lambda i: -len(samples[i].input_ids)))
+        budget = self.config.micro_batch_tokens
+        group: list[int] = []
+        cost = shared = longest = 0
         for i in order:
             n = len(samples[i].input_ids)
             if group:
-                lcp = min(shared, shareable(samples[group[0]], samples[i]))
+                lcp = min(shared, shareable(samples[group[0]], samples[i])) if share else 0
                 top = max(longest, n)
-                together = lcp + (len(group) + 1) * (top - lcp) if lcp >= self.config.min_shared_prefix \
-                    else (len(group) + 1) * top
-                if together <= min(self.config.micro_batch_tokens, cost + n):
+                once = lcp if lcp >= self.config.min_shared_prefix else 0
+                together = once + (len(group) + 1) * (top - once)
+                # with sharing a sequence joins only when that costs no more than computing it apart; without,
+                # padding is the accepted price of batching
+                if together <= (min(budget, cost + n) if share else budget):
                     group.append(i)
                     cost, shared, longest = together, lcp, top
                     continue
@@ -284,10 +284,7 @@ class LoRATrainer:
         rows = torch.tensor([b for b, s in enumerate(samples) for _ in s.positions], device=self.device)
         pos = torch.tensor([p for s in samples for p in s.positions], device=self.device)
         ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()
-        share = 0
-        if self.sharing and len(samples) > 1:
-            share = min(shareable(samples[0], s) for s in samples[1:])
-            share = share if share >= self.config.min_shared_prefix else 0
+        share = self.share_length(samples)
         with ctx:
             if self.config.logits_at_loss_only:
                 hidden = self._hidden(ids, mask, share)
