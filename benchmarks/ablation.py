@@ -11,6 +11,14 @@ weights between variants. Prints one JSON object, then the markdown table (to st
 
     python benchmarks/ablation.py                        # the documented CPU run (about an hour on 2 cores)
     python benchmarks/ablation.py --iterations 1 --episodes-per-iteration 6 --eval-episodes 2 --variants mars,grpo
+
+`--exact` scores each policy without sampling noise instead: the exact exploitability and the exact expected
+return against CFR (both seats' mean) on Kuhn poker and Leduc hold'em (`stratagem eval exact`, scored by the
+trainer's model here), for every training seed of `--seeds`, so the only noise left is training's; the table gives
+each variant's mean over seeds with the seed range, and `exceeds_seed_spread` says, per variant and metric, whether
+the whole range lies on one side of the base model's value.
+
+    python benchmarks/ablation.py --exact --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -75,6 +83,58 @@ def evaluate(server, a: argparse.Namespace, label: str) -> dict:
     return {"games": games, "eval_s": round(time.perf_counter() - t0, 1)}
 
 
+EXACT_GAMES = ["kuhn_poker", "leduc_poker"]
+EXACT_METRICS = {"exploitability": lambda m: m["exploitability"], "vs_cfr": lambda m: m["vs_cfr"]["mean"]}
+
+
+def evaluate_exact(model_path: str, run_dir: Path | None, name: str, cfg, out: Path) -> dict:
+    """Exact numbers of policy `name` (base, or the run's adapter iter-K) on the poker games, in the run's reply
+    protocol; the tables cached in `out` (one folder per run: the cache is keyed by the policy's name)."""
+    from stratagem.integrations.exact_eval import ExactEvalConfig, run as run_exact
+
+    ec = ExactEvalConfig(models=[name], games=EXACT_GAMES, source="trainer", model_path=model_path,
+                         run=str(run_dir) if run_dir else None, sampling=cfg.sampling, reply=cfg.reply,
+                         out=str(out))
+    t0 = time.perf_counter()
+    per_game = run_exact(ec)["models"][name]
+    return {"games": {g: {k: round(f(m), 4) for k, f in EXACT_METRICS.items()} | {"illegal_prob_mean": round(
+        m["illegal_prob_mean"], 4)} for g, m in per_game.items()}, "eval_s": round(time.perf_counter() - t0, 1)}
+
+
+def exact_summary(result: dict) -> dict:
+    """Per variant and (game, metric): the mean over seeds, the range, and whether the range lies wholly on one
+    side of the base model's value (a difference the seed spread does not cover)."""
+    base = result["models"]["base"]["exact"]["games"]
+    out = {}
+    for name, r in result["models"].items():
+        if name == "base":
+            continue
+        cells = {}
+        for g in EXACT_GAMES:
+            for k in EXACT_METRICS:
+                vals = [s["exact"]["games"][g][k] for s in r["seeds"].values()]
+                lo, hi = min(vals), max(vals)
+                cells[f"{g}/{k}"] = {"mean": round(sum(vals) / len(vals), 4), "range": [lo, hi],
+                                     "base": base[g][k], "exceeds_seed_spread": lo > base[g][k] or hi < base[g][k]}
+        out[name] = cells
+    return out
+
+
+def exact_markdown(result: dict) -> str:
+    cols = [f"{g}/{k}" for g in EXACT_GAMES for k in EXACT_METRICS]
+    lines = ["| variant | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    base = result["models"]["base"]["exact"]["games"]
+    lines.append("| base model | " + " | ".join(f"{base[g][k]:.4f}" for g in EXACT_GAMES for k in EXACT_METRICS)
+                 + " |")
+    for name, cells in result["exact_summary"].items():
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(
+            f"{cells[c]['mean']:.4f} [{cells[c]['range'][0]:.4f}, {cells[c]['range'][1]:.4f}]"
+            + (" *" if cells[c]["exceeds_seed_spread"] else "") for c in cols) + " |")
+    lines.append(f"\nMean over seeds {result['seeds']} [seed range]; * the whole range on one side of the base "
+                 "model. Exploitability: lower is better; vs_cfr: exact expected return against CFR, seats averaged.")
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
     head = "| variant | " + " | ".join(EVAL_GAMES) + " | mean |"
     lines = [head, "|" + "---|" * (len(EVAL_GAMES) + 2)]
@@ -102,6 +162,9 @@ def main() -> None:
                     "for the small default model; MARS trains Qwen3-4B at 1e-6 with full fine-tuning).")
     ap.add_argument("--model", default="default", help="Base model: registered name, local directory or hub id.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exact", action="store_true", help="Score by exact exploitability and return vs CFR on "
+                    "Kuhn and Leduc instead of sampled games, over --seeds.")
+    ap.add_argument("--seeds", default=None, help="Comma-separated training seeds with --exact (default 0,1,2).")
     ap.add_argument("--out", default=None, help="Where the runs go (default: a folder in the user cache).")
     ap.add_argument("--table-stderr", action="store_true", help="Print the markdown table to stderr.")
     a = ap.parse_args()
@@ -124,6 +187,35 @@ def main() -> None:
                     "iterations": a.iterations, "episodes_per_iteration": a.episodes_per_iteration,
                     "eval_episodes_per_seat_order": a.eval_episodes, "seed": a.seed,
                     "fixed_opponent": a.fixed_opponent, "out": str(out), "models": {}}
+    if a.exact:
+        seeds = [int(x) for x in (a.seeds or "0,1,2").split(",")]
+        result.update({"exact_games": EXACT_GAMES, "seeds": seeds})
+        result.pop("eval_games"), result.pop("eval_episodes_per_seat_order"), result.pop("seed")
+        with VLLMServer(model=model_path, weight_reload=True, max_lora_rank=16) as server:
+            base_cfg = configs[names[0]]
+            result["models"]["base"] = {"exact": evaluate_exact(model_path, None, "base", base_cfg,
+                                                                       out / "exact-base")}
+            for name in names:
+                result["models"][name] = {"seeds": {}}
+                for seed in seeds:
+                    a.seed = seed
+                    cfg = run_config(name, a, a.fixed_opponent)
+                    t0 = time.perf_counter()
+                    server.load_base_weights()
+                    store = run_training(cfg, out / f"{name}-seed{seed}", server=server, progress=False)
+                    train_s = time.perf_counter() - t0
+                    k = store.completed_iterations()
+                    result["models"][name]["seeds"][seed] = {
+                        "train_s": round(train_s, 1),
+                        "exact": evaluate_exact(model_path, store.root, f"iter-{k}", cfg, store.root / "exact")}
+                    print(f"[ablation] {name} seed {seed}: trained in {train_s:.0f}s", file=sys.stderr)
+                    atomic_write(out / "ablation.partial.json", json.dumps(result, indent=1))
+        result["wall_s"] = round(time.perf_counter() - t_all, 1)
+        result["exact_summary"] = exact_summary(result)
+        result["table_markdown"] = exact_markdown(result)
+        print(json.dumps(result, indent=1))
+        print(result["table_markdown"], file=sys.stderr if a.table_stderr else sys.stdout)
+        return
     with VLLMServer(model=model_path, weight_reload=True, max_lora_rank=16) as server:
         result["models"]["base"] = {"eval": evaluate(server, a, "base")}
         atomic_write(out / "ablation.partial.json", json.dumps(result, indent=1))

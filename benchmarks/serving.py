@@ -5,8 +5,12 @@ Sampling from the current policy is what rollouts do. vLLM's LoRA path costs a l
 into the base weights and reloading them in place (`VLLMServer.load_policy_weights`) samples the same policy at
 base-model speed, paying one merge + reload per policy version. The JSON reports both as ratios of base
 throughput, plus that reload cost and the log-prob gap that proves the merged weights are the adapter's.
+`eval_requests_per_s` is the same comparison through `eval games` (tic-tac-toe against the random bot, the
+training reply protocol, 8 games in flight): the adapter asked for under its own name, once as a LoRA adapter and
+once merged into the weights as `eval games --adapter-weights merged` serves it; `eval_merged_over_base` is the
+issue's target (>= 0.9).
 
-    python benchmarks/serving.py [--max-tokens 64] [--levels 1,16,64] [--repeats 2] [--skip-hf]
+    python benchmarks/serving.py [--max-tokens 64] [--levels 1,16,64] [--repeats 2] [--skip-hf] [--eval-games 20]
 """
 
 from __future__ import annotations
@@ -46,6 +50,17 @@ async def _throughput(base_url: str, model: str, prompts: list[str], concurrency
         return tokens / (time.perf_counter() - start)
 
 
+def _eval_rate(base_url: str, model: str, games: int) -> float:
+    """Model requests per second of `eval games` on tic-tac-toe against the random bot, both seat orders."""
+    from stratagem.integrations.games_eval import GamesEvalConfig, run_games_eval
+
+    cfg = GamesEvalConfig(models=[model], games=["tictactoe"], opponent="random", episodes=games, base_url=base_url)
+    start = time.perf_counter()
+    res = asyncio.run(run_games_eval(cfg))
+    wall = time.perf_counter() - start
+    return sum(s["model_turns"] for s in res["models"][model]["tictactoe"].values()) / wall
+
+
 def _hf_throughput(model_path: str, prompts: list[str], batch: int, max_tokens: int) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,12 +82,15 @@ def main() -> None:
     ap.add_argument("--levels", default="1,16,64", help="concurrency levels")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--skip-hf", action="store_true", help="skip transformers generate")
+    ap.add_argument("--eval-games", type=int, default=20, help="games per seat order of the eval-games rates (0: "
+                    "skip them)")
     ap.add_argument("--repeats", type=int, default=2, help="best of this many runs per point (a busy machine "
                     "only ever slows a run down, so the best run is the least disturbed)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
     from helpers_lora import make_adapter
+    from stratagem.integrations.cli import policy_switch
     from stratagem.integrations.vllm_server import VLLMServer
     from stratagem.models import resolve
 
@@ -81,9 +99,21 @@ def main() -> None:
                     "lora_rank": args.rank}
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
         adapter = make_adapter(model_path, Path(tmp) / "bench-lora", seed=0, rank=args.rank)
-        with VLLMServer(model=model_path, max_lora_rank=max(16, args.rank), weight_reload=True) as srv:
+        with VLLMServer(model=model_path, max_lora_rank=max(16, args.rank), weight_reload=True,
+                        model_aliases=["bench-merged"]) as srv:
             result["engine_dtype"] = srv.dtype
             srv.load_adapter("bench-lora", adapter)
+            if args.eval_games:
+                rate = {"base": _eval_rate(srv.base_url, "base", args.eval_games),
+                        "lora": _eval_rate(srv.base_url, "bench-lora", args.eval_games)}
+                start = time.perf_counter()
+                policy_switch(srv, {"bench-merged": str(adapter)})("bench-merged")
+                result["eval_switch_s"] = time.perf_counter() - start
+                rate["merged"] = _eval_rate(srv.base_url, "bench-merged", args.eval_games)
+                srv.load_base_weights()
+                result["eval_requests_per_s"] = rate
+                result["eval_lora_over_base"] = rate["lora"] / rate["base"]
+                result["eval_merged_over_base"] = rate["merged"] / rate["base"]
             run = lambda model, c: max(asyncio.run(_throughput(srv.base_url, model, PROMPTS, c, args.max_tokens))
                                        for _ in range(args.repeats))
             run("base", 2), run("bench-lora", 2)  # warm-up

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -48,6 +50,58 @@ def endpoint(base_url: Optional[list[str]] | str, adapters: list[str], model: st
         yield srv.base_url
 
 
+def merged_serving(weights: str, base_url: Any, adapters: dict[str, str]) -> bool:
+    """Whether the adapters are served merged into the base weights (--adapter-weights): 'merged', or 'auto' on a
+    machine without a GPU (vLLM's CPU engine runs a LoRA adapter at about half the base model's speed)."""
+    if weights not in ("auto", "lora", "merged"):
+        raise typer.BadParameter(f"--adapter-weights must be auto, lora or merged, got {weights!r}")
+    if weights == "merged" and base_url:
+        raise typer.BadParameter("--adapter-weights merged replaces the weights of a server this command starts; "
+                                 "it cannot with --base-url")
+    if not adapters or base_url or weights == "lora":
+        return False
+    if weights == "merged":
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def policy_switch(srv: Any, adapters: dict[str, str]) -> Callable[[str], None]:
+    """switch(NAME) for a server started with weight_reload and the adapters' names as model_aliases: adapter
+    NAME merged into the served weights and verified against transformers + peft as the training loop verifies its
+    policy (the server then answers to NAME with it); any other name puts the base weights back. The server holds
+    one policy at a time, so the models must be played one after the other (games_eval's `before_model`)."""
+    def switch(name: str) -> None:
+        if name in adapters:
+            check = srv.load_policy_weights(adapters[name], name)
+            typer.echo(f"{name}: merged into the served weights and verified (mean |dlogp| "
+                       f"{check['mean_abs_diff']:.2g} over {check['tokens']} probe tokens)", err=True)
+        elif srv.policy_version is not None:
+            srv.load_base_weights()
+            typer.echo(f"{name}: the base weights back in place", err=True)
+    return switch
+
+
+@contextlib.contextmanager
+def merged_endpoint(adapters: dict[str, str], model: str = "default") -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A server started here that serves the adapters merged, one at a time, at the base model's speed: (URL,
+    policy_switch)."""
+    from stratagem.integrations.vllm_server import ServerConfig, VLLMServer
+
+    with VLLMServer(ServerConfig(model=model, weight_reload=True, model_aliases=list(adapters))) as srv:
+        yield srv.base_url, policy_switch(srv, adapters)
+
+
+def run_adapters(run: str | None, names: list[str], adapters: list[str]) -> list[str]:
+    """The --adapter list plus, for each model name not given there, the run's adapter of that name
+    (RUN/adapters/NAME) where it exists."""
+    given = {a.split("=", 1)[0] for a in adapters}
+    found = [f"{n}={Path(run) / 'adapters' / n}" for n in names
+             if run and n not in given and (Path(run) / "adapters" / n / "adapter_config.json").is_file()]
+    return [*adapters, *found]
+
+
 def _run_preset(run: str) -> str:
     """The preset a training run recorded (loop.preset in its config.yaml; 'laptop' when it names none)."""
     import yaml
@@ -58,7 +112,45 @@ def _run_preset(run: str) -> str:
     return str(((yaml.safe_load(path.read_text()) or {}).get("loop") or {}).get("preset") or "laptop")
 
 
+class LineProgress:
+    """Progress as plain lines on stderr, for a log file or a pipe, where rich's bar draws nothing: a line about
+    every 5% of a task (and at most a minute apart while it advances) with the rate and the time left."""
+
+    def __init__(self, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.tasks: list[dict[str, Any]] = []
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, description: str, total: int) -> int:
+        now = time.monotonic()
+        self.tasks.append({"what": description, "total": total, "done": 0, "start": now, "said": now})
+        return len(self.tasks) - 1
+
+    def advance(self, task: int, n: int = 1) -> None:
+        t = self.tasks[task]
+        t["done"] += n
+        now = time.monotonic()
+        step = max(1, t["total"] // 20)
+        if t["done"] % step and t["done"] != t["total"] and now - t["said"] < 60:
+            return
+        t["said"] = now
+        elapsed = now - t["start"]
+        rate = t["done"] / elapsed * 60 if elapsed > 0 else 0.0
+        left = ""
+        if rate > 0 and t["done"] < t["total"]:
+            left = f", about {(t['total'] - t['done']) / rate:.0f} min left"
+        print(f"{t['what']}: {t['done']}/{t['total']} ({rate:.1f}/min, {elapsed / 60:.1f} min{left})",
+              file=self.stream, flush=True)
+
+
 def _progress() -> Any:
+    if not sys.stderr.isatty():
+        return LineProgress()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -239,7 +331,12 @@ def eval_games(
     base_url: Optional[list[str]] = typer.Option(None, help="Use this endpoint instead of starting a server; "
                                                  "repeat it, or give a comma-separated list or a file of URLs, to "
                                                  "spread the work over several endpoints serving the same models."),
-    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server "
+                                      "(with --run, the run's adapters named in --models are added)."),
+    adapter_weights: str = typer.Option("auto", help="How the started server serves the adapters: lora (vLLM's "
+                                        "LoRA path, all models at once), merged (each merged into the base weights "
+                                        "in turn, verified, at base speed; models played one after the other), "
+                                        "auto (merged on a machine without a GPU)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Bearer token for --base-url (a server started "
                                           "with --api-key)."),
     concurrency: int = typer.Option(8, help="Games in flight at once."),
@@ -272,10 +369,19 @@ def eval_games(
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1)
-    with endpoint(base_url, adapter) as url, _progress() as progress:
-        cfg.base_url = url
+    from stratagem.cli import _parse_adapters
+
+    adapter = run_adapters(run, cfg.models, adapter) if not base_url else adapter
+    parsed = _parse_adapters(adapter)
+    with contextlib.ExitStack() as stack:
+        switch = None
+        if merged_serving(adapter_weights, base_url, parsed):
+            cfg.base_url, switch = stack.enter_context(merged_endpoint(parsed))
+        else:
+            cfg.base_url = stack.enter_context(endpoint(base_url, adapter))
+        progress = stack.enter_context(_progress())
         task = progress.add_task("strategic games", total=total)
-        result = asyncio.run(run_games_eval(cfg, on_episode=lambda _: progress.advance(task)))
+        result = asyncio.run(run_games_eval(cfg, on_episode=lambda _: progress.advance(task), before_model=switch))
     if json_out:
         typer.echo(json.dumps(result))
     else:

@@ -29,7 +29,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from stratagem.agents import close_agents
 from stratagem.agents.sampling import SamplingConfig
@@ -252,12 +252,18 @@ def plan(config: GamesEvalConfig) -> list[Matchup]:
     return out
 
 
-async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dict[str, Any]:
+async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None,
+                         before_model: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Play every matchup of `plan(config)` and summarize; episodes are committed to `config.out` as they end, and
-    a rerun with the same `out` plays only the games not there yet (`resumed` counts the others)."""
+    a rerun with the same `out` plays only the games not there yet (`resumed` counts the others). With
+    `before_model`, the models are played one after the other and it is called before each one's first game (a
+    server serving one policy at a time puts that model's weights in place)."""
     from stratagem.training.rollout import collect_episodes
 
     matchups = plan(config)
+    if before_model is not None:
+        matchups.sort(key=lambda mu: config.models.index(mu.model))
+    current = None
     result: dict[str, Any] = {"opponent": config.opponent, "episodes": config.episodes,
                               "sampling": dataclasses.asdict(config.sampling),
                               "reply": dataclasses.asdict(config.reply), "models": {m: {} for m in config.models}}
@@ -273,6 +279,9 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None) -> dic
         done = _played(journal, config.seed, config.episodes)
         todo = [i for i in range(config.episodes) if i not in done]
         try:
+            if before_model is not None and todo and mu.model != current:
+                before_model(mu.model)
+                current = mu.model
             eps = await collect_episodes(mu.game, agents, config.episodes, config.concurrency, seed=config.seed,
                                          config=game_cfg, only=todo, on_episode=_sink(journal, on_episode))
         finally:

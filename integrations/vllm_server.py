@@ -95,6 +95,9 @@ class ServerConfig:
     startup_timeout: float = field(default=300.0, metadata={"help": "Seconds to wait for a healthy server."})
     weight_reload: bool = field(default=False, metadata={"help": "Allow replacing the served base weights in place "
                                 "(merged-policy sampling; turns on vLLM's dev endpoints, so only on loopback)."})
+    model_aliases: list[str] = field(default_factory=list, metadata={"help": "More names the base weights answer "
+                                     "to: with weight_reload, an adapter merged into them (load_policy_weights) is "
+                                     "then asked for under its own name."})
     seed: int = field(default=0, metadata={"help": "Engine seed."})
     log_path: str | None = field(default=None, metadata={"help": "Server log file; default under the cache dir."})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "More vLLM command-line arguments."})
@@ -285,6 +288,7 @@ class VLLMServer:
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model_path,
             "--served-model-name", BASE_NAME, Path(self.model_path).name if Path(self.model_path).exists() else self.model_path,
+            *c.model_aliases,
             "--host", c.host, "--port", str(self.port),
             "--enable-lora", "--max-lora-rank", str(c.max_lora_rank), "--max-loras", str(c.max_loras),
             "--max-cpu-loras", str(c.max_cpu_loras),

@@ -58,15 +58,28 @@ def serve(
     dtype: str = typer.Option("auto", help="Engine dtype."),
     max_model_len: int = typer.Option(4096, min=0, help="Longest prompt + completion in tokens (vLLM --max-model-len; "
                                       "MARS's trajectory budget is 32768); 0: the model's own context length."),
+    merged: bool = typer.Option(False, "--merged", help="Serve the one --adapter merged into the base weights "
+                                "(verified against transformers + peft), at the base model's speed where vLLM's LoRA "
+                                "path is slow (a CPU); it answers to its own name and, holding the same weights, "
+                                "to base."),
 ) -> None:
     """Serve a model and its LoRA adapters with vLLM's OpenAI-compatible server (runtime adapter loading on)."""
     from stratagem.integrations.vllm_server import ServerConfig, ServerError, VLLMServer
 
-    cfg = ServerConfig(model=model, host=host, port=port, api_key=api_key, adapters=_parse_adapters(adapter),
-                       max_lora_rank=max_lora_rank, dtype=dtype, max_model_len=max_model_len or None)
+    adapters = _parse_adapters(adapter)
+    if merged and len(adapters) != 1:
+        raise typer.BadParameter(f"--merged serves one adapter merged into the weights; got {len(adapters)}")
+    cfg = ServerConfig(model=model, host=host, port=port, api_key=api_key, adapters={} if merged else adapters,
+                       max_lora_rank=max_lora_rank, dtype=dtype, max_model_len=max_model_len or None,
+                       weight_reload=merged, model_aliases=list(adapters) if merged else [])
     srv = VLLMServer(cfg)
     try:
         with srv:
+            if merged:
+                (name, path), = adapters.items()
+                check = srv.load_policy_weights(path, name)
+                typer.echo(f"{name}: merged into the served weights and verified (mean |dlogp| "
+                           f"{check['mean_abs_diff']:.2g} over {check['tokens']} probe tokens)")
             typer.echo(f"serving {', '.join(srv.models())} at {srv.base_url} (log: {srv.log_path}); Ctrl-C stops")
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
             while srv.alive():

@@ -185,6 +185,74 @@ async def test_run_games_eval_with_bots(monkeypatch, tmp_path):
         await run_games_eval(cfg)
 
 
+async def test_before_model_plays_the_models_one_after_the_other(monkeypatch, tmp_path):
+    """A server holding one policy at a time: each model's games all run after its switch, none before; a model
+    whose games are all on record gets no switch on a rerun."""
+    from stratagem.agents import make_agent
+    from stratagem.training import rollout
+
+    log = []
+    monkeypatch.setattr(games_eval, "model_agent", lambda model, cfg: make_agent("random", seed=7))
+    collect = rollout.collect_episodes
+
+    async def logged(game, agents, *a, **kw):
+        if kw["only"]:  # a matchup whose games are all on record is called with nothing to play
+            log.append(("play", game))
+        return await collect(game, agents, *a, **kw)
+    monkeypatch.setattr(rollout, "collect_episodes", logged)
+    cfg = GamesEvalConfig(models=["base", "iter-1"], games=["tictactoe", "kuhn_poker"], opponent="random",
+                          episodes=1, out=str(tmp_path))
+    result = await run_games_eval(cfg, before_model=lambda m: log.append(("switch", m)))
+    switches = [i for i, e in enumerate(log) if e[0] == "switch"]
+    assert [log[i][1] for i in switches] == ["base", "iter-1"]
+    assert switches[0] == 0 and switches[1] == 5  # 2 games x 2 seat orders per model, in between
+    assert set(result["models"]["iter-1"]) == {"tictactoe", "kuhn_poker"}
+    log.clear()
+    for f in ("kuhn_poker-second.jsonl", "kuhn_poker-second.jsonl.commit.json"):  # moved away: redo them
+        (tmp_path / "iter-1" / f).unlink()
+    await run_games_eval(cfg, before_model=lambda m: log.append(("switch", m)))
+    assert log == [("switch", "iter-1"), ("play", "kuhn_poker")]
+
+
+def test_line_progress_prints_every_twentieth_and_the_last():
+    import io
+
+    from stratagem.integrations.cli import LineProgress
+
+    out = io.StringIO()
+    with LineProgress(out) as p:
+        t = p.add_task("strategic games", total=40)
+        for _ in range(40):
+            p.advance(t)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 20 and lines[0].startswith("strategic games: 2/40 (")
+    assert lines[-1].startswith("strategic games: 40/40 (") and "left" not in lines[-1] and "left" in lines[0]
+
+
+def test_run_adapters_and_the_merged_choice(tmp_path, monkeypatch):
+    import torch
+    import typer
+
+    from stratagem.integrations.cli import merged_serving, run_adapters
+
+    (tmp_path / "adapters" / "iter-2").mkdir(parents=True)
+    (tmp_path / "adapters" / "iter-2" / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapters" / "iter-3").mkdir()  # no adapter there: not picked
+    names = ["base", "iter-2", "iter-3"]
+    assert run_adapters(str(tmp_path), names, []) == [f"iter-2={tmp_path}/adapters/iter-2"]
+    assert run_adapters(str(tmp_path), names, ["iter-2=/x"]) == ["iter-2=/x"]
+    assert run_adapters(None, names, []) == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert merged_serving("auto", None, {"iter-2": "p"}) and not merged_serving("auto", None, {})
+    assert not merged_serving("lora", None, {"iter-2": "p"}) and not merged_serving("auto", "http://h/v1", {"a": "p"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not merged_serving("auto", None, {"iter-2": "p"}) and merged_serving("merged", None, {"iter-2": "p"})
+    with pytest.raises(typer.BadParameter, match="cannot with --base-url"):
+        merged_serving("merged", "http://h/v1", {})
+    with pytest.raises(typer.BadParameter, match="auto, lora or merged"):
+        merged_serving("fused", None, {})
+
+
 def _counting(collect, played):
     async def wrapped(*a, only=None, **kw):
         played.append(len(only))
@@ -208,7 +276,7 @@ def test_cli_eval_games_rejects_impossible_opponent_before_playing():
 def test_cli_eval_games_takes_the_runs_protocol_and_flags_override_it(monkeypatch, tmp_path):
     seen = {}
 
-    async def fake(cfg, on_episode=None):
+    async def fake(cfg, on_episode=None, before_model=None):
         seen["cfg"] = cfg
         return {"episodes": cfg.episodes, "models": {}}
 

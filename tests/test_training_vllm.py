@@ -2,6 +2,8 @@
 one tiny iteration of the murder mystery with maro. Mechanisms only: parameters move, adapters are served and
 verified, metrics and plots are written, an interrupted run resumes without losing or doubling episodes."""
 
+import asyncio
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -69,15 +71,32 @@ def test_merged_policy_rollouts(model_path, tmp_path):
     from stratagem.integrations.vllm_server import AdapterVerificationError, VLLMServer
 
     cfg = _cfg(algo="mars", games=["tictactoe"], model=model_path, episodes_per_iteration=2, rewards=LENGTH_PENALTY)
-    with VLLMServer(model=model_path, weight_reload=True, log_path=str(tmp_path / "vllm.log")) as srv:
+    # the alias is for the evaluation below: an adapter merged into the weights answers to its own name
+    with VLLMServer(model=model_path, weight_reload=True, log_path=str(tmp_path / "vllm.log"),
+                    model_aliases=["iter-1"]) as srv:
         store = run_training(cfg, tmp_path / "run", server=srv, progress=False)
         eps = list(store.episodes())
         assert {t.adapter for e in eps for t in e.turns if e.iteration == 2} == {"iter-1"}
-        assert srv.policy_version == "iter-2" and not any(m.startswith("iter-") for m in srv.models())
+        assert srv.policy_version == "iter-2" and not any(
+            m.startswith("iter-") and m != "iter-1" for m in srv.models())  # no LoRA adapter was loaded
         assert all(m["verify/max_abs_diff"] < 1e-3 for m in store.metrics())
         # the check is not vacuous: the served weights are not some other adapter merged in
         with pytest.raises(AdapterVerificationError):
             srv.verify_adapter("base", make_adapter(model_path, tmp_path / "other", seed=3))
+
+        # `eval games` at base speed: base, then iter-1 merged in (verified), played one after the other
+        from stratagem.integrations.cli import policy_switch
+        from stratagem.integrations.games_eval import GamesEvalConfig, run_games_eval
+
+        seen = []
+        switch = policy_switch(srv, {"iter-1": str(store.adapter_dir(1))})
+        ecfg = GamesEvalConfig(models=["base", "iter-1"], games=["tictactoe"], opponent="random", episodes=2,
+                               base_url=srv.base_url, out=str(tmp_path / "eval"), concurrency=2)
+        result = asyncio.run(run_games_eval(ecfg, before_model=lambda m: (switch(m), seen.append(
+            (m, srv.policy_version)))))
+        assert seen == [("base", None), ("iter-1", "iter-1")]  # the run's last policy replaced by the base weights
+        assert {r["n"] for r in result["models"]["iter-1"]["tictactoe"].values()} == {2}
+        srv.verify_adapter("base", store.adapter_dir(1))  # what answered to iter-1 last
 
 
 def test_marshal_preset_two_steps_on_the_cpu(vllm_server, model_path, tmp_path):
