@@ -39,7 +39,26 @@ async def record(base_url: str, model: str, plan: list[tuple[str, int]], seed: i
     return eps
 
 
-def measure(model_path: str, episodes: list, shared: bool, seed: int) -> dict:
+def token_counts(tr, samples: list) -> dict:
+    """`computed_tokens`: what the forward passes run, padding included (each micro-batch's shared opening once,
+    then every row padded to the longest); `trie_tokens`: the floor for this batch if every common opening were
+    computed once, at any depth (a prefix tree of the sequences up to each one's first trained position)."""
+    computed = 0
+    for group in tr.mini_batches(len(samples)):
+        for mb in tr.micro_batches(samples, group):
+            ss = [samples[i] for i in mb]
+            share = tr.share_length(ss)
+            computed += share + len(ss) * (max(len(s.input_ids) for s in ss) - share)
+    nodes: set = set()
+    unshared = 0
+    for s in samples:
+        opening = min(s.positions) - 1
+        nodes.update(tuple(s.input_ids[:k]) for k in range(1, opening + 1))
+        unshared += len(s.input_ids) - opening
+    return {"computed_tokens": computed, "trie_tokens": len(nodes) + unshared}
+
+
+def measure(model_path: str, episodes: list, shared: bool, seed: int, tokens_only: bool = False) -> dict:
     from stratagem.agents.sampling import SamplingConfig
     from stratagem.training.losses import PPOConfig
     from stratagem.training.samples import build_batch
@@ -50,18 +69,15 @@ def measure(model_path: str, episodes: list, shared: bool, seed: int) -> dict:
     batch = build_batch(episodes, lambda i, j: True, pack=cfg.pack, max_seq_len=cfg.max_seq_len)
     rng = random.Random(seed)
     adv = [rng.choice([-1.0, 1.0]) for _ in batch.acts]
-    computed = 0  # tokens the forward passes run: each micro-batch's shared opening once, the rest per sequence
-    for group in tr.mini_batches(len(batch.samples)):
-        for mb in tr.micro_batches(batch.samples, group):
-            ss = [batch.samples[i] for i in mb]
-            share = tr.share_length(ss)
-            computed += share + sum(len(s.input_ids) - share for s in ss)
+    counts = token_counts(tr, batch.samples)
+    if tokens_only:
+        return counts
     import torch
 
     with torch.no_grad():
         tr.token_logprobs(batch.samples[:1])  # warm-up: allocations, kernel selection
     st = tr.ppo_step(batch, adv, PPOConfig())
-    return {"sequences": len(batch.samples), "input_tokens": batch.n_input_tokens, "computed_tokens": computed,
+    return {"sequences": len(batch.samples), "input_tokens": batch.n_input_tokens, **counts,
             "trained_tokens": batch.n_trained_tokens, "update_s": round(st["update_s"], 2),
             "ref_s": round(st["ref_s"], 2), "old_s": round(st["old_s"], 2), "policy_s": round(st["policy_s"], 2),
             "trained_tokens_per_s": round(st["tokens_per_s"], 2), "loss": st["loss"]}
@@ -73,6 +89,7 @@ def main() -> None:
     p.add_argument("--base-url", default=os.environ.get("STRATAGEM_BASE_URL"))
     p.add_argument("--model", default="base")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens-only", action="store_true", help="Only count the tokens each path computes (no timing).")
     args = p.parse_args()
     from stratagem.games.core import read_jsonl, write_jsonl
     from stratagem.models import fetch
@@ -96,11 +113,13 @@ def main() -> None:
     out: dict = {"model": model_path.rsplit("/", 1)[-1], "batches": {}, "async_speedup": None}
     for name in BATCHES:
         eps = list(read_jsonl(root / f"{name}.jsonl"))
-        flat = measure(model_path, eps, False, args.seed)
-        shared = measure(model_path, eps, True, args.seed)
-        out["batches"][name] = {"flat": flat, "shared_prefix": shared,
-                                "speedup": round(shared["trained_tokens_per_s"] / flat["trained_tokens_per_s"], 3)}
-    out["speedup"] = out["batches"]["quickstart"]["speedup"]
+        flat = measure(model_path, eps, False, args.seed, args.tokens_only)
+        shared = measure(model_path, eps, True, args.seed, args.tokens_only)
+        out["batches"][name] = {"flat": flat, "shared_prefix": shared}
+        if not args.tokens_only:
+            out["batches"][name]["speedup"] = round(shared["trained_tokens_per_s"] / flat["trained_tokens_per_s"], 3)
+    if not args.tokens_only:
+        out["speedup"] = out["batches"]["quickstart"]["speedup"]
     print(json.dumps(out))
 
 

@@ -93,6 +93,9 @@ class LoopConfig:
                                "'auto' (the paper's: MCTS, CFR, Nash on Leduc, self for Hanabi), 'marshal' (MARSHAL's "
                                "evaluation: MCTS 100 and 1000 on tic-tac-toe, 10 and 100 on Connect Four) or GAME=SPEC "
                                "pairs, SPEC|SPEC for several opponents of one game (stratagem eval games --help)."})
+    trackers: list[str] = field(default_factory=list, metadata={"help": "Experiment trackers beside TensorBoard: "
+                                "wandb, mlflow (each needs its package installed; see training/trackers.py). "
+                                "Empty: TensorBoard only."})
     eval_exact: bool = field(default=False, metadata={"help": "Before the first iteration and after the last, "
                              "also evaluate the starting and the final policy exactly on the evaluated poker games "
                              "(stratagem eval exact: the policy's table, exploitability, exact returns against CFR and "
@@ -160,6 +163,12 @@ class RunConfig:
             raise ConfigError(f"loop.algo: must be one of {', '.join(algos)}, got {lc.algo!r}")
         if not lc.games:
             raise ConfigError("loop.games: must name at least one game")
+        from stratagem.training.trackers import check_trackers
+
+        try:
+            check_trackers(lc.trackers)
+        except ValueError as e:
+            raise ConfigError(f"loop.trackers: {e}") from None
         from stratagem.training.objectives import loss_names
 
         if lc.loss not in loss_names(uses_advantages=True):
@@ -482,6 +491,11 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(str(store.tb_dir), purge_step=done + 1)
+    trackers = None
+    if dist.is_main and lc.trackers:
+        from stratagem.training.trackers import Trackers
+
+        trackers = Trackers(lc.trackers, store.root, cfg.to_dict())
     exact = lc.eval_exact and dist.is_main
     if exact and not (store.root / "eval" / "exact-before.json").is_file():
         from stratagem.training.compare import evaluate_exact
@@ -540,6 +554,8 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
                 if isinstance(v, (int, float)) and key != "iteration":
                     tb.add_scalar(key, v, k)
             tb.flush()
+            if trackers is not None:
+                trackers.log(metrics, k)
             if progress:
                 _print_summary(metrics)
             dist.barrier()
@@ -560,6 +576,8 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
     finally:
         if tb is not None:
             tb.close()
+        if trackers is not None:
+            trackers.close()
         if started is not None:
             started.stop()
     return store
