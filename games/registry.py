@@ -6,7 +6,7 @@ A game is one `GameSpec` passed to `register_game`: its factory (a fresh game), 
 `langgraph dev`, the module attribute of its LangGraph app. The built-in games register themselves when their
 package is imported (`stratagem.games.strategic`, `stratagem.games.mystery`); the registry imports those packages
 on first use, so `get_game_spec("tictactoe")` works without importing anything else first. A game defined outside
-the package is one `register_game(GameSpec(...))` call.
+the package is one `register_game(GameSpec(...))` call, or an entry point of its package (stratagem.plugins).
 """
 
 from __future__ import annotations
@@ -84,11 +84,13 @@ _loaded = False
 
 def _load_builtins() -> None:
     global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for package in BUILTIN_PACKAGES:
-        importlib.import_module(package)
+    if not _loaded:
+        _loaded = True
+        for package in BUILTIN_PACKAGES:
+            importlib.import_module(package)
+    from stratagem.plugins import load_plugins
+
+    load_plugins("games")  # games of other installed packages (entry points), after the built-in ones; once
 
 
 def register_game(spec: GameSpec, *, replace: bool = False) -> GameSpec:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from stratagem.games.core import Episode
+from stratagem.plugins import load_plugins
 
 Learner = Callable[[Episode, int], bool]
 Advantages = list[list[float | None]]
@@ -64,7 +65,7 @@ _REGISTRY: dict[str, AdvantageFn] = {}
 
 def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
     def deco(fn: AdvantageFn) -> AdvantageFn:
-        if name in _REGISTRY:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"advantage estimator {name!r} is already registered")
         _REGISTRY[name] = fn
         return fn
@@ -73,6 +74,7 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
 
 
 def get_advantage(name: str) -> AdvantageFn:
+    load_plugins("advantages")
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -80,6 +82,7 @@ def get_advantage(name: str) -> AdvantageFn:
 
 
 def advantage_names() -> list[str]:
+    load_plugins("advantages")
     return sorted(_REGISTRY)
 
 

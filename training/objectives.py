@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from stratagem.plugins import load_plugins
 from stratagem.training.losses import (MAROConfig, PPOConfig, aggregation_weights, kl_reference_point,
                                        maro_act_loss, mismatched_pairs, ppo_token_loss)
 from stratagem.training.samples import Batch, mismatched_samples
@@ -58,7 +59,7 @@ _LOSSES: dict[str, type[Objective]] = {}
 
 def register_loss(name: str) -> Callable[[type[Objective]], type[Objective]]:
     def deco(cls: type[Objective]) -> type[Objective]:
-        if name in _LOSSES:
+        if name in _LOSSES and _LOSSES[name] is not cls:
             raise ValueError(f"loss {name!r} is already registered")
         _LOSSES[name] = cls
         cls.name = name
@@ -68,6 +69,7 @@ def register_loss(name: str) -> Callable[[type[Objective]], type[Objective]]:
 
 
 def get_loss(name: str) -> type[Objective]:
+    load_plugins("losses")
     try:
         return _LOSSES[name]
     except KeyError:
@@ -75,6 +77,7 @@ def get_loss(name: str) -> type[Objective]:
 
 
 def loss_names(uses_advantages: bool | None = None) -> list[str]:
+    load_plugins("losses")
     return sorted(n for n, c in _LOSSES.items() if uses_advantages is None or c.uses_advantages == uses_advantages)
 
 
