@@ -76,10 +76,9 @@ def serve(
     try:
         with srv:
             if merged:
-                (name, path), = adapters.items()
-                check = srv.load_policy_weights(path, name)
-                typer.echo(f"{name}: merged into the served weights and verified (mean |dlogp| "
-                           f"{check['mean_abs_diff']:.2g} over {check['tokens']} probe tokens)")
+                from stratagem.integrations.cli import policy_switch
+
+                policy_switch(srv, adapters)(next(iter(adapters)))  # merged, verified, reported
             typer.echo(f"serving {', '.join(srv.models())} at {srv.base_url} (log: {srv.log_path}); Ctrl-C stops")
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
             while srv.alive():
