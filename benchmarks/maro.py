@@ -62,6 +62,19 @@ def multi_script_rollout(cfg: Any, base_url: str, scripts: list[str]):
     return rollout
 
 
+def mystery_section(a: argparse.Namespace) -> dict[str, Any]:
+    """The run config's mystery section: MIRAGE's settings (MysteryConfig.mirage) with --rounds, or the compact
+    protocol's defaults."""
+    import dataclasses
+
+    from stratagem.games.mystery.game import MysteryConfig
+
+    if a.protocol != "mirage":
+        return {"rounds": a.rounds}
+    cfg = MysteryConfig.mirage(rounds=a.rounds, **({"summary_tokens": a.summary_tokens} if a.summary_tokens else {}))
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
+
+
 def train(a: argparse.Namespace, server: Any, scripts: list[str]) -> tuple[str, list[dict[str, Any]], float]:
     """Run (or resume) the MARO training; returns the trained adapter's served name, the per-iteration metrics and
     the wall time."""
@@ -71,7 +84,7 @@ def train(a: argparse.Namespace, server: Any, scripts: list[str]) -> tuple[str, 
         "loop": {"algo": "maro", "games": ["mystery"], "mystery_script": scripts[0], "iterations": a.iterations,
                  "episodes_per_iteration": a.episodes_per_iteration, "seed": a.seed, "concurrency": a.concurrency,
                  "policy_weights": "lora", "base_url": server.base_url},
-        "mystery": {"rounds": a.rounds},
+        "mystery": mystery_section(a),
         "trainer": {"lr": a.lr, "epochs": a.epochs},
     })
     out = Path(a.out) / "train"
@@ -105,10 +118,14 @@ async def mixed_games(script: str, model: str, seeds: list[int], base_url: str, 
     from stratagem.games.mystery.rollout import make_llm_agent, play_episode
 
     s = load_script(script)
-    agents = {m: make_llm_agent(base_url, m, game_cfg.player_max_tokens, structured=game_cfg.structured_outputs)
+    agents = {m: make_llm_agent(base_url, m, game_cfg.player_max_tokens, temperature=game_cfg.player_temperature,
+                                structured=game_cfg.structured_outputs)
               for m in {model, "base"}}
     judge = make_llm_agent(base_url, "base", game_cfg.judge_max_tokens, temperature=game_cfg.judge_temperature,
                            structured=game_cfg.structured_outputs)
+    # mirage: each statement judged by the model of its speaker's side; ICI / SCI by the base model
+    side_judges = {m: make_llm_agent(base_url, m, game_cfg.judge_max_tokens, temperature=game_cfg.judge_temperature,
+                                     structured=game_cfg.structured_outputs) for m in {model, "base"}}
 
     async def one(job: tuple[str, int]):
         side, seed = job
@@ -116,7 +133,12 @@ async def mixed_games(script: str, model: str, seeds: list[int], base_url: str, 
         if path.exists():
             return side, next(iter(read_jsonl(path)))
         players = {c: agents[model if (c in s.culprits) == (side == "culprit") else "base"] for c in s.characters}
-        ep = await play_episode(str(s.path), players, judge, game_cfg, seed)
+        if game_cfg.protocol == "mirage":
+            judges = {"culprit": side_judges[model if side == "culprit" else "base"],
+                      "civilian": side_judges["base" if side == "culprit" else model]}
+            ep = await play_episode(str(s.path), players, judges, game_cfg, seed, evaluator=judge, summariser=judge)
+        else:
+            ep = await play_episode(str(s.path), players, judge, game_cfg, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl([ep], path)
         return side, ep
@@ -125,7 +147,7 @@ async def mixed_games(script: str, model: str, seeds: list[int], base_url: str, 
         done = await map_concurrent(one, [(side, sd) for sd in seeds for side in ("culprit", "civilian")],
                                     max(1, concurrency))
     finally:
-        await close_agents([*agents.values(), judge])
+        await close_agents([*agents.values(), judge, *side_judges.values()])
     return {side: [ep for sd, ep in done if sd == side] for side in ("culprit", "civilian")}
 
 
@@ -151,7 +173,8 @@ def evaluate(a: argparse.Namespace, base_url: str, models: list[str]) -> dict[st
 
     script = Path(a.mirage) / a.mirage_script
     s = load_script(str(script))  # a clear error for a wrong path before any game
-    game_cfg = MysteryConfig(rounds=a.rounds, summary_tokens=a.summary_tokens)
+    make = MysteryConfig.mirage if a.protocol == "mirage" else MysteryConfig
+    game_cfg = make(rounds=a.rounds, **({"summary_tokens": a.summary_tokens} if a.summary_tokens else {}))
     seeds = [a.eval_seed + i for i in range(a.eval_seeds)]
     out = Path(a.out) / "eval"
     ecfg = MysteryEvalConfig(models=models, scripts=[str(script)], seeds=a.eval_seeds, seed=a.eval_seed,
@@ -194,6 +217,8 @@ def main() -> None:
     ap.add_argument("--episodes-per-iteration", type=int, default=3, help="Games per iteration, split over the "
                     "training scripts.")
     ap.add_argument("--rounds", type=int, default=1, help="Conversation rounds per stage, in training and evaluation.")
+    ap.add_argument("--protocol", default="mirage", choices=("mirage", "stratagem"), help="The mystery's protocol "
+                    "in training and evaluation (mirage: MIRAGE's game and judges).")
     ap.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate.")
     ap.add_argument("--epochs", type=int, default=1, help="Passes over each iteration's batch.")
     ap.add_argument("--eval-seeds", type=int, default=3, help="Evaluation games per model and setup (seeds).")

@@ -5,7 +5,7 @@ parse failures, the MIRAGE metrics and the longest act in tokens (prompt + reply
 context), and the failed-action rate over all acts.
 
     python benchmarks/mirage.py --data path/to/MIRAGE/dataset/En [--rounds 1] [--base-url URL]
-        [--summary-tokens 1500] [--no-structured-outputs]
+        [--summary-tokens 1500] [--no-structured-outputs] [--protocol mirage|stratagem]
 
 The endpoint is --base-url, else $STRATAGEM_BASE_URL, else a vLLM server with the default model is started.
 With --summary-tokens each character's script is summarised by the model to that budget before play (cached).
@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--base-url", default=os.environ.get("STRATAGEM_BASE_URL"))
     ap.add_argument("--summary-tokens", type=int, default=None, help="Model summaries of this many tokens.")
     ap.add_argument("--no-structured-outputs", action="store_true")
+    ap.add_argument("--protocol", default="mirage", choices=("mirage", "stratagem"),
+                    help="mirage: MIRAGE's game and judges (MysteryConfig.mirage); stratagem: the compact one.")
     ap.add_argument("--out", default="runs/mirage-benchmark", help="Folder of the transcripts and episodes.")
     ap.add_argument("--only", default="", help="Comma-separated script folder names (default: all).")
     args = ap.parse_args()
@@ -57,7 +59,7 @@ def main() -> None:
                     r = play_mystery(str(f), players="base", judge="base", episodes=1, seed=args.seed, json_out=True,
                                      transcript=str(out), rounds=args.rounds, base_url=url, concurrency=1,
                                      structured_outputs=not args.no_structured_outputs,
-                                     summary_tokens=args.summary_tokens)
+                                     summary_tokens=args.summary_tokens, protocol=args.protocol)
             except Exception as e:  # noqa: BLE001  a script that fails is reported, the others still run
                 per_script[f.name] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"{f.name}: {e}", file=sys.stderr)

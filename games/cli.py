@@ -194,6 +194,8 @@ def play(
                                             "answers (lenient parsing when it has no such support)."),
     summary_tokens: Optional[int] = typer.Option(None, help="mystery: summarise each character's script with the "
                                                  "served model to this many tokens (cached); default: no summary."),
+    protocol: str = typer.Option("stratagem", help="mystery: stratagem (compact prompts, one judge) or mirage "
+                                 "(MIRAGE's game and judges)."),
 ) -> None:
     """Play games and print a summary (per-seat mean return, wins / draws / losses, illegal-move rate, mean turns);
     episodes are written as JSONL."""
@@ -203,7 +205,8 @@ def play(
         play_mystery(script=script, players=players or "base", judge=judge, episodes=episodes, seed=seed,
                      json_out=json_out, transcript=transcript, rounds=rounds, base_url=base_url, model=model,
                      player_max_tokens=player_max_tokens, judge_max_tokens=judge_max_tokens,
-                     concurrency=concurrency, structured_outputs=structured_outputs, summary_tokens=summary_tokens)
+                     concurrency=concurrency, structured_outputs=structured_outputs, summary_tokens=summary_tokens,
+                     protocol=protocol)
         return
     if players is None:
         raise typer.BadParameter("--players is required, e.g. --players mcts:100,random")

@@ -395,10 +395,21 @@ def eval_mystery(
                                 "folders of script folders (e.g. a MIRAGE dataset/En)."),
     seeds: int = typer.Option(3, help="Games per model and script."),
     seed: int = typer.Option(0, help="First seed."),
-    rounds: int = typer.Option(2, help="Conversation rounds per stage."),
-    judge: str = typer.Option("base", help="Served model of the judge."),
+    protocol: str = typer.Option("mirage", help="mirage: MIRAGE's game and judges (MysteryConfig.mirage); "
+                                 "stratagem: compact prompts and one judge, for small models."),
+    rounds: Optional[int] = typer.Option(None, help="Conversation rounds per stage (default: mirage 5, "
+                                         "stratagem 2; lower it for a CPU budget)."),
+    judge: str = typer.Option("base", help="Served model of the judge (mirage: of the summaries, and the default "
+                              "evaluation model)."),
+    eval_model: Optional[str] = typer.Option(None, help="mirage: the model that grades ICI and SCI (default: "
+                                             "--judge)."),
+    eval_base_url: Optional[str] = typer.Option(None, help="mirage: the OpenAI-compatible endpoint of "
+                                                "--eval-model (default: the players' endpoint)."),
+    eval_api_key: Optional[str] = typer.Option(None, help="mirage: the bearer token of --eval-base-url."),
+    prompts: Optional[str] = typer.Option(None, help="mirage: a folder of prompt files (en.yaml, zh.yaml) that "
+                                          "replace the shipped prompts key by key."),
     summary_tokens: Optional[int] = typer.Option(None, help="Summarise each character's script with the served "
-                                                 "model to this many tokens first (MIRAGE: 1500)."),
+                                                 "model to this many tokens first (mirage: 1500)."),
     out: str = typer.Option("runs/eval-mystery", help="Folder of per-game JSONL and transcripts; reruns resume."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
     base_url: Optional[list[str]] = typer.Option(None, help="Use this endpoint instead of starting a server; "
@@ -415,9 +426,16 @@ def eval_mystery(
     from stratagem.games.mystery.game import MysteryConfig
 
     try:
+        if protocol == "mirage":
+            game = MysteryConfig.mirage(**{k: v for k, v in (("rounds", rounds), ("summary_tokens", summary_tokens),
+                                                             ("prompts_dir", prompts)) if v is not None})
+        elif protocol == "stratagem":
+            game = MysteryConfig(rounds=2 if rounds is None else rounds, summary_tokens=summary_tokens)
+        else:
+            raise ValueError(f"--protocol must be mirage or stratagem, got {protocol!r}")
         cfg = MysteryEvalConfig(models=_split(models, "--models"), scripts=_split(scripts, "--scripts"), seeds=seeds,
-                                seed=seed, judge=judge, out=out, concurrency=concurrency,
-                                game=MysteryConfig(rounds=rounds, summary_tokens=summary_tokens))
+                                seed=seed, judge=judge, out=out, concurrency=concurrency, game=game,
+                                eval_model=eval_model, eval_base_url=eval_base_url, eval_api_key=eval_api_key)
         total = len(cfg.models) * len(expand_scripts(cfg.scripts)) * seeds
     except (ValueError, FileNotFoundError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)

@@ -96,3 +96,30 @@ def test_marshal_presets_carry_every_mapped_reference_setting():
         for section, values in load_preset(p).items():
             for key in values:
                 assert f"{section}.{key}" in fields, f"{p} sets {section}.{key}, which no reference row explains"
+
+
+def test_mirage_preset_carries_every_mapped_reference_setting():
+    """mirage.reference.yaml row by row against the `mirage` preset and against MysteryConfig.mirage() (what
+    `eval mystery --protocol mirage` plays), and every value the preset sets is explained by a row."""
+    from stratagem.games.mystery.game import MysteryConfig
+
+    resolved = _resolved("mirage")
+    rows = reference_table("mirage")
+    mapped = [r for r in rows if "field" in r]
+    assert len(mapped) >= 12 and all(r.get("none") for r in rows if "field" not in r)
+    assert all(set(r) <= {"key", "reference", "source", "field", "value", "note", "none"} and r.get("source")
+               for r in rows)
+    direct = MysteryConfig.mirage()
+    for row in mapped:
+        want = row.get("value", row["reference"])
+        assert _get(resolved, row["field"]) == want, f"{row['field']}: the row {row['key']!r} wants {want!r}"
+        if row["field"].startswith("mystery."):
+            assert getattr(direct, row["field"].split(".")[-1]) == want, row["field"]
+    fields = {r["field"] for r in mapped}
+
+    def flat(d, prefix):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}.{k}") if isinstance(v, dict) else [f"{prefix}.{k}"]
+
+    for key in flat(load_preset("mirage"), ""):
+        assert key[1:] in fields, f"mirage sets {key[1:]}, which no reference row explains"

@@ -79,7 +79,7 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
                  base_url: Optional[str] = None, model: Optional[str] = None,
                  player_max_tokens: Optional[int] = None, judge_max_tokens: Optional[int] = None,
                  concurrency: int = 4, structured_outputs: bool = True,
-                 summary_tokens: Optional[int] = None) -> dict[str, Any]:
+                 summary_tokens: Optional[int] = None, protocol: str = "stratagem") -> dict[str, Any]:
     """Play `episodes` games of `script` with the served model `players` (`MODEL` or `llm:MODEL`) in every seat and
     `judge` as judge; print the aggregated metrics (one JSON object with `json_out`); write the transcript (markdown)
     to `transcript` (default runs/mystery/<script>-<time>.md) and the episodes beside it (.jsonl) with the metrics
@@ -108,7 +108,10 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
                  if v is not None}
     if summary_tokens is not None:
         overrides["summary_tokens"] = summary_tokens
-    cfg = MysteryConfig(rounds=rounds, structured_outputs=structured_outputs, **overrides)
+    if protocol not in ("stratagem", "mirage"):
+        raise typer.BadParameter(f"protocol must be stratagem or mirage, got {protocol!r}")
+    make = MysteryConfig.mirage if protocol == "mirage" else MysteryConfig
+    cfg = make(rounds=rounds, structured_outputs=structured_outputs, **overrides)
     base_url = base_url or os.environ.get("STRATAGEM_BASE_URL") or None
     md_path = Path(transcript) if transcript else Path("runs/mystery") / f"{s.name}-{time.strftime('%Y%m%d-%H%M%S')}.md"
     md_path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +140,8 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
     write_jsonl(eps, jsonl_path)
     md_path.write_text(transcript_markdown(eps), encoding="utf-8")
     per_game = [{k: v for k, v in e.metrics.items() if not isinstance(v, (dict, list))} for e in eps]
-    result = {"script": s.name, "players": players, "judge": judge, "rounds": rounds, "wall_s": round(wall_s, 1),
+    result = {"script": s.name, "players": players, "judge": judge, "rounds": rounds, "protocol": protocol,
+              "wall_s": round(wall_s, 1),
               "metrics": aggregate(per_game),
               "per_game": per_game, "episodes_path": str(jsonl_path), "transcript_path": str(md_path),
               "metrics_path": str(metrics_path)}

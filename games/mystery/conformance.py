@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from stratagem.games.core import Episode, Observation, Reply, read_jsonl, write_jsonl
-from stratagem.games.mystery.game import CIVILIAN, CONVERSE, VOTE, MysteryConfig, MysteryGame
+from stratagem.games.mystery.game import CIVILIAN, CONVERSE, SELECT, VOTE, MysteryConfig, MysteryGame
 from stratagem.games.mystery.library import load_script, shipped_scripts
 from stratagem.games.testing import CheckReport, ConformanceError
 
@@ -36,7 +36,7 @@ class RandomPlayer:
         self.seen.append(obs)
         if self.rng.randrange(self.bad_every) == 0:
             return Reply(text="hmm")
-        if obs.phase == CONVERSE:
+        if obs.phase in (CONVERSE, SELECT):
             return Reply(text=self.rng.choice(obs.legal_actions).replace("QUESTION", "where were you at nine?"))
         if obs.phase == VOTE:
             return Reply(text=self.rng.choice(obs.legal_actions))
@@ -49,7 +49,9 @@ class FixedJudge:
     async def act(self, obs: Observation) -> Reply:
         return Reply(text={"judge_utterance": '{"suspicion": 1, "trust": 1}',
                            "judge_ici": '{"reasoning": 10, "communication": 10, "detail": 10, "creativity": 10}',
-                           "judge_roleplay": '{"roleplay": 10}'}.get(obs.phase, "A short reconstruction."))
+                           "judge_roleplay": '{"roleplay": 10}', "judge_suspicion": '{"score": 1}',
+                           "judge_trust": '{"score": 1}', "judge_ability": '{"score": 10}'}.get(
+            obs.phase, "A short reconstruction."))
 
 
 def _hidden_texts(script) -> list[str]:

@@ -1,6 +1,7 @@
 """MIRAGE's evaluation protocol on any set of scripts for several served models side by side (`stratagem eval
-mystery`): per model, script and seed one game with every seat played by the model (the judge is one fixed model
-for all, so scores compare); Victory, TII, CIC, ICI, SCI and Overall per script and averaged over scripts, each with
+mystery`): per model, script and seed one game with every seat played by the model. Under the `mirage` protocol
+(the default) the model under test judges suspicion and trust and one fixed evaluation model grades ICI and SCI for
+all models, so those scores compare; under `stratagem` one fixed judge does everything; Victory, TII, CIC, ICI, SCI and Overall per script and averaged over scripts, each with
 a Student-t 95% interval over seeds; laid out like the MIRAGE leaderboard (a row per model, a column per metric).
 
 Each game is stored as `<out>/<model>/<script>/seed-<k>.jsonl` with its transcript (`.md`) beside it; a rerun with
@@ -33,10 +34,13 @@ class MysteryEvalConfig:
     scripts: list[str] = field(default_factory=lambda: ["lighthouse"], metadata={"help": "Shipped script names, script folders, or folders of script folders (a MIRAGE dataset/<language>)."})
     seeds: int = field(default=3, metadata={"help": "Games per model and script (seeds seed..seed+seeds-1)."})
     seed: int = field(default=0, metadata={"help": "First seed."})
-    judge: str = field(default="base", metadata={"help": "Served model of the judge (the same for every model)."})
+    judge: str = field(default="base", metadata={"help": "Served model of the judge (the same for every model); under the mirage protocol the base model that summarises scripts and history, and the default evaluation model."})
+    eval_model: str | None = field(default=None, metadata={"help": "mirage: the evaluation model that grades ICI and SCI (sees the truth); default: `judge`."})
+    eval_base_url: str | None = field(default=None, metadata={"help": "mirage: the OpenAI-compatible endpoint of eval_model (default: the players' endpoint)."})
+    eval_api_key: str | None = field(default=None, metadata={"help": "mirage: the bearer token of eval_base_url."})
     out: str = field(default="runs/eval-mystery", metadata={"help": "Folder of the per-game JSONL and transcripts (resumable)."})
     concurrency: int = field(default=2, metadata={"help": "Games in flight at once."})
-    game: MysteryConfig = field(default_factory=lambda: MysteryConfig(rounds=2), metadata={"help": "The game's options."})
+    game: MysteryConfig = field(default_factory=MysteryConfig.mirage, metadata={"help": "The game's options (default: MIRAGE's, MysteryConfig.mirage())."})
 
 
 def expand_scripts(items: list[str]) -> list[Path]:
@@ -68,9 +72,15 @@ async def run_mystery_eval(cfg: MysteryEvalConfig, base_url: str,
         path = Path(cfg.out) / _slug(model) / _slug(folder.name) / f"seed-{seed}.jsonl"
         journal = Journal(path)
         eps = [Episode.from_dict(rec) for rec in journal.records()] if path.exists() else []
+        played = eps[0].params.get("protocol", "stratagem") if eps else None
+        if played is not None and played != cfg.game.protocol:
+            raise ValueError(f"{path} was played under the {played!r} protocol, not {cfg.game.protocol!r}: "
+                             "give another --out")
         if not eps:  # not played yet, or a write cut before its commit
             eps = await collect_mystery_episodes(str(folder), 1, base_url=base_url, player_model=model,
-                                                 judge_model=cfg.judge, config=cfg.game, concurrency=1, seed=seed)
+                                                 judge_model=cfg.judge, config=cfg.game, concurrency=1, seed=seed,
+                                                 eval_model=cfg.eval_model, eval_base_url=cfg.eval_base_url,
+                                                 eval_api_key=cfg.eval_api_key)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path.with_suffix(".md"), transcript_markdown(eps))
             journal.write_all([ep.to_json() for ep in eps])

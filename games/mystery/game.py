@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stratagem.games.core import Observation, Reply, Turn
+from stratagem.games.mystery.prompting import load_prompts, split_thought
+from stratagem.games.mystery.rules import ScriptRules, rules_for
 from stratagem.games.mystery.schema import Script
 
 GAME = "mystery"
 CULPRIT, CIVILIAN = "culprit", "civilian"
 INTRODUCTION, CONVERSE, ASK, INVESTIGATE, ANSWER, VOTE, JUDGE = (
     "introduction", "converse", "ask", "investigate", "answer", "vote", "judge")
+SELECT = "select"  # a forced investigation at the end of a stage (rules.ScriptRules.forced_investigation)
 
 # Share of the summary budget per script field, in the order they are shown: what a character may do and wants
 # comes first, so a tight budget cuts background before it cuts the rules of play.
@@ -61,12 +64,31 @@ class MysteryConfig:
     judge_concurrency: int = field(default=4, metadata={"help": "Judge calls in flight at once per game."})
     human_seats: list[str] = field(default_factory=list, metadata={"help": "Characters played by a human through a LangGraph interrupt."})
     win_return: float = field(default=1.0, metadata={"help": "Outcome reward of every seat of the winning faction (the losers get minus this), credited to the seat's last turn."})
+    protocol: str = field(default="stratagem", metadata={"help": "'mirage': MIRAGE's game and judges (the whole script up to full_script_tokens, the full history summarised past history_tokens, the own last action, THOUGHT / RESPONSE replies, the per-script rules of rules.py, suspicion and trust judged by the model of the speaker's side, ICI and SCI by an evaluation model that sees the truth); 'stratagem': the compact prompts and the single judge sized for small models. MysteryConfig.mirage() gives MIRAGE's settings.", "choices": ("stratagem", "mirage")})
+    full_script_tokens: int = field(default=3000, metadata={"help": "mirage: a character's whole script is shown while it fits this many tokens (MIRAGE: 2 x its 1,500-token summary budget), else its summary."})
+    history_tokens: int = field(default=1500, metadata={"help": "mirage: the public history is summarised by the summary model once it passes this many tokens (MIRAGE: 1,500)."})
+    player_temperature: float | None = field(default=None, metadata={"help": "Sampling temperature of the players (None: the agent's own; MIRAGE: 0.8)."})
+    prompts_dir: str | None = field(default=None, metadata={"help": "mirage: a folder of prompt files (en.yaml, zh.yaml) that replace the shipped prompts key by key (prompting.py)."})
+
+    @classmethod
+    def mirage(cls, **overrides: Any) -> "MysteryConfig":
+        """MIRAGE's game settings (its config.py, api.py and ScriptEnvs; stratagem/presets/mirage.reference.yaml
+        cites each): 5 rounds per stage, the file's speaking order, every request sampled at 0.8 (players, judges,
+        evaluator), scripts summarised to 1,500 tokens past 3,000, the history past 1,500. Re-asks
+        are bounded at 3 where MIRAGE retries without limit (every failure is counted either way); replies get 512
+        tokens for the THOUGHT and the RESPONSE. `overrides` change any field (a CPU run lowers `rounds`)."""
+        base: dict[str, Any] = dict(protocol="mirage", rounds=5, shuffle_order=False, player_temperature=0.8,
+                                    summary_tokens=1500, max_reasks=3, player_max_tokens=512,
+                                    judge_max_tokens=256, judge_temperature=0.8)
+        return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.max_reasks < 0:
             raise ValueError(f"rounds and max_reasks must be >= 0, got {self.rounds}, {self.max_reasks}")
         if self.summary_words < 10 or self.history_words < 10:
             raise ValueError("summary_words and history_words must be at least 10")
+        if self.protocol not in ("stratagem", "mirage"):
+            raise ValueError(f"protocol must be 'stratagem' or 'mirage', got {self.protocol!r}")
 
 
 def words(text: str) -> list[str]:
@@ -201,7 +223,8 @@ _VERBS = {"询问": "ask", "调查": "investigate"}
 
 
 def parse_converse(text: str, me: str, characters: list[str], locations: list[str],
-                   aliases: Aliases | None = None) -> tuple[dict | None, str | None]:
+                   aliases: Aliases | None = None,
+                   verbs: tuple[str, ...] = (ASK, INVESTIGATE)) -> tuple[dict | None, str | None]:
     """Parse a conversation reply. Rule: the first word 'Ask' or 'Investigate' (any case, markdown and brackets
     ignored) must be followed by a known target: a character other than oneself (full name, any name they go by in
     a stage, or a first name no one else has) and then the question, or a location that still has clues. A JSON
@@ -212,6 +235,8 @@ def parse_converse(text: str, me: str, characters: list[str], locations: list[st
     if not m:
         return None, "no action: expected 'Ask NAME: QUESTION' or 'Investigate PLACE'"
     verb = (m.group(1) or _VERBS[m.group(2)]).lower()
+    if verb not in verbs:
+        return None, f"this move is not allowed here: only {' or '.join(v.capitalize() for v in verbs)}"
     rest = t[m.end():].lstrip(" \t:,-\"'：，")
     if verb == "ask":
         others = [c for c in characters if c != me]
@@ -224,11 +249,12 @@ def parse_converse(text: str, me: str, characters: list[str], locations: list[st
         if not question:
             return None, "Ask without a question"
         return {"kind": ASK, "target": target, "question": question}, None
-    loc, _ = match_name_at(rest, locations)
+    loc, end = match_name_at(rest, locations)
     if loc is None:
         where = ", ".join(locations) if locations else "none left"
         return None, f"Investigate needs a place with clues ({where}), got {clip(rest, 4)!r}"
-    return {"kind": INVESTIGATE, "location": loc}, None
+    speech = rest[end:].strip().lstrip(":,-. \"'：，").strip()
+    return {"kind": INVESTIGATE, "location": loc, **({"speech": speech} if speech else {})}, None
 
 
 def parse_vote(text: str, me: str, characters: list[str], aliases: Aliases | None = None) -> tuple[str | None, str | None]:
@@ -236,6 +262,24 @@ def parse_vote(text: str, me: str, characters: list[str], aliases: Aliases | Non
     reply."""
     target = find_first_name(_clean(text), [c for c in characters if c != me], aliases)
     return (target, None) if target else (None, "the vote names no other character")
+
+
+def _thought_and_response(text: str) -> tuple[str, str]:
+    """mirage: the THOUGHT and the RESPONSE of a reply, plain ('THOUGHT: ... RESPONSE: ...') or as structured
+    outputs write it ({"thought": ..., then the move fields}: the JSON stays the response, json_move reads it)."""
+    m = re.search(r'"thought"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
+    if m and "{" in text:
+        try:
+            return json.loads(f'"{m.group(1)}"'), text
+        except json.JSONDecodeError:
+            return m.group(1), text
+    return split_thought(text)
+
+
+def _vote_field(text: str) -> str | None:
+    """The "vote" of a structured vote reply (so a name in its thought is not taken for the vote)."""
+    m = re.search(r'"vote"\s*:\s*"([^"]*)"', text)
+    return m.group(1) if m else None
 
 
 # ---- state --------------------------------------------------------------------------------------------------------
@@ -259,6 +303,11 @@ class MysteryState:
     turns: list[dict[str, Any]] = field(default_factory=list)
     memories: dict[str, list[str]] = field(default_factory=dict)  # character -> keywords whose memory came back
     summaries: dict[str, list[str]] = field(default_factory=dict)  # character -> per-stage model summary (summary.py)
+    # mirage protocol
+    last_action: dict[str, str] = field(default_factory=dict)  # character -> their last reply and what came of it
+    history_summaries: list[list[Any]] = field(default_factory=list)  # [public entries it covers, summary text]
+    summary_failures: int = 0  # history summaries that came back empty (the history then stays whole)
+    acts_done: list[dict[str, int]] = field(default_factory=list)  # {stage, seen} after each completed act
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,6 +322,9 @@ class MysteryGame:
 
     def __init__(self, script: Script, state: MysteryState, config: MysteryConfig):
         self.script, self.state, self.config = script, state, config
+        self.rules: ScriptRules = rules_for(script.kind, config.protocol)
+        self.mirage = config.protocol == "mirage"
+        self.prompts = load_prompts(script.language, config.prompts_dir) if self.mirage else {}
 
     @classmethod
     def new(cls, script: Script, seed: int, config: MysteryConfig,
@@ -285,6 +337,8 @@ class MysteryGame:
                           summaries=dict(summaries or {}))
         game = cls(script, st, config)
         game._say(f"[Case] {script.title}. {script.description}".strip())
+        if not game.rules.introductions(0):
+            game._start_stage(0)
         return game
 
     def _say(self, text: str) -> None:
@@ -309,7 +363,42 @@ class MysteryGame:
         st = self.state
         if name in st.summaries:
             return st.summaries[name][min(st.stage, len(st.summaries[name]) - 1)]
+        if self.mirage:
+            return self.character_sheet(name)
         return character_summary(self.script, name, st.stage, self.config.summary_words)
+
+    def character_sheet(self, name: str, stage: int | None = None) -> str:
+        """mirage: the character's six-part script with every stage up to `stage` (default: the current one)."""
+        up = self.state.stage if stage is None else stage
+        f = {k.lower(): self.script.field_text(name, k, up) or "-" for k in
+             ("Story", "Script", "Relationship", "Performance", "Purpose", "Ability")}
+        return self.prompts["character_sheet"].format(**f)
+
+    def personal_clues(self, name: str) -> str:
+        """A character's private note and the memories that came back to them (MIRAGE's `self_clues`)."""
+        parts = [self.script.notes[name]] if name in self.script.notes else []
+        parts += [f"{k}: {self.script.memories[name][k]}" for k in self.state.memories.get(name, [])]
+        return "\n".join(parts)
+
+    def history_text(self, upto: int | None = None) -> str:
+        """mirage: the public history up to entry `upto` as the players saw it then: the latest summary written
+        before that point, then the entries since."""
+        st = self.state
+        end = len(st.public) if upto is None else upto
+        start, head = 0, ""
+        for covered, text in st.history_summaries:
+            if covered <= end:
+                start, head = covered, text
+        lines = ([head] if head else []) + st.public[start:end]
+        return "\n".join(lines) if lines else self.prompts.get("no_history", "(nothing yet)")
+
+    def add_history_summary(self, text: str) -> None:
+        """Record a summary of the history so far (graph.py asks the summary model once history_text passes
+        config.history_tokens); an empty one is counted and the history stays whole."""
+        if text.strip():
+            self.state.history_summaries.append([len(self.state.public), text.strip()])
+        else:
+            self.state.summary_failures += 1
 
     def suspects(self, voter: str) -> list[str]:
         return [c for c in self.script.suspects if c != voter]
@@ -325,9 +414,12 @@ class MysteryGame:
         st = self.state
         if st.phase == ANSWER:
             return st.question["target"]
-        if st.phase in (INTRODUCTION, CONVERSE, VOTE):
+        if st.phase in (INTRODUCTION, CONVERSE, SELECT, VOTE):
             return st.order[st.cursor]
         return None
+
+    def verbs(self) -> tuple[str, ...]:
+        return (INVESTIGATE,) if self.state.phase == SELECT else self.rules.moves()
 
     def locations(self) -> list[str]:
         return [k for k, v in self.state.clues.items() if v]
@@ -335,8 +427,10 @@ class MysteryGame:
     def legal_actions(self, name: str) -> list[str]:
         st = self.state
         others = [self.shown(c) for c in st.order if c != name]
-        if st.phase == CONVERSE:
-            return [f"Ask {c}: QUESTION" for c in others] + [f"Investigate {loc}" for loc in self.locations()]
+        if st.phase in (CONVERSE, SELECT):
+            verbs = self.verbs()
+            return ([f"Ask {c}: QUESTION" for c in others] if ASK in verbs else []) + \
+                ([f"Investigate {loc}" for loc in self.locations()] if INVESTIGATE in verbs else [])
         if st.phase == VOTE:
             return self.suspects(name)
         return []
@@ -358,9 +452,49 @@ class MysteryGame:
                     "three sentences.")
         return f"Vote for the murderer. Reply with one name: {', '.join(self.suspects(name))}."
 
+    def mirage_prompt(self, name: str) -> tuple[str, str]:
+        """mirage: (instruction, what goes after RESPONSE) of the current act, in the script's language."""
+        st, P = self.state, self.prompts
+        others = ", ".join(self.shown(c) for c in st.order if c != name)
+        places = ", ".join(self.locations()) or P["no_clues"]
+        where = (P["stage_round"].format(stage=st.stage + 1, round=st.round + 1) if self.script.multi_stage
+                 else P["round_only"].format(round=st.round + 1))
+        if st.phase == INTRODUCTION:
+            return P["introduction"].format(name=self.shown(name)), P["introduction_response"]
+        if st.phase == ANSWER:
+            q = st.question
+            return P["answer"].format(asker=self.shown(q["asker"]), question=q["question"]), P["answer_response"]
+        if st.phase == SELECT:
+            return P["select"].format(places=places), P["select_response"]
+        if st.phase == CONVERSE and INVESTIGATE not in self.verbs():
+            return (P["converse_ask_only"].format(stage_round=where, characters=others),
+                    P["converse_ask_only_response"])
+        if st.phase == CONVERSE:
+            return P["converse"].format(stage_round=where, characters=others, places=places), P["converse_response"]
+        return P["vote"].format(suspects=", ".join(self.suspects(name))), P["vote_response"]
+
+    def mirage_observation(self, name: str, retry_reason: str | None) -> Observation:
+        """MIRAGE's player context: the whole script (or its summary), personal clues, the full history (summarised
+        past history_tokens), the own last action, a THOUGHT / RESPONSE reply."""
+        st, P = self.state, self.prompts
+        system = P["player_system"].format(name=self.shown(name), title=self.script.title,
+                                           description=self.script.description, script=self.summary(name),
+                                           clues=self.personal_clues(name) or P["no_clues"])
+        instruction, response = self.mirage_prompt(name)
+        user = (P["context"].format(history=self.history_text(), last_action=st.last_action.get(name)
+                                    or P["no_action"])
+                + f"\n\n{instruction}\n\n" + P["reply_format"].format(response=response))
+        if retry_reason:
+            user += "\n" + P["retry"].format(reason=retry_reason)
+        return Observation(game=GAME, seat=self.seat(name), role=name, phase=st.phase,
+                           messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                           legal_actions=self.legal_actions(name), private={"thought": True})
+
     def observation(self, retry_reason: str | None = None) -> Observation:
         name = self.actor()
         st, cfg = self.state, self.config
+        if self.mirage:
+            return self.mirage_observation(name, retry_reason)
         recalled = "".join(f"\nYou remember ({k}): {self.script.memories[name][k]}" for k in st.memories.get(name, []))
         system = (f"You are {self.shown(name)} in a murder mystery game: {self.script.title}. "
                   f"{self.script.description}\n"
@@ -386,7 +520,10 @@ class MysteryGame:
         """Record the reply as a Turn and advance the game."""
         st, name = self.state, self.actor()
         text = reply.action if reply.action is not None else obs.response_prefix + (reply.text or "")
-        info: dict[str, Any] = {"stage": st.stage, "round": st.round, "attempt": st.attempts}
+        info: dict[str, Any] = {"stage": st.stage, "round": st.round, "attempt": st.attempts, "seen": len(st.public)}
+        if self.mirage and reply.action is None:
+            thought, text = _thought_and_response(text)
+            info["thought"] = thought
         if reply.finish_reason is not None:
             info["finish_reason"] = reply.finish_reason  # 'length': cut at max_tokens (still parsed as given)
         action = reason = None
@@ -398,8 +535,8 @@ class MysteryGame:
                 reason = "empty reply"
             if st.phase == ANSWER:
                 info["asker"] = st.question["asker"]
-        elif st.phase == CONVERSE:
-            parsed, reason = parse_converse(text, name, st.order, self.locations(), self.aliases())
+        elif st.phase in (CONVERSE, SELECT):
+            parsed, reason = parse_converse(text, name, st.order, self.locations(), self.aliases(), self.verbs())
             if parsed:
                 phase = parsed["kind"]
                 if phase == ASK:
@@ -407,12 +544,15 @@ class MysteryGame:
                     info.update(target=parsed["target"], question=parsed["question"])
                 else:
                     action = f"Investigate {parsed['location']}"
-                    info["location"] = parsed["location"]
+                    info.update(location=parsed["location"], speech=parsed.get("speech", ""),
+                                forced=st.phase == SELECT)
         else:
-            target, reason = parse_vote(text, name, self.script.suspects, self.aliases())
+            target, reason = parse_vote(_vote_field(text) or text, name, self.script.suspects, self.aliases())
             if target:
                 action = f"Vote {target}"
                 info["target"] = target
+        if self.mirage:
+            info["said"] = text.strip()  # the RESPONSE part: what the judges read
         turn = Turn.from_reply(reply, seat=self.seat(name), role=name, phase=phase, messages=obs.messages,
                                response=reply.text or "", action=action, illegal_reason=reason,
                                reward=self.config.failed_action_penalty if reason else 0.0,
@@ -432,25 +572,40 @@ class MysteryGame:
         st = self.state
         if st.phase == INTRODUCTION:
             self._say(f"{self.shown(name)} (introduction): {text.strip()}")
+            self._remember(name, turn, text)
+            self._done_act()
             self._next_introduction()
         elif st.phase == ANSWER:
             self._say(f"{self.shown(name)} answers {self.shown(st.question['asker'])}: {text.strip()}")
+            asker = st.question["asker"]
+            if self.mirage:
+                st.last_action[asker] = f"{st.last_action.get(asker, '')}\n{self.shown(name)}: {text.strip()}"
             st.question = None
             st.phase = CONVERSE
+            self._done_act()
             self._next_conversation_turn()
         elif st.phase == CONVERSE and turn.phase == ASK:
             self._say(f"{self.shown(name)} asks {self.shown(turn.info['target'])}: {turn.info['question']}")
+            self._remember(name, turn, text)
             st.question = {"asker": name, "target": turn.info["target"], "question": turn.info["question"]}
             st.phase, st.attempts = ANSWER, 0
-        elif st.phase == CONVERSE:
+        elif st.phase in (CONVERSE, SELECT):
             loc = turn.info["location"]
-            clue = st.clues[loc].pop(0)
+            # MIRAGE draws a random clue of the place; seeded by game and draw so a replay reveals the same
+            k = random.Random(st.seed * 100_003 + len(st.revealed)).randrange(len(st.clues[loc])) if self.mirage else 0
+            clue = st.clues[loc].pop(k)
             if not st.clues[loc]:
                 del st.clues[loc]
             turn.info["clue"] = clue
             st.revealed.append({"stage": st.stage, "round": st.round, "by": name, "location": loc, "clue": clue})
-            self._say(f"[Clue] {self.shown(name)} investigates {loc}: {clue}")
-            self._next_conversation_turn()
+            speech = f" ({turn.info['speech']})" if self.mirage and turn.info.get("speech") else ""
+            self._say(f"[Clue] {self.shown(name)} investigates {loc}{speech}: {clue}")
+            self._remember(name, turn, text, outcome=f"[Clue][{loc}]: {clue}")
+            self._done_act()
+            if st.phase == SELECT:
+                self._next_select()
+            else:
+                self._next_conversation_turn()
         else:
             st.votes[name] = turn.info["target"]
             self._next_vote()
@@ -468,30 +623,75 @@ class MysteryGame:
         elif st.phase == CONVERSE:
             self._say(f"{self.shown(name)} does nothing this round.")
             self._next_conversation_turn()
+        elif st.phase == SELECT:
+            self._next_select()
         else:
             self._next_vote()
+
+    def _remember(self, name: str, turn: Turn, text: str, outcome: str = "") -> None:
+        """mirage: the character's own last act and its outcome, shown to them at their next act."""
+        if self.mirage:
+            thought = turn.info.get("thought", "")
+            self.state.last_action[name] = "\n".join(x for x in (thought and f"THOUGHT: {thought}",
+                                                                   f"RESPONSE: {text.strip()}", outcome) if x)
+
+    def _done_act(self) -> None:
+        """A completed act (an answered question counts once): the points where NPC suspects are judged."""
+        self.state.acts_done.append({"stage": self.state.stage, "seen": len(self.state.public)})
 
     def _next_introduction(self) -> None:
         st = self.state
         st.cursor, st.attempts = st.cursor + 1, 0
         if st.cursor == len(st.order):
             st.cursor = 0
-            self._start_stage(0)
+            self._begin_rounds()
 
-    def _start_stage(self, stage: int) -> None:
+    def _next_stage(self, stage: int) -> None:
+        """Open a later stage: its clues (rules.stage_clues), its announcement, then introductions if the rules
+        want them, else the rounds. MIRAGE's multi-stage environments also forget every last action here."""
         st = self.state
         st.stage, st.round, st.cursor = stage, 0, 0
+        new = self.script.stages[stage].clues
+        st.clues = self.rules.stage_clues(st.clues, new)
+        if self.rules.score_last_stage:
+            st.last_action = {}
+        where = ", ".join(new) or "no new places"
+        self._say(f"[Stage {stage + 1}] The story moves on; each of you learns more. New clues at: {where}.")
+        if self.rules.introductions(stage):
+            st.phase = INTRODUCTION
+        else:
+            self._begin_rounds()
+
+    def _start_stage(self, stage: int) -> None:
         if stage > 0:
-            new = self.script.stages[stage].clues
-            for loc, clues in new.items():
-                st.clues.setdefault(loc, []).extend(clues)
-            where = ", ".join(new) or "no new places"
-            self._say(f"[Stage {stage + 1}] The story moves on; each of you learns more. New clues at: {where}.")
-        for text in self.script.stages[stage].public:
+            self._next_stage(stage)
+        else:
+            self._begin_rounds()
+
+    def _begin_rounds(self) -> None:
+        st = self.state
+        st.round, st.cursor = 0, 0
+        for text in self.script.stages[st.stage].public:
             self._say(f"[Public clue] {text}")
-        st.phase = CONVERSE if self.config.rounds > 0 else VOTE
-        if st.phase == VOTE and stage + 1 < len(self.script.stages):
-            self._start_stage(stage + 1)
+        st.phase = CONVERSE
+        if self.config.rounds == 0:
+            self._end_stage()
+
+    def _end_stage(self) -> None:
+        st = self.state
+        st.cursor, st.attempts = 0, 0
+        if self.rules.forced_investigation and st.phase != SELECT and self.locations():
+            st.phase = SELECT
+        elif st.stage + 1 < len(self.script.stages):
+            self._next_stage(st.stage + 1)
+        else:
+            st.phase = VOTE
+
+    def _next_select(self) -> None:
+        st = self.state
+        st.cursor, st.attempts = st.cursor + 1, 0
+        if st.cursor == len(st.order) or not self.locations():
+            self._end_stage()
 
     def _next_conversation_turn(self) -> None:
         st = self.state
@@ -501,10 +701,7 @@ class MysteryGame:
         st.cursor, st.round = 0, st.round + 1
         if st.round < self.config.rounds:
             return
-        if st.stage + 1 < len(self.script.stages):
-            self._start_stage(st.stage + 1)
-        else:
-            st.phase = VOTE
+        self._end_stage()
 
     def _next_vote(self) -> None:
         st = self.state
@@ -514,5 +711,5 @@ class MysteryGame:
 
     def max_acts(self) -> int:
         """An upper bound on the acts of a game (for LangGraph's recursion limit)."""
-        n, tries = len(self.state.order), self.config.max_reasks + 1
-        return tries * n * (2 + 2 * self.config.rounds * len(self.script.stages))
+        n, tries, k = len(self.state.order), self.config.max_reasks + 1, len(self.script.stages)
+        return tries * n * (2 + k + (2 * self.config.rounds + 1) * k)

@@ -1,6 +1,9 @@
 """The murder mystery as a LangGraph graph.
 
-    START -> setup -> introduction* -> (converse -> answer?)* -> vote* -> judge -> END
+    START -> setup -> introduction* -> (converse -> answer?)* -> select* -> vote* -> judge -> END
+
+(`select` is a forced investigation per player at the end of a stage, for scripts whose rules have one; a stage
+may open with introductions again: rules.py.)
 
 `setup` loads the script and deals the seats; each phase node performs exactly ONE act of one character (so a
 human seat's `interrupt()` re-runs nothing but its own act on resume) and a conditional edge routes to the node of
@@ -27,14 +30,15 @@ from langgraph.types import interrupt
 
 from stratagem.agents.base import Agent
 from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
-from stratagem.games.mystery.game import (ANSWER, CIVILIAN, CONVERSE, CULPRIT, GAME, INTRODUCTION, JUDGE, VOTE,
-                                          MysteryConfig, MysteryGame, MysteryState)
+from stratagem.games.mystery.game import (ANSWER, CIVILIAN, CONVERSE, CULPRIT, GAME, INTRODUCTION, JUDGE, SELECT,
+                                          VOTE, MysteryConfig, MysteryGame, MysteryState)
 from stratagem.games.mystery.judge import judge_game
 from stratagem.games.mystery.library import load_script
 
 DEFAULT_SCRIPT = "lighthouse"
 HUMAN = "human"
-PHASE_NODES = {INTRODUCTION: "introduction", CONVERSE: "converse", ANSWER: "answer", VOTE: "vote", JUDGE: "judge"}
+PHASE_NODES = {INTRODUCTION: "introduction", CONVERSE: "converse", ANSWER: "answer", SELECT: "select", VOTE: "vote",
+               JUDGE: "judge"}
 
 
 class MysteryGraphState(TypedDict, total=False):
@@ -85,15 +89,47 @@ def build_episode(game: MysteryGame, verdict_metrics: dict[str, Any], utterance_
         id=f"mystery-{script.name}-{st.seed}-{uuid.uuid4().hex[:8]}", metrics=verdict_metrics,
         params={"script": script.name, "script_path": script.path, "title": script.title, "stages": len(script.stages),
                 "rounds": config.rounds, "order": st.order, "culprits": script.culprits,
-                "max_reasks": config.max_reasks, "revealed": st.revealed, "human_seats": humans},
+                "max_reasks": config.max_reasks, "revealed": st.revealed, "human_seats": humans,
+                "protocol": config.protocol},
     )
 
 
-def build_graph(players: Players, judge: Agent, config: MysteryConfig | None = None, *, checkpointer: Any = None,
-                on_turn: Callable[[Turn], None] | None = None):
+def build_graph(players: Players, judge: Agent | Mapping[str, Agent], config: MysteryConfig | None = None, *,
+                checkpointer: Any = None, on_turn: Callable[[Turn], None] | None = None,
+                evaluator: Agent | None = None, summariser: Agent | None = None,
+                count_tokens: Callable[[str], int] | None = None):
     """Compile the game graph. `players`: one agent for every seat, or character name -> agent; `judge`: the
-    agent that scores (see judge.py); `on_turn` is called after every act (progress bars)."""
+    agent that scores (see judge.py), or under the mirage protocol faction -> agent (each statement is judged by
+    its speaker's side; mirage_judge.py); `evaluator`: mirage's evaluation model for ICI and SCI (default: the
+    civilians' judge); `summariser`: the model that summarises the history once it passes `config.history_tokens`
+    (mirage; default: the evaluator), counted by `count_tokens` (default: the tokenizer of `config.tokenizer`);
+    `on_turn` is called after every act (progress bars)."""
     cfg = config or MysteryConfig()
+    mirage = cfg.protocol == "mirage"
+    judge_of = (lambda side: judge[side]) if isinstance(judge, Mapping) else (lambda side: judge)
+    counter: list[Callable[[str], int]] = [count_tokens] if count_tokens else []
+
+    def count(text: str) -> int:
+        if not counter:
+            from stratagem.games.mystery.summary import hf_token_counter
+            from stratagem.models import resolve
+
+            counter.append(hf_token_counter(resolve(cfg.tokenizer)))
+        return counter[0](text)
+
+    async def summarise_history(game: MysteryGame) -> None:
+        """mirage: MIRAGE's token check on the history: past history_tokens, the summary model rewrites it."""
+        text = game.history_text()
+        if count(text) <= cfg.history_tokens:
+            return
+        P = game.prompts
+        obs = Observation(game=GAME, seat=-1, role="summariser", phase="summarise_history", legal_actions=[],
+                          messages=[{"role": "user", "content": P["history_summary"].format(text=text) + "\n\n" +
+                                     P["reply_format"].format(response=P["history_summary_response"])}])
+        from stratagem.games.mystery.prompting import split_thought
+
+        reply = await (summariser or evaluator or judge_of(CIVILIAN)).act(obs)
+        game.add_history_summary(split_thought(reply.text or "")[1])
 
     def setup(state: MysteryGraphState) -> dict[str, Any]:
         script = load_script(state.get("script") or DEFAULT_SCRIPT)
@@ -111,6 +147,8 @@ def build_graph(players: Players, judge: Agent, config: MysteryConfig | None = N
 
     async def act(state: MysteryGraphState) -> dict[str, Any]:
         game = restore(state)
+        if mirage:
+            await summarise_history(game)
         name = game.actor()
         obs: Observation = game.observation(game.retry_reason())
         if name in state.get("human_seats", []):
@@ -128,7 +166,12 @@ def build_graph(players: Players, judge: Agent, config: MysteryConfig | None = N
 
     async def judge_node(state: MysteryGraphState) -> dict[str, Any]:
         game = restore(state)
-        verdict = await judge_game(judge, game.script, game.state, cfg)
+        if mirage:
+            from stratagem.games.mystery.mirage_judge import judge_game_mirage
+
+            verdict = await judge_game_mirage(judge, evaluator or judge_of(CIVILIAN), game.script, game.state, cfg)
+        else:
+            verdict = await judge_game(judge, game.script, game.state, cfg)
         ep = build_episode(game, verdict.metrics, verdict.utterance_scores, players, cfg,
                            state.get("human_seats", []))
         return {"episode": ep.to_dict()}
@@ -138,11 +181,11 @@ def build_graph(players: Players, judge: Agent, config: MysteryConfig | None = N
 
     g = StateGraph(MysteryGraphState)
     g.add_node("setup", setup)
-    for phase in (INTRODUCTION, CONVERSE, ANSWER, VOTE):
+    for phase in (INTRODUCTION, CONVERSE, ANSWER, SELECT, VOTE):
         g.add_node(PHASE_NODES[phase], act)
     g.add_node("judge", judge_node)
     g.add_edge(START, "setup")
-    for node in ("setup", "introduction", "converse", "answer", "vote"):
+    for node in ("setup", "introduction", "converse", "answer", "select", "vote"):
         g.add_conditional_edges(node, route, list(PHASE_NODES.values()))
     g.add_edge("judge", END)
     return g.compile(checkpointer=checkpointer, name="mystery")

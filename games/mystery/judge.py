@@ -11,7 +11,7 @@ from stratagem.concurrency import map_concurrent
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stratagem.agents.base import Agent
@@ -112,6 +112,7 @@ def reconstruct_prompt(name: str, acts: str) -> Observation:
 class JudgeVerdict:
     metrics: dict[str, Any]
     utterance_scores: list[dict[str, Any]]  # per judged turn: index, speaker, suspicion, trust, ok, raw
+    npc_scores: list[dict[str, Any]] = field(default_factory=list)  # mirage, rules.judge_npcs: per act and candidate
 
 
 async def judge_game(judge: Agent, script: Script, state: MysteryState, config: MysteryConfig) -> JudgeVerdict:

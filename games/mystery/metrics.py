@@ -12,13 +12,19 @@ received; N = vote weight.
                S_c + T_c = 0 counts 0.5 (neither inclination)
 - CIC        = clues revealed / clues in the whole script (every stage)
 - ICI        = mean_c (reasoning + communication + detail observation + creative thinking) / 80, each judge score 0-20
-- SCI        = mean_c (0.5 * roleplay_c / 20 + 0.5 * ROUGE-L F1(script_c, reconstruction_c))
+- SCI        = mean_c (0.5 * roleplay_c / 20 + 0.5 * ROUGE_c), ROUGE_c = mean over the parts p of c's script
+               (Story, Script, Relationship, Performance, Purpose, Ability) of ROUGE-L F1(original part p,
+               the judge's reconstruction of part p from the game's transcript); each part is reconstructed and
+               compared on its own, a part missing or empty on either side scores 0 (`sci_rouge`). Tokens: jieba
+               words for Chinese, lowercase alphanumeric runs for English (`tokens`)
 - Overall    = mean(Victory, TII, CIC, ICI, SCI)
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from statistics import mean
 from typing import Iterable, Mapping, Sequence
 
@@ -67,25 +73,104 @@ def ici(scores: Mapping[str, Mapping[str, float]]) -> float:
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")
+# CJK unified ideographs (basic block, extension A, compatibility ideographs, extensions B-F)
+_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
+_jieba = None
+_jieba_lock = threading.Lock()
 
 
-def rouge_l(reference: str, candidate: str) -> float:
-    """ROUGE-L F1 (beta = 1, as rouge-score reports it) on lowercase alphanumeric tokens, no stemming:
-    P = LCS / len(candidate), R = LCS / len(reference), F = 2PR / (P + R)."""
-    ref, cand = _TOKEN.findall(reference.lower()), _TOKEN.findall(candidate.lower())
+def _segmenter():
+    """jieba, imported and initialised on first use (loading its dictionary takes about a second), with its
+    "Building prefix dict ..." messages on stderr silenced.
+
+    Why jieba: it is what MIRAGE itself segments with (data_loader.py `cal_rouge_l`: `' '.join(jieba.cut(text))`
+    before rouge-chinese's ROUGE-L; requirements.txt pins jieba==0.42.1), so the same words are compared; it is the
+    de-facto standard Chinese segmenter, pure Python (MIT) with its dictionary bundled (no download, no model weights).
+    Its last release is 0.42.1 (January 2020): not actively released, but stable and working on current Pythons, and
+    a frozen segmenter keeps scores comparable across runs. rouge-score's default tokenizer cannot be used for
+    Chinese: it keeps only [a-z0-9], so every Chinese text has no tokens at all."""
+    global _jieba
+    if _jieba is None:
+        with _jieba_lock:
+            if _jieba is None:
+                import jieba
+
+                jieba.setLogLevel(logging.WARNING)
+                jieba.initialize()
+                _jieba = jieba
+    return _jieba
+
+
+def detect_language(text: str) -> str:
+    """"zh" when most of the text's letters and digits (str.isalnum) are CJK ideographs, else "en"."""
+    alnum = sum(1 for ch in text if ch.isalnum())
+    return "zh" if alnum and len(_CJK.findall(text)) * 2 > alnum else "en"
+
+
+def _language(language: str | None, *texts: str) -> str:
+    if language is None or language == "auto":
+        return detect_language("".join(texts))
+    lang = language.lower().replace("_", "-").split("-")[0]
+    if lang not in ("zh", "en"):
+        raise ValueError(f"language must be 'zh', 'en', 'auto' or None, not {language!r}")
+    return lang
+
+
+def tokens(text: str, language: str | None = None) -> list[str]:
+    """The ROUGE tokens of `text`.
+
+    - "en": lowercase runs of [a-z0-9] (exactly rouge-score's default tokenizer without stemming: lowercase, every
+      other character a separator, so punctuation and non-ASCII letters are dropped).
+    - "zh": jieba's words (accurate mode with HMM, `jieba.lcut(text)`, as MIRAGE's `jieba.cut`), lowercased, dropping
+      the tokens that have no letter or digit (whitespace, punctuation, symbols). MIRAGE keeps the punctuation tokens
+      (it splits jieba's output on spaces); they are dropped here so that "，" and "。" do not count as matched words,
+      the same choice rouge-score makes for English.
+    - None or "auto": "zh" if the text is mostly CJK ideographs (`detect_language`), else "en"."""
+    if _language(language, text) == "en":
+        return _TOKEN.findall(text.lower())
+    return [t.lower() for t in _segmenter().lcut(text) if any(ch.isalnum() for ch in t)]
+
+
+def _lcs_len(a: Sequence[str], b: Sequence[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, 1):
+            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(reference: str, candidate: str, *, language: str | None = None) -> float:
+    """ROUGE-L F1 (beta = 1, as rouge-score and rouge-chinese report it), no stemming, on `tokens(text, language)`:
+    P = LCS / len(candidate), R = LCS / len(reference), F = 2PR / (P + R); 0 when either side has no tokens.
+    language None (auto) picks one tokenizer for both texts, from the two together."""
+    lang = _language(language, reference, candidate)
+    ref, cand = tokens(reference, lang), tokens(candidate, lang)
     if not ref or not cand:
         return 0.0
-    prev = [0] * (len(cand) + 1)
-    for r in ref:
-        cur = [0] * (len(cand) + 1)
-        for j, c in enumerate(cand, 1):
-            cur[j] = prev[j - 1] + 1 if r == c else max(prev[j], cur[j - 1])
-        prev = cur
-    lcs = prev[-1]
+    lcs = _lcs_len(ref, cand)
     if lcs == 0:
         return 0.0
     p, r = lcs / len(cand), lcs / len(ref)
     return 2 * p * r / (p + r)
+
+
+def sci_rouge(parts_reference: Mapping[str, str], parts_reconstruction: Mapping[str, str],
+              language: str | None = None) -> tuple[float, dict[str, float]]:
+    """The ROUGE half of SCI for one character, as MIRAGE computes it (ScriptEnvs/BaseEnv.py `rouge_eval`): every part
+    of the character's script (the keys of `parts_reference`: Story, Script, Relationship, Performance, Purpose,
+    Ability) is reconstructed separately, each reconstruction is scored against its own original part with ROUGE-L F1,
+    and the character's score is the plain mean over all the script's parts.
+
+    A part missing from `parts_reconstruction` (or empty) scores 0, and so does a part whose original text is empty
+    (MIRAGE's `cal_rouge_l` returns 0 when either text is '', and the part still counts in the mean); parts of the
+    reconstruction that the script does not have are ignored. language None (auto) picks one tokenizer for every part,
+    from all the original parts together. Returns (mean score, {part: score}); (0.0, {}) for a script with no parts."""
+    lang = _language(language, *parts_reference.values())
+    per_part = {part: rouge_l(text, parts_reconstruction.get(part) or "", language=lang)
+                for part, text in parts_reference.items()}
+    return (mean(per_part.values()) if per_part else 0.0), per_part
 
 
 def sci(roleplay: Mapping[str, float], rouge: Mapping[str, float]) -> float:

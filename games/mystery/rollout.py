@@ -47,22 +47,41 @@ async def script_summaries(script: Any, cfg: MysteryConfig, base_url: str, model
     served = await endpoint_context(base_url, model, api_key)  # a server may grant less than the model's own
     context = min(context_length(model_dir), served or context_length(model_dir))
     check_budget(cfg.summary_tokens, cfg, context)
+    count = hf_token_counter(model_dir)
+    if cfg.protocol == "mirage":
+        # MIRAGE summarises a character only when the whole six-part script passes 2 x its budget
+        long = mirage_long_characters(script, cfg, count)
+        if not long:
+            return {}
     ask, close = llm_ask(base_url, model, api_key)
     try:
-        return await prepare_summaries(script, ask, f"{model}@{Path(model_dir).name}", cfg.summary_tokens,
-                                       hf_token_counter(model_dir), context)
+        out = await prepare_summaries(script, ask, f"{model}@{Path(model_dir).name}", cfg.summary_tokens,
+                                      count, context)
     finally:
         await close()
+    return {n: v for n, v in out.items() if n in long} if cfg.protocol == "mirage" else out
 
 
-async def play_episode(script: str, players: Players, judge: Agent, config: MysteryConfig | None = None,
-                       seed: int = 0, on_turn: Callable[[Turn], None] | None = None,
-                       summaries: dict[str, list[str]] | None = None) -> Episode:
+def mirage_long_characters(script: Any, cfg: MysteryConfig, count) -> set[str]:
+    """The characters whose whole script (every stage, as the sheet shows it) passes cfg.full_script_tokens."""
+    from stratagem.games.mystery.game import MysteryGame
+
+    game = MysteryGame.new(script, 0, cfg)
+    last = len(script.stages) - 1
+    return {n for n in script.characters if count(game.character_sheet(n, last)) > cfg.full_script_tokens}
+
+
+async def play_episode(script: str, players: Players, judge: Agent | dict[str, Agent],
+                       config: MysteryConfig | None = None, seed: int = 0,
+                       on_turn: Callable[[Turn], None] | None = None,
+                       summaries: dict[str, list[str]] | None = None, evaluator: Agent | None = None,
+                       summariser: Agent | None = None, count_tokens: Callable[[str], int] | None = None) -> Episode:
     """Play one game to the end (no human seats: those need a checkpointer, see graph.py)."""
     cfg = config or MysteryConfig()
     if cfg.human_seats:
         raise ValueError("play_episode cannot seat humans; build the graph with a checkpointer instead")
-    graph = build_graph(players, judge, cfg, on_turn=on_turn)
+    graph = build_graph(players, judge, cfg, on_turn=on_turn, evaluator=evaluator, summariser=summariser,
+                        count_tokens=count_tokens)
     out = await graph.ainvoke({"script": str(script), "seed": seed, "summaries": summaries or {}},
                               config={"recursion_limit": recursion_limit(str(script), cfg)})
     return Episode.from_dict(out["episode"])
@@ -72,23 +91,47 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
                                    judge_model: str = "base", config: MysteryConfig | None = None,
                                    concurrency: int = 4, seed: int = 0, api_key: str | None = None,
                                    on_turn: Callable[[Turn], None] | None = None,
-                                   on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
+                                   on_episode: Callable[[Episode], None] | None = None,
+                                   eval_model: str | None = None, eval_base_url: str | None = None,
+                                   eval_api_key: str | None = None) -> list[Episode]:
     """Play `n` games of `script` (a shipped name or a folder) with every seat played by `player_model` and the
     judge `judge_model`, both served at `base_url`; game i uses seed `seed + i`. At most `concurrency` games run
-    at once (the server batches their requests). Returns the episodes in seed order."""
+    at once (the server batches their requests). Returns the episodes in seed order.
+
+    Under the mirage protocol, suspicion and trust are judged by the model of the speaker's side (here every seat
+    is `player_model`, so it judges itself, as MIRAGE's self-play runs do), ICI and SCI by `eval_model` at
+    `eval_base_url` (any OpenAI-compatible endpoint; default `judge_model` at `base_url`), and scripts and history
+    are summarised by `judge_model` (MIRAGE's base model)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     cfg = config or MysteryConfig()
     s = load_script(script)  # fail on a bad script before any request
     summaries = await script_summaries(s, cfg, base_url, judge_model, api_key)
-    players = make_llm_agent(base_url, player_model, cfg.player_max_tokens, api_key,
+    players = make_llm_agent(base_url, player_model, cfg.player_max_tokens, api_key, cfg.player_temperature,
                              structured=cfg.structured_outputs)
     judge = make_llm_agent(base_url, judge_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
                            structured=cfg.structured_outputs)
+    agents = [players, judge]
+    extra: dict[str, Any] = {}
+    if cfg.protocol == "mirage":
+        side = make_llm_agent(base_url, player_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
+                              structured=cfg.structured_outputs)
+        evaluator = make_llm_agent(eval_base_url or base_url, eval_model or judge_model, cfg.judge_max_tokens,
+                                   eval_api_key if eval_base_url else api_key, cfg.judge_temperature,
+                                   structured=cfg.structured_outputs)
+        # a history summary may take half the history budget: the game goes on from it
+        summariser = make_llm_agent(base_url, judge_model, max(64, cfg.history_tokens // 2), api_key,
+                                    cfg.judge_temperature, structured=False)
+        agents += [side, evaluator, summariser]
+        extra = {"evaluator": evaluator, "summariser": summariser}
+        judges: Agent | dict[str, Agent] = {"culprit": side, "civilian": side}
+    else:
+        judges = judge
+
     async def one(i: int) -> Episode:
-        return await play_episode(script, players, judge, cfg, seed + i, on_turn, summaries)
+        return await play_episode(script, players, judges, cfg, seed + i, on_turn, summaries, **extra)
 
     try:
         return await map_concurrent(one, range(n), max(1, concurrency), on_result=on_episode)
     finally:
-        await close_agents([players, judge])
+        await close_agents(agents)

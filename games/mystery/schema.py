@@ -109,6 +109,7 @@ class Script:
     candidates: list[str] = field(default_factory=list)  # suspects voted on when they are not the players
     language: str = "En"
     source: str = "meta"  # 'meta' (meta.json) or 'mirage' (Truth.json + the shipped culprit table)
+    kind: str = ""  # MIRAGE's environment class of the script (rules.py), '' for a script of our own
 
     @property
     def multi_stage(self) -> bool:
@@ -430,7 +431,8 @@ def _parse(folder: Path) -> tuple[Script | None, list[SchemaError]]:
               for i, c in enumerate(stages_chars)]
     return Script(name=folder.name, path=str(folder.resolve()), title=title, culprits=culprits, truth=truth,
                   description=description, characters=names, stages=stages, notes=notes, memories=memories,
-                  candidates=candidates, language=language, source=source), []
+                  candidates=candidates, language=language, source=source,
+                  kind=str((entry or {}).get("env", ""))), []
 
 
 def validate_script_dir(folder: str | Path) -> list[SchemaError]:

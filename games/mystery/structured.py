@@ -52,13 +52,26 @@ JUDGE_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+THOUGHT_CHARS = 400  # mirage: the THOUGHT before a structured move or score, bounded to fit the token budget
+SCORE_PHASES = {"judge_suspicion": 2, "judge_trust": 2, "judge_ability": 20}  # mirage judges: phase -> top score
+
+
 def schema_for(obs: Observation, content_chars: int = CONTENT_CHARS) -> dict[str, Any] | None:
-    """The JSON schema of the reply to this observation, or None for a free-text reply."""
-    if obs.phase == "converse":
-        return move_schema(obs.legal_actions, content_chars)
-    if obs.phase == "vote" and obs.legal_actions:
-        return _object({"vote": {"enum": list(obs.legal_actions)}})
-    return JUDGE_SCHEMAS.get(obs.phase)
+    """The JSON schema of the reply to this observation, or None for a free-text reply. An observation that asks
+    for a THOUGHT (the mirage protocol: `private["thought"]`) gets a bounded "thought" string first, so the
+    reasoning still comes before the choice."""
+    schema: dict[str, Any] | None
+    if obs.phase in ("converse", "select"):
+        schema = move_schema(obs.legal_actions, content_chars)
+    elif obs.phase == "vote" and obs.legal_actions:
+        schema = _object({"vote": {"enum": list(obs.legal_actions)}})
+    elif obs.phase in SCORE_PHASES:
+        schema = _object({"score": _ints(0, SCORE_PHASES[obs.phase])})
+    else:
+        schema = JUDGE_SCHEMAS.get(obs.phase)
+    if schema is not None and obs.private.get("thought"):
+        schema = _object({"thought": {"type": "string", "maxLength": THOUGHT_CHARS}, **schema["properties"]})
+    return schema
 
 
 class StructuredLLMAgent(LLMAgent):

@@ -46,6 +46,19 @@ class ContextBudgetError(ValueError):
 def check_budget(summary_tokens: int, config: MysteryConfig, context: int) -> None:
     """Raise ContextBudgetError when the largest player prompt (summary + history + instructions) plus the reply
     could exceed `context` tokens; the message names the budgets to lower."""
+    if config.protocol == "mirage":
+        # the whole script up to full_script_tokens; the history up to its budget plus the act that passes it
+        # (it is summarised before the next act); the own last act and its outcome; the reply
+        script = max(summary_tokens, config.full_script_tokens)
+        need = script + config.history_tokens + 3 * config.player_max_tokens + GAME_PROMPT_OVERHEAD + \
+            config.player_max_tokens
+        if need > context:
+            raise ContextBudgetError(
+                f"a mirage player prompt could take {need} tokens (full_script_tokens={config.full_script_tokens} + "
+                f"history_tokens={config.history_tokens} + 4 x player_max_tokens={config.player_max_tokens} + "
+                f"{GAME_PROMPT_OVERHEAD}), over the model's context of {context} tokens: lower full_script_tokens "
+                f"or history_tokens by {need - context}")
+        return
     history = int(config.history_words * TOKENS_PER_WORD)
     need = summary_tokens + history + GAME_PROMPT_OVERHEAD + config.player_max_tokens
     if need > context:
@@ -192,7 +205,8 @@ class Summariser:
 
 async def prepare_summaries(script: Script, ask: Ask, model: str, budget: int, count: Callable[[str], int],
                             context: int, *, use_cache: bool = True,
-                            on_character: Callable[[str], Any] | None = None) -> dict[str, list[str]]:
+                            on_character: Callable[[str], Any] | None = None,
+                            concurrency: int = 8) -> dict[str, list[str]]:
     """character -> per-stage summary within `budget` tokens, from the cache when there (see summary_path)."""
     from stratagem.files import Journal, StoreDamage
 
@@ -210,11 +224,17 @@ async def prepare_summaries(script: Script, ask: Ask, model: str, budget: int, c
             cache.sidecar.unlink(missing_ok=True)
             cache = Journal(path)
     s = Summariser(ask, count, context)
-    out: dict[str, list[str]] = {}
-    for name in script.characters:
-        out[name] = await s.character(script, name, budget)
+    from stratagem.concurrency import map_concurrent
+
+    async def one(name: str) -> list[str]:
+        summary = await s.character(script, name, budget)
         if on_character is not None:
             on_character(name)
+        return summary
+
+    # characters at once: the server batches their requests (one after another took most of a MIRAGE run)
+    done = await map_concurrent(one, list(script.characters), max(1, concurrency))
+    out: dict[str, list[str]] = dict(zip(script.characters, done))
     path.parent.mkdir(parents=True, exist_ok=True)
     cache.write_all([json.dumps(out, ensure_ascii=False)])
     return out
