@@ -120,6 +120,8 @@ def test_every_run_config_field_is_a_train_flag():
     ({"loop": {"iterations": "3"}}, "loop.iterations: expected an integer, got '3' (str)"),
     ({"loop": {"episodes_per_iteration": 2, "games": ["tictactoe", "kuhn_poker", "mini_hanabi"]}},
      "loop.episodes_per_iteration: must be >= the number of games (3), got 2"),
+    ({"loop": {"algo": "maro", "episodes_per_iteration": 1}},
+     "loop.episodes_per_iteration: MARO needs >= 2 episodes per mini-batch"),
     ({"loop": {"algo": "ppo"}}, "loop.algo: must be one of grpo, mars, marshal, rae, maro, got 'ppo'"),
     ({"loop": {"opponents": ["alphazero"]}}, "loop.opponents[0]: unknown agent spec 'alphazero'"),
     ({"loop": {"games": ["kuhn_poker"], "opponents": ["mcts:50"]}},

@@ -1,13 +1,18 @@
 """MARO's labels as the paper describes them, on hand-worked examples: faction balancing over acts, the failed-act
-rule, and the mismatched pairs of the KL reference point (different episode AND character, shuffled as KTO)."""
+rule, the one-sided game, and the mismatched pairs of the KL reference point (different episode AND character,
+shuffled as KTO), which every mini-batch must have."""
 
 import random
 
 import pytest
+import torch
 
 from stratagem.games.core import Episode, Seat, Turn
-from stratagem.training.losses import MAROConfig, maro_labels, mismatched_pairs, pairs_in_order
-from stratagem.training.samples import Act
+from stratagem.training.losses import (MAROConfig, has_mismatched_pair, maro_labels, mismatched_pairs,
+                                       pairs_in_order)
+from stratagem.training.objectives import get_loss
+from stratagem.training.samples import Act, build_batch, mismatched_samples
+from stratagem.training.trainer import LoRATrainer, TrainerConfig
 
 
 def _game(winning="civilian", acts=None, failed=()):
@@ -71,6 +76,32 @@ def test_strategic_winner_balanced_over_acts():
     assert labels == {(0, keep): True, (0, 1): False}
 
 
+def test_one_sided_game_all_undesirable_or_skipped():
+    # Final-Performance-like: the trained seats are two civilians and the culprit's faction wins, so C_win is empty
+    # and N_reward = 0. The documented rule (maro.empty_side='all', the default): every act of the other side is
+    # labelled, here all undesirable, a failed one (turn 5) among them; 'skip' gives the episode no labels.
+    civilians = lambda e, s: s in (1, 2)  # noqa: E731
+    npc_culprit = _game(winning="culprit", failed=(5,))  # seat 0 plays the culprit, untrained
+    no_culprit_seat = Episode(game="mystery", seed=0, seats=npc_culprit.seats[1:3], turns=npc_culprit.turns[2:6],
+                              returns=[0.0, 0.0], winning_faction="culprit")
+    for ep in (npc_culprit, no_culprit_seat):
+        labels = maro_labels([ep], civilians, MAROConfig(), random.Random(0))
+        assert {ep.turns[j].seat for (_, j) in labels} == {1, 2} and len(labels) == 4
+        assert not any(labels.values())
+        assert maro_labels([ep], civilians, MAROConfig(empty_side="skip"), random.Random(0)) == {}
+    # both sides trained, the culprit wins: balanced 2 v 2, never one-sided
+    both = maro_labels([npc_culprit], lambda e, s: s <= 2, MAROConfig(), random.Random(0))
+    assert sum(both.values()) == 2 and len(both) == 4
+
+
+def test_a_draw_gives_no_labels_whatever_empty_side():
+    draw = _game(winning=None)
+    for side in ("all", "skip"):
+        assert maro_labels([draw], lambda e, s: True, MAROConfig(empty_side=side), random.Random(0)) == {}
+    labels = maro_labels([draw, _game()], lambda e, s: True, MAROConfig(), random.Random(0))
+    assert {i for i, _ in labels} == {1}
+
+
 def _act(ep, role):
     return Act(episode=ep, turn=0, seat=0, game="mystery", role=role, n_tokens=1)
 
@@ -98,3 +129,106 @@ def test_mismatched_pairs_shuffle_with_rng_and_never_pair_same_episode_or_charac
     assert mismatched_pairs(acts, rng) != pairs
     with pytest.raises(ValueError, match="rng"):
         mismatched_pairs(acts)
+
+
+def test_has_mismatched_pair_needs_another_episode_and_another_role():
+    assert has_mismatched_pair([_act(0, "Ann"), _act(1, "Ben")])
+    assert not has_mismatched_pair([_act(0, "Ann"), _act(0, "Ben")])  # one episode
+    assert not has_mismatched_pair([_act(0, "Ann"), _act(1, "Ann"), _act(2, "Ann")])  # one role
+    assert has_mismatched_pair([_act(0, "Ann"), _act(1, "Ann"), _act(1, "Ben")])
+
+
+# ---- z0 per mini-batch, through MAROLoss with a scripted scorer -------------------------------------------------
+
+class _Scorer:
+    """The trainer's grouping with scripted log-probs: the policy gives each response token its id / 100, the
+    reference 0, so a mismatched sample's log-ratio is the sum of its response ids / 100. `calls` counts scoring."""
+
+    mini_batches = LoRATrainer.mini_batches
+
+    def __init__(self, minibatches=2):
+        self.config = TrainerConfig(minibatches=minibatches)
+        self.calls = 0
+
+    def score(self, samples, *, reference=False, groups=None):
+        self.calls += 1
+        return [torch.tensor([0.0 if reference else s.input_ids[p] / 100 for p in s.positions]) for s in samples]
+
+
+def _episodes(replies, roles=("Ann", "Ben")):
+    """One episode per entry of `replies` (one reply token id per seat), the first seat's faction winning."""
+    eps = []
+    for k, ids in enumerate(replies):
+        seats = [Seat(i, r, "a", faction=f"f{i}") for i, r in enumerate(roles)]
+        turns = [Turn(seat=i, role=r, phase="converse", messages=[], response="", faction=f"f{i}",
+                      prompt_token_ids=[1, 2 + k], completion_token_ids=[ids[i]]) for i, r in enumerate(roles)]
+        eps.append(Episode(game="mystery", seed=k, seats=seats, turns=turns, returns=[0.0] * len(roles),
+                           winning_faction="f0"))
+    return eps
+
+
+def _maro_targets(eps):
+    labels = maro_labels(eps, lambda e, s: True, MAROConfig(), random.Random(0))
+    batch = build_batch(eps, lambda i, j: (i, j) in labels)
+    return batch, [labels[(a.episode, a.turn)] for a in batch.acts]
+
+
+def _run_minibatches(objective, trainer, batch, targets):
+    state = objective.prepare(trainer, batch, targets)
+    for group in objective.mini_batches(trainer, batch):
+        objective.on_minibatch(trainer, batch, group, state)
+    return state, objective.summary({}, batch, state)
+
+
+def test_z0_on_a_two_episode_batch_hand_worked():
+    # samples e0-Ann (reply 10), e0-Ben (20), e1-Ann (30), e1-Ben (70). Dealt round-robin as the trainer does,
+    # the mini-batches would be {e0-Ann, e1-Ann} and {e0-Ben, e1-Ben}: one role each, no mismatched pair.
+    # Episode 1's samples rotated by one: {e0-Ann, e1-Ben} and {e0-Ben, e1-Ann}, each act paired with the other.
+    eps = _episodes([(10, 20), (30, 70)])
+    batch, desirable = _maro_targets(eps)
+    trainer, maro = _Scorer(), get_loss("maro")(MAROConfig())
+    assert trainer.mini_batches(4) == [[0, 2], [1, 3]]
+    assert maro.mini_batches(trainer, batch) == [[0, 3], [1, 2]]
+    state, stats = _run_minibatches(maro, trainer, batch, (desirable, eps, random.Random(0)))
+    # z0 = max(0, mean of the pairs' log-ratios): (0.70 + 0.10) / 2 = 0.40, then (0.30 + 0.20) / 2 = 0.25
+    assert state["z0"].item() == pytest.approx(0.25)
+    assert stats["z0"] == pytest.approx((0.40 + 0.25) / 2) and stats["z0_pairs"] == 2.0
+    # the precomputed samples of the old call: e0-Ann's prompt with e1-Ben's reply, e1-Ann's with e0-Ben's
+    mism = mismatched_samples(eps, batch, [(0, 3), (2, 1)])
+    state, stats = _run_minibatches(maro, trainer, batch, (desirable, mism))
+    assert stats["z0"] == pytest.approx((0.70 + 0.20) / 2) and stats["z0_pairs"] == 2.0
+    with pytest.raises(ValueError, match="mismatched samples"):
+        maro.prepare(trainer, batch, (desirable, []))
+
+
+def test_z0_is_clamped_at_zero_not_silently_zero():
+    # negative log-ratios give z0 = 0 by the formula (max(0, .)), and the pairs are still counted
+    eps = _episodes([(10, 20), (30, 70)])
+    batch, desirable = _maro_targets(eps)
+    trainer, maro = _Scorer(), get_loss("maro")(MAROConfig())
+    trainer.score = lambda samples, reference=False, groups=None: [  # noqa: E731
+        torch.full((len(s.positions),), 0.0 if reference else -1.0) for s in samples]
+    _, stats = _run_minibatches(maro, trainer, batch, (desirable, eps, random.Random(0)))
+    assert stats["z0"] == 0.0 and stats["z0_pairs"] == 2.0
+
+
+def test_a_one_episode_batch_fails_before_any_scoring():
+    eps = _episodes([(10, 20)])
+    batch, desirable = _maro_targets(eps)
+    trainer, maro = _Scorer(minibatches=1), get_loss("maro")(MAROConfig())
+    with pytest.raises(ValueError, match=r"at least 2 episodes.*loop\.episodes_per_iteration to 2"):
+        maro.prepare(trainer, batch, (desirable, eps, random.Random(0)))
+    assert trainer.calls == 0
+
+
+def test_a_mini_batch_without_pairs_fails_naming_the_settings():
+    # three episodes of one seat each, all the same character: the batch has no mismatched pair at all
+    eps = _episodes([(10,), (20,), (30,)], roles=("Ann",))
+    for ep in eps:
+        ep.winning_faction = None
+        ep.winners = [0]
+    batch, desirable = _maro_targets(eps)
+    trainer, maro = _Scorer(minibatches=1), get_loss("maro")(MAROConfig())
+    with pytest.raises(ValueError, match=r"mini-batch 1 of 1 .*trainer\.minibatches.*trainer\.sequences_per_step"):
+        maro.prepare(trainer, batch, (desirable, eps, random.Random(0)))
+    assert trainer.calls == 0

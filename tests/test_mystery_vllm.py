@@ -82,3 +82,28 @@ def test_summaries_by_the_served_model_fit_the_budget_and_are_cached(vllm_server
 
     key = f"base@{Path(model_path).name}"
     assert asyncio.run(prepare_summaries(s, never, key, budget, count, granted)) == out
+
+
+def test_play_one_mirage_game(vllm_server):
+    """The mirage protocol through the real server: THOUGHT / RESPONSE replies (structured: a bounded thought before
+    the move), two judge requests per statement by the speaker's side, five grades and six reconstructions per
+    character by the evaluation model, per-part ROUGE. Budgets lowered to the test server's 4,096-token context."""
+    import asyncio
+
+    from stratagem.games.mystery.game import MysteryConfig
+    from stratagem.games.mystery.rollout import collect_mystery_episodes
+
+    cfg = MysteryConfig.mirage(rounds=1, full_script_tokens=1500, history_tokens=800, summary_tokens=None,
+                               player_max_tokens=96, judge_max_tokens=64)
+    [ep] = asyncio.run(collect_mystery_episodes("lighthouse", 1, base_url=vllm_server.base_url, config=cfg))
+    m, s = ep.metrics, load_script("lighthouse")
+    assert m["protocol"] == "mirage" and ep.params["order"] == s.characters  # the file's order
+    statements = [t for t in ep.turns if t.illegal_reason is None and
+                  t.phase in ("introduction", "ask", "investigate", "answer")]
+    assert m["judge_calls"] == 2 * len(statements) + 11 * len(s.characters)
+    assert all("said" in t.info for t in ep.turns)
+    for c in s.characters:
+        assert set(m["characters"][c]["rouge_parts"]) == {"Story", "Script", "Relationship", "Performance",
+                                                          "Purpose", "Ability"}
+        assert 0 <= m["characters"][c]["rouge_l"] <= 1
+    assert "RESPONSE" in ep.turns[0].messages[1]["content"] and 0 <= m["failed_action_rate"] <= 1

@@ -121,9 +121,31 @@ def test_maro_and_rae_iterations(tiny, tmp_path):
             assert (m["desirable_acts"], m["undesirable_acts"]) == (sum(labels.values()),
                                                                     len(labels) - sum(labels.values()))
             assert m["desirable_acts"] > 0 and m["undesirable_acts"] > 0
+            # two seats into two mini-batches: dealt plainly, each would hold one role and z0 no pair
+            assert m["z0_pairs"] >= 1
         else:
             state = store.load_state(1)["loop"]["advantage_state"]
             assert set(state["rae_baseline"]) == {"tictactoe|x", "tictactoe|o"}
+
+
+def test_maro_iteration_with_one_labelled_episode_skips_its_update(tiny, tmp_path):
+    # every game but the first a draw: the labels sit in one episode, z0 has no pair; the iteration is kept, its
+    # update skipped and counted, and nothing is lost
+    inner = make_fake_rollout([])
+
+    async def draws(game, model, n, seed, on_episode):
+        eps = await inner(game, model, n, seed, lambda ep: None)
+        for ep in eps[1:]:
+            ep.winners = []
+        for ep in eps:
+            on_episode(ep)
+        return eps
+
+    store = run_training(_cfg(tiny, algo="maro", iterations=1, n=3), tmp_path / "run", server=FakeServer(),
+                         rollout=draws, progress=False)
+    m = store.metrics()[0]
+    assert m["skipped_update"] == 1.0 and m["trained_tokens"] == 0.0 and m["trained_acts"] == 0.0
+    assert len(list(store.episodes())) == 3
 
 
 def test_server_crash_is_retried_without_double_counting(tiny, tmp_path):

@@ -58,7 +58,7 @@ def test_mars_tictactoe_two_iterations(vllm_server, model_path, tmp_path):
 
 
 def test_maro_mystery_one_iteration(vllm_server, model_path, tmp_path):
-    cfg = _cfg(algo="maro", games=["mystery"], model=model_path, iterations=1, episodes_per_iteration=1,
+    cfg = _cfg(algo="maro", games=["mystery"], model=model_path, iterations=1, episodes_per_iteration=2,
                mystery={"rounds": 1, "player_max_tokens": 16, "judge_max_tokens": 8, "max_reasks": 0})
     store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
     m = store.metrics()[0]

@@ -36,7 +36,7 @@ from stratagem.training.distributed import DistributedConfig
 from stratagem.training.advantages import AdvantageConfig, get_advantage
 from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels
 from stratagem.training.run_store import RunStore
-from stratagem.training.samples import build_batch
+from stratagem.training.samples import Batch, build_batch
 from stratagem.training.trainer import LoRATrainer, TrainerConfig, resolve_dtype
 
 MYSTERY = "mystery"
@@ -211,6 +211,10 @@ class RunConfig:
         if lc.episodes_per_iteration < len(lc.games):
             raise ConfigError(f"loop.episodes_per_iteration: must be >= the number of games ({len(lc.games)}), got "
                               f"{lc.episodes_per_iteration}")
+        if lc.algo == "maro" and lc.episodes_per_iteration < 2:
+            raise ConfigError("loop.episodes_per_iteration: MARO needs >= 2 episodes per mini-batch (its reference "
+                              "point z0 pairs a prompt with a response from another episode), so at least 2 per "
+                              f"iteration; got {lc.episodes_per_iteration}")
         if MYSTERY in lc.games:
             from stratagem.games.mystery.library import script_dir
 
@@ -379,7 +383,7 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
     """Advantages (estimator `algo`, loss `loss`) or per-act labels (a loss without advantages, such as maro) for
     the batch, then one trainer update through the loss's objective. Returns its metrics."""
     from stratagem.training.advantages import advantage_names
-    from stratagem.training.objectives import get_loss
+    from stratagem.training.objectives import NoReferencePairs, get_loss
 
     lc, tc = cfg.loop, cfg.trainer
     learner = learner_for(lc)
@@ -402,7 +406,14 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
         log.warning("iteration %d: %d turn(s) longer than trainer.max_seq_len=%d tokens left out of the update; "
                     "raise trainer.max_seq_len (MARSHAL: 32768) to train them", iteration, batch.dropped,
                     tc.max_seq_len)
-    stats.update(trainer.update(batch, objective, targets, iteration=iteration))
+    try:
+        stats.update(trainer.update(batch, objective, targets, iteration=iteration))
+    except NoReferencePairs as e:
+        # draws and one-sided games can leave an iteration's labels in one episode: no update, said and counted,
+        # rather than a run that dies at iteration k or a z0 of 0 that nobody sees
+        log.warning("iteration %d: MARO update skipped: %s", iteration, e)
+        stats.update({"trained_tokens": 0.0, "skipped_update": 1.0})
+        batch = Batch(acts=[], samples=[], dropped=batch.dropped)
     stats["trained_acts"] = float(len(batch.acts))
     stats["dropped_acts"] = float(batch.dropped)
     return stats

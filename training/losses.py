@@ -51,8 +51,9 @@ class MAROConfig:
                                                      "min": 0.0})
     lambda_lose: float = field(default=1.0, metadata={"help": "Weight of undesirable acts (the losing faction's).",
                                                       "min": 0.0})
-    empty_side: str = field(default="all", metadata={"help": "When one side of an episode has no trained seat "
-                            "(N_reward = 0): 'all' trains every seat of the other side, 'skip' drops the episode.",
+    empty_side: str = field(default="all", metadata={"help": "When one side of an episode has no act to label "
+                            "(N_reward = 0: no trained seat on it, or only failed acts): 'all' labels every "
+                            "act of the other side, 'skip' drops the episode.",
                             "choices": ("all", "skip")})
     failed_acts: str = field(default="undesirable", metadata={"help": "Acts whose reply did not parse into a legal "
                              "action: 'undesirable' (counted on the losing side whatever the faction's outcome) or "
@@ -236,9 +237,17 @@ def pairs_in_order(acts: list[Act], order: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def has_mismatched_pair(acts: list[Act]) -> bool:
+    """Whether some act of `acts` has a partner from another episode and of another role: then `pairs_in_order`
+    pairs it whatever the order, so this says, before any shuffle, whether a mini-batch gives z0 a pair."""
+    keys = {(a.episode, a.role) for a in acts}
+    return any(e != f and r != s for e, r in keys for f, s in keys)
+
+
 def kl_reference_point(mismatched_log_ratios: torch.Tensor) -> torch.Tensor:
     """z0 = max(0, mean over mismatched pairs of sum_t (log pi - log pi_ref)), detached: an estimate of
-    KL(pi || pi_ref) that anchors the utility without passing gradient. No pairs: z0 = 0."""
+    KL(pi || pi_ref) that anchors the utility without passing gradient. No pairs: z0 = 0 (MAROLoss refuses a
+    mini-batch without pairs before it gets here: see objectives._check_pairs)."""
     if mismatched_log_ratios.numel() == 0:
         return torch.zeros(())
     return mismatched_log_ratios.detach().mean().clamp(min=0)

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import torch
 
 from stratagem.plugins import load_plugins
-from stratagem.training.losses import (MAROConfig, PPOConfig, aggregation_weights, kl_reference_point,
-                                       maro_act_loss, mismatched_pairs, ppo_token_loss)
+from stratagem.training.losses import (MAROConfig, PPOConfig, aggregation_weights, has_mismatched_pair,
+                                       kl_reference_point, maro_act_loss, mismatched_pairs, ppo_token_loss)
 from stratagem.training.samples import Batch, mismatched_samples
 
 
@@ -39,6 +39,10 @@ class Objective:
 
     def __init__(self, config: Any = None):
         self.config = config
+
+    def mini_batches(self, trainer: Any, batch: Batch) -> list[list[int]]:
+        """The update's mini-batches (sample indices, one optimizer step each); the same on every call."""
+        return trainer.mini_batches(len(batch.samples))
 
     def prepare(self, trainer: Any, batch: Batch, targets: Any) -> dict[str, Any]:
         return {"targets": targets}
@@ -185,19 +189,37 @@ class MAROLoss(Objective):
     uses_advantages = False
     config_section = "maro"
 
+    def mini_batches(self, trainer, batch):
+        """The trainer's round-robin mini-batches over the samples with each episode's samples rotated by the
+        episode's rank: dealt as they come, two seats per episode into two mini-batches would put the same seat (the
+        same role) of every episode into one mini-batch, leaving z0 no mismatched pair."""
+        order: list[int] = []
+        episode_of = [batch.acts[s.acts[0]].episode for s in batch.samples]
+        starts = [i for i in range(len(episode_of)) if i == 0 or episode_of[i] != episode_of[i - 1]]
+        for rank, (a, b) in enumerate(zip(starts, starts[1:] + [len(episode_of)])):
+            r = a + rank % (b - a)
+            order += list(range(r, b)) + list(range(a, r))
+        return [[order[i] for i in g] for g in trainer.mini_batches(len(order))]
+
     def prepare(self, trainer, batch, targets):
         """`targets`: (desirable per act, episodes, rng): mismatched pairs are drawn afresh for every mini-batch
-        from its own acts (losses.mismatched_pairs); or (desirable per act, fixed mismatched samples)."""
+        from its own acts (losses.mismatched_pairs); or (desirable per act, fixed mismatched samples). Refuses,
+        before any model work, a batch whose mini-batches cannot all give z0 a mismatched pair."""
         desirable, *rest = targets
         samples = batch.samples
+        groups = self.mini_batches(trainer, batch)
+        if len(rest) == 2:
+            _check_pairs(batch, groups)
+        elif not rest[0]:
+            raise ValueError("MARO needs mismatched samples for its reference point z0; got none")
         t0 = time.perf_counter()
-        ref = trainer.score(samples, reference=True, groups=trainer.mini_batches(len(samples)))
+        ref = trainer.score(samples, reference=True, groups=groups)
         ref_s = time.perf_counter() - t0
         ref_act = torch.zeros(len(batch.acts))
         for s, lp in zip(samples, ref):
             ref_act.index_add_(0, torch.tensor(s.acts, dtype=torch.long), lp.float().cpu())
         state = {"labels": torch.tensor(desirable, dtype=torch.bool), "ref_act": ref_act, "z0": torch.zeros(()),
-                 "z0_sum": 0.0, "z0_n": 0, "pass_s": {"ref_s": ref_s}}
+                 "z0_sum": 0.0, "z0_n": 0, "z0_pairs": 0, "pass_s": {"ref_s": ref_s}}
         if len(rest) == 2:
             state["episodes"], state["rng"] = rest
         else:
@@ -205,21 +227,20 @@ class MAROLoss(Objective):
         return state
 
     def on_minibatch(self, trainer, batch, group, state):
-        # z0 with the current weights on this mini-batch's own mismatched pairs (KTO recomputes it per batch)
+        # z0 with the current weights on this mini-batch's own mismatched pairs (KTO recomputes it per batch);
+        # prepare made sure there is at least one
         if "episodes" in state:
             idx = sorted({a for i in group for a in batch.samples[i].acts})
             pairs = mismatched_pairs([batch.acts[i] for i in idx], state["rng"])
             mism = mismatched_samples(state["episodes"], batch, [(idx[i], idx[j]) for i, j in pairs])
         else:
             mism = state["mismatched"]
-        if not mism:
-            state["z0"] = torch.zeros(())
-        else:
-            pol, ref = trainer.score(mism), trainer.score(mism, reference=True)
-            state["z0"] = kl_reference_point(torch.stack([(p.float() - r.float()).sum().cpu()
-                                                          for p, r in zip(pol, ref)]))
+        pol, ref = trainer.score(mism), trainer.score(mism, reference=True)
+        state["z0"] = kl_reference_point(torch.stack([(p.float() - r.float()).sum().cpu()
+                                                      for p, r in zip(pol, ref)]))
         state["z0_sum"] += float(state["z0"])
         state["z0_n"] += 1
+        state["z0_pairs"] += len(mism)
 
     def loss(self, trainer, batch, mb, logps, state, first_step):
         cfg: MAROConfig = self.config or MAROConfig()
@@ -241,7 +262,27 @@ class MAROLoss(Objective):
         n_lose = len(labels) - n_win
         passes = max(state.get("epochs", 1), 1)
         return {"loss": sums.get("loss", 0.0), "z0": state["z0_sum"] / max(state["z0_n"], 1),
+                "z0_pairs": state["z0_pairs"] / max(state["z0_n"], 1),  # mismatched pairs per mini-batch
                 "reward_desirable": sums.get("r_win", 0.0) / max(n_win * passes, 1),
                 "reward_undesirable": sums.get("r_lose", 0.0) / max(n_lose * passes, 1),
                 "desirable_acts": float(n_win), "undesirable_acts": float(n_lose), **state["pass_s"]}
 
+
+class NoReferencePairs(ValueError):
+    """A MARO batch whose mini-batches cannot all give z0 a mismatched pair (raised before any model work, so the
+    loop can skip that iteration's update and say so)."""
+
+
+def _check_pairs(batch: Batch, groups: list[list[int]]) -> None:
+    """MARO's z0 needs, in every mini-batch, an act and a partner from another episode and of another role."""
+    if len({a.episode for a in batch.acts}) < 2:
+        raise NoReferencePairs("MARO needs acts of at least 2 episodes in every mini-batch (its reference point z0 pairs "
+                         "a prompt with a response from another episode), and this batch's labelled acts all come "
+                         "from one episode: set loop.episodes_per_iteration to 2 or more (a draw, or "
+                         "maro.empty_side='skip', leaves an episode without labels)")
+    for g, group in enumerate(groups):
+        if not has_mismatched_pair([batch.acts[a] for i in group for a in set(batch.samples[i].acts)]):
+            raise NoReferencePairs(f"MARO: mini-batch {g + 1} of {len(groups)} has no act with a partner from another "
+                             "episode and of another role, so its reference point z0 would have no mismatched "
+                             "pair: use fewer, larger mini-batches (trainer.minibatches, or a larger "
+                             "trainer.sequences_per_step) or more episodes (loop.episodes_per_iteration)")

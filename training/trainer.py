@@ -343,7 +343,8 @@ class LoRATrainer:
         """The one update path: `objective.prepare` (reference / old log-probs, no grad), then `epochs` passes over
         the batch split into mini-batches (one optimizer step each), each mini-batch into micro-batches (gradient
         accumulation). Each mini-batch's loss is scaled by the number of mini-batches because the objectives' weights
-        are fixed over the whole batch (see mini_batches).
+        are fixed over the whole batch (see mini_batches; the objective may deal the samples otherwise, as MARO
+        does to mix episodes and roles).
 
         `iteration`: this update's k (1-based) of `total_iterations`, which a cosine schedule needs (the constant one
         ignores it): passing the progress in, rather than counting calls, keeps an empty batch or a rolled-back
@@ -357,7 +358,7 @@ class LoRATrainer:
         state = objective.prepare(self, batch, targets)
         state["epochs"] = self.config.epochs
         t_policy = time.perf_counter()
-        groups = self.mini_batches(len(samples))
+        groups = objective.mini_batches(self, batch)
         n_steps = self.config.epochs * len(groups)
         sums: dict[str, float] = {}
         grad_norm = lr = 0.0

@@ -37,22 +37,25 @@ async def script_summaries(script: Any, cfg: MysteryConfig, base_url: str, model
     """The characters' summaries by the served `model` within cfg.summary_tokens (None when that is None), after
     checking that no game request can exceed the context (the smaller of cfg.tokenizer's model's and the one the
     endpoint grants `model`; summary.check_budget)."""
-    if cfg.summary_tokens is None:
+    if cfg.summary_tokens is None and cfg.protocol != "mirage":
         return None
-    from stratagem.games.mystery.summary import (check_budget, context_length, endpoint_context, hf_token_counter,
-                                                 llm_ask, prepare_summaries)
+    from stratagem.games.mystery.summary import (ContextBudgetError, check_budget, context_length, endpoint_context,
+                                                 hf_token_counter, llm_ask, prepare_summaries)
     from stratagem.models import resolve
 
     model_dir = resolve(cfg.tokenizer)
     served = await endpoint_context(base_url, model, api_key)  # a server may grant less than the model's own
     context = min(context_length(model_dir), served or context_length(model_dir))
-    check_budget(cfg.summary_tokens, cfg, context)
+    check_budget(cfg.summary_tokens or 0, cfg, context)
     count = hf_token_counter(model_dir)
     if cfg.protocol == "mirage":
         # MIRAGE summarises a character only when the whole six-part script passes 2 x its budget
         long = mirage_long_characters(script, cfg, count)
         if not long:
             return {}
+        if cfg.summary_tokens is None:
+            raise ContextBudgetError(f"{script.name}: the scripts of {', '.join(sorted(long))} pass "
+                                     f"full_script_tokens={cfg.full_script_tokens}; set summary_tokens (MIRAGE: 1500)")
     ask, close = llm_ask(base_url, model, api_key)
     try:
         out = await prepare_summaries(script, ask, f"{model}@{Path(model_dir).name}", cfg.summary_tokens,
