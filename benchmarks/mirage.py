@@ -5,7 +5,7 @@ parse failures, the MIRAGE metrics and the longest act in tokens (prompt + reply
 context), and the failed-action rate over all acts.
 
     python benchmarks/mirage.py --data path/to/MIRAGE/dataset/En [--rounds 1] [--base-url URL]
-        [--summary-tokens 1500] [--no-structured-outputs] [--protocol mirage|stratagem]
+        [--summary-tokens 1500] [--no-structured-outputs] [--protocol mirage|stratagem] [--max-model-len 8192]
 
 The endpoint is --base-url, else $STRATAGEM_BASE_URL, else a vLLM server with the default model is started.
 With --summary-tokens each character's script is summarised by the model to that budget before play (cached).
@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--no-structured-outputs", action="store_true")
     ap.add_argument("--protocol", default="mirage", choices=("mirage", "stratagem"),
                     help="mirage: MIRAGE's game and judges (MysteryConfig.mirage); stratagem: the compact one.")
+    ap.add_argument("--max-model-len", type=int, default=8192,
+                    help="Context of the server this starts: the mirage protocol's player prompt (a 3,000-token "
+                         "script, a 1,500-token history, 4 x 512 reply tokens) needs about 6,800.")
     ap.add_argument("--out", default="runs/mirage-benchmark", help="Folder of the transcripts and episodes.")
     ap.add_argument("--only", default="", help="Comma-separated script folder names (default: all).")
     args = ap.parse_args()
@@ -46,7 +49,7 @@ def main() -> None:
     if not args.base_url:
         from stratagem.integrations.vllm_server import ServerConfig, VLLMServer
 
-        server = VLLMServer(ServerConfig(model="default"))
+        server = VLLMServer(ServerConfig(model="default", max_model_len=args.max_model_len))
     per_script = {}
     acts = failed = 0
     t0 = time.perf_counter()
