@@ -70,7 +70,7 @@ def play(script, players, judges, evaluator, cfg, seed=0, **kw):
                                     count_tokens=kw.pop("count_tokens", WORDS), **kw))
 
 
-def test_mirage_settings_are_miraiges():
+def test_mirage_settings_are_mirages():
     cfg = MysteryConfig.mirage()
     assert (cfg.protocol, cfg.rounds, cfg.shuffle_order, cfg.player_temperature, cfg.summary_tokens,
             cfg.full_script_tokens, cfg.history_tokens) == ("mirage", 5, False, 0.8, 1500, 3000, 1500)

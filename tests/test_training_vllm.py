@@ -148,8 +148,11 @@ def test_kuhn_with_exact_evaluation_before_and_after(vllm_server, model_path, tm
     trained adapter's table is not the base model's."""
     import json
 
-    cfg = _cfg(algo="mars", games=["kuhn_poker"], model=model_path, iterations=1, eval_exact=True)
+    # the length penalty as above: four games whose replies are all illegal would give every advantage 0 and an
+    # adapter equal to the base model
+    cfg = _cfg(LENGTH_PENALTY, algo="mars", games=["kuhn_poker"], model=model_path, iterations=1, eval_exact=True)
     store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
+    assert store.metrics()[0]["adv_std"] > 0
     before = json.loads((store.root / "eval" / "exact-before.json").read_text())
     after = json.loads((store.root / "eval" / "exact-after.json").read_text())
     assert (before["model"], after["model"]) == ("base", "iter-1")
