@@ -36,7 +36,7 @@ from stratagem.training.distributed import DistributedConfig
 from stratagem.training.advantages import AdvantageConfig, get_advantage
 from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels
 from stratagem.training.run_store import RunStore
-from stratagem.training.samples import Batch, build_batch
+from stratagem.training.samples import build_batch
 from stratagem.training.trainer import LoRATrainer, TrainerConfig, resolve_dtype
 
 MYSTERY = "mystery"
@@ -408,13 +408,12 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
                     tc.max_seq_len)
     try:
         stats.update(trainer.update(batch, objective, targets, iteration=iteration))
+        stats["trained_acts"] = float(len(batch.acts))
     except NoReferencePairs as e:
         # draws and one-sided games can leave an iteration's labels in one episode: no update, said and counted,
         # rather than a run that dies at iteration k or a z0 of 0 that nobody sees
         log.warning("iteration %d: MARO update skipped: %s", iteration, e)
-        stats.update({"trained_tokens": 0.0, "skipped_update": 1.0})
-        batch = Batch(acts=[], samples=[], dropped=batch.dropped)
-    stats["trained_acts"] = float(len(batch.acts))
+        stats.update({"trained_tokens": 0.0, "trained_acts": 0.0, "skipped_update": 1.0})
     stats["dropped_acts"] = float(batch.dropped)
     return stats
 
