@@ -109,9 +109,12 @@ def test_marshal_preset_two_steps_on_the_cpu(vllm_server, model_path, tmp_path):
     from stratagem.games.base import parse_answer
     from stratagem.training.cli import train_config
 
+    # the regex bounds the reasoning in characters, not tokens: a character the tokenizer splits into bytes costs up to
+    # 4 tokens, so 16 characters take at most 64 tokens, and the closing tags, the action and the end of turn fit in
+    # the other 64 (an ASCII reply of 40 characters took 40 tokens here; 40 multi-byte ones overran 64 elsewhere)
     cfg, *_ = train_config(["--out", str(tmp_path / "run"), "--preset", "marshal", "--model", model_path,
-                            "--iterations", "2", "--episodes-per-iteration", "3", "--max-tokens", "64",
-                            "--sampling.constrain", "think_answer", "--sampling.constrain-think-chars", "40",
+                            "--iterations", "2", "--episodes-per-iteration", "3", "--max-tokens", "128",
+                            "--sampling.constrain", "think_answer", "--sampling.constrain-think-chars", "16",
                             "--reply.context-tokens", "4096", "--server.max-model-len", "4096",
                             "--trainer.max-seq-len", "4096", "--rank", "8", "--trainer.alpha", "8",
                             "--trainer.gradient-checkpointing", "false", "--loop.eval-episodes", "0",
@@ -143,15 +146,28 @@ def test_marshal_preset_two_steps_on_the_cpu(vllm_server, model_path, tmp_path):
         assert m["trained_tokens"] > 0
 
 
+def _kuhn_deal(seed: int) -> tuple[int, int]:
+    from stratagem.games.registry import make_game
+
+    game = make_game("kuhn_poker")
+    game.reset(seed)
+    return tuple(game.state.history()[:2])
+
+
 def test_kuhn_with_exact_evaluation_before_and_after(vllm_server, model_path, tmp_path):
     """loop.eval_exact: the starting and the final policy's tables on the real server, written beside the run; the
     trained adapter's table is not the base model's."""
     import json
 
-    # the length penalty as above: four games whose replies are all illegal would give every advantage 0 and an
-    # adapter equal to the base model
-    cfg = _cfg(LENGTH_PENALTY, algo="mars", games=["kuhn_poker"], model=model_path, iterations=1, eval_exact=True)
+    # the update needs returns that differ: the length penalty as above separates replies of different lengths, and
+    # six deals (seeds 10000-10005) give the higher card to seat 0 in five and to seat 1 in one, so even a model that
+    # always passes (the default model nearly does) wins some showdowns and loses others; the first four deals alone
+    # all favour seat 0, which left every advantage 0 and the adapter equal to the base model
+    cfg = _cfg(LENGTH_PENALTY, algo="mars", games=["kuhn_poker"], model=model_path, iterations=1, eval_exact=True,
+               episodes_per_iteration=6)
     store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
+    deals = {e.seed: _kuhn_deal(e.seed) for e in store.episodes()}
+    assert {c0 > c1 for c0, c1 in deals.values()} == {True, False}, deals  # the premise above
     assert store.metrics()[0]["adv_std"] > 0
     before = json.loads((store.root / "eval" / "exact-before.json").read_text())
     after = json.loads((store.root / "eval" / "exact-after.json").read_text())
