@@ -26,7 +26,7 @@ CONSTRAINTS = ("none", "think_answer")
 class LLMAgentConfig:
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible endpoint; "
                           "several, comma-separated, serving the same models: each request goes to the least-loaded "
-                          "live one (integrations.endpoints.RoutedClient)."})
+                          "live one (stratagem.endpoints.RoutedClient)."})
     model: str = field(default="base", metadata={"help": "Served model or adapter name (e.g. base, iter-3)."})
     api_key: str = field(default="EMPTY", metadata={"help": "API key sent as a bearer token."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (1.0: sample the policy as is, "
@@ -73,7 +73,7 @@ class LLMAgent:
         self.name = f"llm:{self.config.model}"
         self.chatml: bool | None = None
         if "," in self.config.base_url:  # several endpoints: each request to the least-loaded live one
-            from stratagem.integrations.endpoints import RoutedClient, parse_endpoints
+            from stratagem.endpoints import RoutedClient, parse_endpoints
 
             self._client = RoutedClient(parse_endpoints(self.config.base_url), api_key=self.config.api_key,
                                         timeout=self.config.timeout, max_retries=self.config.retries)
@@ -131,7 +131,7 @@ async def served_template_is_chatml(base_url: str, model: str, api_key: str | No
     transient failure is not remembered."""
     url = base_url.strip().rstrip("/")
     if "," in url:
-        from stratagem.integrations.endpoints import parse_endpoints
+        from stratagem.endpoints import parse_endpoints
 
         url = parse_endpoints(url)[0]
     root = url[: -len("/v1")] if url.endswith("/v1") else url

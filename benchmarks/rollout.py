@@ -27,7 +27,7 @@ from stratagem.concurrency import map_concurrent
 from stratagem.games.core import Observation
 from stratagem.games.graph import play
 from stratagem.games.registry import make_game
-from stratagem.training.rollout import collect_episodes
+from stratagem.games.rollout import collect_episodes
 
 def _llm(base_url: str, model: str, max_tokens: int, salt: str):
     """The policy's agent in the training protocol; a cache salt per phase: the raw replay must not reuse the prefix

@@ -29,7 +29,7 @@ BATCHES = {"quickstart": [("tictactoe", 16)],
 async def record(base_url: str, model: str, plan: list[tuple[str, int]], seed: int) -> list:
     from stratagem.agents import make_agent
     from stratagem.agents.sampling import SamplingConfig
-    from stratagem.training.rollout import collect_episodes
+    from stratagem.games.rollout import collect_episodes
 
     eps = []
     for k, (game, n) in enumerate(plan):

@@ -91,7 +91,7 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
     from stratagem.games.base import GameConfig, ReplyFormat
     from stratagem.games.core import write_jsonl
     from stratagem.games.registry import GAME_NAMES, make_game
-    from stratagem.training.rollout import collect_episodes
+    from stratagem.games.rollout import collect_episodes
 
     if game not in GAME_NAMES:
         raise typer.BadParameter(f"unknown game {game!r}; expected one of {', '.join(GAME_NAMES)}, mystery")

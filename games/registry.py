@@ -15,6 +15,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from stratagem.plugins import PluginError, load_plugins, on_load
+
 if TYPE_CHECKING:
     from stratagem.games.core import Episode
 
@@ -88,9 +90,18 @@ def _load_builtins() -> None:
         _loaded = True
         for package in BUILTIN_PACKAGES:
             importlib.import_module(package)
-    from stratagem.plugins import load_plugins
-
     load_plugins("games")  # games of other installed packages (entry points), after the built-in ones; once
+
+
+def _accept_plugin(obj: Any, where: str) -> None:
+    for spec in obj if isinstance(obj, (list, tuple)) else [obj]:
+        if not isinstance(spec, GameSpec):
+            raise PluginError(f"{where} names {type(spec).__name__}, not a GameSpec, a list of them or a module "
+                              "that registers its games")
+        register_game(spec)  # the same spec twice is a no-op
+
+
+on_load("games", _accept_plugin)
 
 
 def register_game(spec: GameSpec, *, replace: bool = False) -> GameSpec:

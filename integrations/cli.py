@@ -29,10 +29,10 @@ def _split(csv_list: str, what: str) -> list[str]:
 @contextlib.contextmanager
 def endpoint(base_url: Optional[list[str]] | str, adapters: list[str], model: str = "default") -> Iterator[str]:
     """The endpoint to use: `base_url` as given (one URL, or several joined by commas: repeated --base-url,
-    comma-separated lists and files of URLs, see integrations.endpoints.parse_endpoints), or a server started here
+    comma-separated lists and files of URLs, see stratagem.endpoints.parse_endpoints), or a server started here
     (adapters loaded) for the block."""
     if base_url:
-        from stratagem.integrations.endpoints import EndpointError, parse_endpoints
+        from stratagem.endpoints import EndpointError, parse_endpoints
 
         try:
             urls = parse_endpoints(base_url)

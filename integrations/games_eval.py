@@ -258,7 +258,7 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None,
     a rerun with the same `out` plays only the games not there yet (`resumed` counts the others). With
     `before_model`, the models are played one after the other and it is called before each one's first game (a
     server serving one policy at a time puts that model's weights in place)."""
-    from stratagem.training.rollout import collect_episodes
+    from stratagem.games.rollout import collect_episodes
 
     matchups = plan(config)
     if before_model is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import types
-from typing import Any
+from typing import Any, Callable
 
 GROUPS = {"games": "stratagem.games", "advantages": "stratagem.advantages", "losses": "stratagem.losses"}
 _loaded: set[str] = set()
@@ -41,22 +41,21 @@ def load_plugins(kind: str) -> list[str]:
             obj = ep.load()
         except Exception as e:  # noqa: BLE001  any failure in a third-party import is reported as the plugin's
             raise PluginError(f"{where} failed to load: {type(e).__name__}: {e}") from e
-        if kind == "games":
-            _register_games(obj, where)
+        if kind in _accept and not isinstance(obj, types.ModuleType):  # a module's import registered its objects
+            _accept[kind](obj, where)
         names.append(ep.name)
     return names
 
 
-def _register_games(obj: Any, where: str) -> None:
-    from stratagem.games.registry import GameSpec, register_game
+# what registers an entry point's object of each kind, set by the registry that owns the kind (this module sits
+# below the registries, so it cannot import them)
+_accept: dict[str, Callable[[Any, str], None]] = {}
 
-    if isinstance(obj, types.ModuleType):
-        return  # its import registered its games
-    for spec in obj if isinstance(obj, (list, tuple)) else [obj]:
-        if not isinstance(spec, GameSpec):
-            raise PluginError(f"{where} names {type(spec).__name__}, not a GameSpec, a list of them or a module "
-                              "that registers its games")
-        register_game(spec)  # the same spec twice is a no-op
+
+def on_load(kind: str, accept: Callable[[Any, str], None]) -> None:
+    """`accept(obj, where)` registers an object that an entry point of group `kind` names (not a module); it raises
+    PluginError (with `where`, the entry point's description) for an object it cannot take."""
+    _accept[kind] = accept
 
 
 def _dist(ep: importlib.metadata.EntryPoint) -> str:

@@ -26,7 +26,7 @@ def test_the_lp_policy_is_an_exact_equilibrium(game, value, tmp_path, monkeypatc
 
 
 def test_nash_agent_plays_leduc(tmp_path, monkeypatch):
-    from stratagem.training.rollout import collect_episodes
+    from stratagem.games.rollout import collect_episodes
 
     monkeypatch.setenv("STRATAGEM_CACHE", str(tmp_path))
     check_agent_spec("nash", game="leduc_poker")

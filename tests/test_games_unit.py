@@ -15,7 +15,7 @@ from stratagem.games.graph import build_graph, initial_state, play
 from stratagem.games.registry import GAME_NAMES, make_game
 from stratagem.games.strategic.poker import KuhnPoker
 from stratagem.games.testing import ConformanceError, check_game
-from stratagem.training.rollout import RolloutError, collect_episodes
+from stratagem.games.rollout import RolloutError, collect_episodes
 
 
 # The scripted replies below are whole free-form answers: they are judged in the plain reply format (no forced

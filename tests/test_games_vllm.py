@@ -11,7 +11,7 @@ from stratagem.agents import make_agent
 from stratagem.agents.llm import LLMAgent
 from stratagem.games.base import GameConfig, ReplyFormat
 from stratagem.games.core import Episode
-from stratagem.training.rollout import collect_episodes
+from stratagem.games.rollout import collect_episodes
 
 pytestmark = pytest.mark.vllm
 

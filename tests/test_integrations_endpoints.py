@@ -11,7 +11,8 @@ import threading
 import httpx
 import pytest
 
-from stratagem.integrations.endpoints import EndpointError, EndpointPool, NoEndpointsLeft, parse_endpoints
+from stratagem.endpoints import EndpointError, EndpointPool, NoEndpointsLeft, parse_endpoints
+from stratagem.integrations.servers import install_adapter
 
 A, B = "http://127.0.0.1:18001/v1", "http://127.0.0.1:18002/v1"
 
@@ -154,20 +155,20 @@ def test_install_adapter_everywhere_skips_the_dead_and_takes_back_the_revived(tm
     adapter.mkdir()
     pool = ScriptedPool([A, B], {A, B})
     servers = [FakeServer(A, 1e-4), FakeServer(B, 3e-4)]
-    out = pool.install_adapter(servers, "iter-1", adapter, sync=f"echo {{host}} {{path}} >> {log}")
+    out = install_adapter(pool, servers, "iter-1", adapter, sync=f"echo {{host}} {{path}} >> {log}")
     assert out == {"endpoints": 2.0, "mean_abs_diff": 3e-4, "max_abs_diff": 6e-4}  # the worst endpoint
     assert log.read_text().split("\n")[:2] == [f"127.0.0.1 {adapter}"] * 2
     pool.up.discard(B)
-    assert pool.install_adapter(servers, "iter-2", adapter)["endpoints"] == 1.0 and not pool.endpoints[1].alive
+    assert install_adapter(pool, servers, "iter-2", adapter)["endpoints"] == 1.0 and not pool.endpoints[1].alive
     pool.up.add(B)  # restarted by its owner: it gets the current adapter and rejoins
-    assert pool.install_adapter(servers, "iter-3", adapter)["endpoints"] == 2.0 and pool.endpoints[1].alive
+    assert install_adapter(pool, servers, "iter-3", adapter)["endpoints"] == 2.0 and pool.endpoints[1].alive
     assert servers[1].loaded == ["iter-1", "iter-3"]
     servers[1].gap = 0.5  # a live endpoint serving something else is an error, not a skip
     with pytest.raises(Exception, match="does not match"):
-        pool.install_adapter(servers, "iter-4", adapter)
+        install_adapter(pool, servers, "iter-4", adapter)
     pool.up.clear()
     with pytest.raises(NoEndpointsLeft, match="reached no endpoint"):
-        pool.install_adapter(servers, "iter-5", adapter)
+        install_adapter(pool, servers, "iter-5", adapter)
 
 
 # ---- two real vLLM servers ---------------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def test_two_endpoints_survive_a_server_killed_mid_run(two_servers, model_path, 
     iteration's episodes are all there, each once and whole, and the new adapter is installed on A alone."""
     from helpers_lora import make_adapter
 
-    from stratagem.integrations.endpoints import EndpointGroup
+    from stratagem.integrations.servers import EndpointGroup
     from stratagem.training.loop import RunConfig, default_rollout, run_training
 
     a, b = two_servers

@@ -166,7 +166,7 @@ async def test_run_games_eval_with_bots(monkeypatch, tmp_path):
 
     # a rerun resumes: nothing is played again
     played = []
-    from stratagem.training import rollout
+    from stratagem.games import rollout
 
     monkeypatch.setattr(rollout, "collect_episodes", _counting(rollout.collect_episodes, played))
     again = await run_games_eval(cfg)
@@ -189,7 +189,7 @@ async def test_before_model_plays_the_models_one_after_the_other(monkeypatch, tm
     """A server holding one policy at a time: each model's games all run after its switch, none before; a model
     whose games are all on record gets no switch on a rerun."""
     from stratagem.agents import make_agent
-    from stratagem.training import rollout
+    from stratagem.games import rollout
 
     log = []
     monkeypatch.setattr(games_eval, "model_agent", lambda model, cfg: make_agent("random", seed=7))

@@ -95,7 +95,7 @@ def check_endpoints(base_url: str | None, api_key: str | None = None) -> None:
     """Fail now, before a run directory is made or a model loads, when an endpoint of `--base-url` cannot be
     reached (`agents.llm.check_endpoint`)."""
     from stratagem.agents.llm import check_endpoint
-    from stratagem.integrations.endpoints import parse_endpoints
+    from stratagem.endpoints import parse_endpoints
 
     for url in parse_endpoints(base_url):
         check_endpoint(url, api_key)

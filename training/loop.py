@@ -300,7 +300,7 @@ class PolicyServer:
 
     def __init__(self, server: Any, store: RunStore, merged: bool, endpoints: Any = None):
         self.server, self.store, self.merged = server, store, merged
-        self.endpoints = endpoints  # an integrations.endpoints.EndpointGroup: install on and verify every endpoint
+        self.endpoints = endpoints  # an integrations.servers.EndpointGroup: install on and verify every endpoint
 
     def served(self, k: int) -> str:
         return "base" if self.merged else adapter_name(k)
@@ -331,7 +331,7 @@ def default_rollout(cfg: Any, base_url: str, pool: Any = None) -> Rollout:
     """Every game through its registered rollout (`get_game_spec(game).rollout`): strategic games with LLM agents
     on the server (self-play, or seat 0 against the opponents), the mystery with every character played by the
     policy. `cfg` is the run config (each game's rollout reads the sections it needs). With `pool` (an
-    integrations.endpoints.EndpointPool) the games are spread over its endpoints one game at a time (game i is a
+    stratagem.endpoints.EndpointPool) the games are spread over its endpoints one game at a time (game i is a
     one-game job with seed + i), by load, and a dead endpoint's games are replayed on the others."""
     from stratagem.games.registry import RolloutJob, get_game_spec
 
@@ -457,7 +457,8 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
     started = None
     endpoints = None
     if server is None and dist.is_main:
-        from stratagem.integrations.endpoints import EndpointGroup, parse_endpoints
+        from stratagem.endpoints import parse_endpoints
+        from stratagem.integrations.servers import EndpointGroup
         from stratagem.integrations.vllm_server import VLLMServer
 
         urls = parse_endpoints(lc.base_url)
@@ -524,7 +525,7 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
             # 1. rollout with the current policy (retried after a server crash); rank 0 plays, the others receive
             t0 = time.perf_counter()
             if endpoints is not None:
-                from stratagem.integrations.endpoints import PoolStats
+                from stratagem.endpoints import PoolStats
 
                 endpoints.pool.stats = PoolStats()  # games per endpoint, this iteration
             episodes = _rollout_with_retries(rollout, lc, store, server, owned, policies, k, progress) \

@@ -19,8 +19,8 @@ def build_graph(*args: Any, **kwargs: Any):
 
 
 async def rollout(job: RolloutJob):
-    """`stratagem.training.rollout.rollout_strategic` (imported on use)."""
-    from stratagem.training.rollout import rollout_strategic
+    """`stratagem.games.rollout.rollout_strategic` (imported on use)."""
+    from stratagem.games.rollout import rollout_strategic
 
     return await rollout_strategic(job)
 

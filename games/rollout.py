@@ -11,22 +11,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Sequence
 
-import httpx
-import openai
-
 from stratagem.agents.base import Agent
 from stratagem.concurrency import map_concurrent
+from stratagem.endpoints import SERVER_ERRORS, RetriesExhausted
 from stratagem.games.base import GameConfig
 from stratagem.games.core import Episode
 from stratagem.games.graph import play
 from stratagem.games.registry import RolloutJob, make_game
 
-# what a failing or restarting server raises; anything else is a bug and propagates at once
-SERVER_ERRORS = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, httpx.HTTPError)
-
-
-class RolloutError(RuntimeError):
-    pass
+class RolloutError(RetriesExhausted):
+    """A game that met a server error on every one of its tries."""
 
 
 async def play_with_retries(game: str, agents: Sequence[Agent], seed: int, config: GameConfig | None = None,

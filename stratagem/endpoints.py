@@ -9,12 +9,8 @@ from its start on another endpoint (a game is only ever kept whole: `play_one` b
 only a finished game reaches `on_result`); if it is up, the failure was transient and the game is retried (at most
 `retries` times) or, for an error that is not a server error, raised. When no endpoint is left, `NoEndpointsLeft`.
 
-`install_adapter` puts an adapter on every endpoint and verifies each (the log-prob check of
-`VLLMServer.verify_adapter`); an endpoint that went down is skipped and one that came back gets the adapter again
-and rejoins. The adapter path is read by each server from its own filesystem: on a shared filesystem (NFS, a
-cluster's shared home) the trainer's path is enough; otherwise copy the adapter directory to the same path on every
-server host before it is installed (the `sync` hook, e.g. `rsync -a {path}/ HOST:{path}/`), or give the servers a
-path they can all read.
+`stratagem.integrations.servers.install_adapter` puts an adapter on every endpoint of a pool and verifies each;
+an endpoint that went down is skipped and one that came back gets the adapter again and rejoins.
 
 The pool is generic: `play_one(url, i)` may play a strategic game, a murder mystery (`collect_mystery_episodes`
 with n=1 and seed + i), or answer one benchmark question.
@@ -32,6 +28,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 import httpx
+import openai
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,10 +42,17 @@ class NoEndpointsLeft(EndpointError):
     """Every endpoint is down."""
 
 
-def _server_errors() -> tuple[type[BaseException], ...]:
-    from stratagem.training.rollout import SERVER_ERRORS, RolloutError
+# what a failing or restarting server raises; anything else is a bug and propagates at once
+SERVER_ERRORS: tuple[type[BaseException], ...] = (openai.APIConnectionError, openai.APITimeoutError,
+                                                  openai.InternalServerError, httpx.HTTPError)
 
-    return (*SERVER_ERRORS, RolloutError)
+
+class RetriesExhausted(RuntimeError):
+    """Work (a game, a question) that met a server error on every one of its tries."""
+
+
+def _server_errors() -> tuple[type[BaseException], ...]:
+    return (*SERVER_ERRORS, RetriesExhausted)
 
 
 def parse_endpoints(spec: str | Sequence[str] | None) -> list[str]:
@@ -207,90 +211,6 @@ class EndpointPool:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    # ---- adapters ------------------------------------------------------------------------------------------------
-    def install_adapter(self, servers: Sequence[Any], name: str, path: str | os.PathLike, *,
-                        sync: str | None = None, verify: bool = True) -> dict[str, Any]:
-        """Load adapter `name` from `path` on every endpoint (`servers[i]` is a VLLMServer for endpoint i, attached
-        or owned) and verify each. A dead endpoint is probed first and skipped while it stays down; a revived one
-        gets the adapter and rejoins. `sync` is a shell command run once per endpoint before loading, with {path},
-        {url} and {host} filled in (copy the adapter to a server without the shared filesystem). Returns the
-        largest verification gaps over the endpoints and how many endpoints serve the adapter; raises when none
-        does, or when a live endpoint serves something else (AdapterVerificationError)."""
-        from stratagem.integrations.vllm_server import AdapterVerificationError, ServerError
-
-        if len(servers) != len(self.endpoints):
-            raise EndpointError(f"install_adapter: {len(servers)} servers for {len(self.endpoints)} endpoints")
-        checks: list[dict[str, Any]] = []
-        for ep, srv in zip(self.endpoints, servers):
-            if not self.healthy_sync(ep):
-                self.mark_dead(ep, "down when adapter " + name + " was installed")
-                continue
-            try:
-                if sync:
-                    run_sync(sync, str(Path(path).resolve()), ep.url)
-                srv.load_adapter(name, path, replace=True)
-                check = srv.verify_adapter(name, path) if verify else {}
-            except AdapterVerificationError:
-                raise
-            except (ServerError, httpx.HTTPError) as e:
-                if self.healthy_sync(ep):
-                    raise
-                self.mark_dead(ep, f"died while adapter {name} was installed: {e}")
-                continue
-            if not ep.alive:
-                log.warning("endpoint %s is back and serves %s again", ep.url, name)
-            ep.alive, ep.note = True, ""
-            checks.append(check or {})
-        if not checks:
-            raise NoEndpointsLeft(f"adapter {name} reached no endpoint: every endpoint is down ("
-                                  + "; ".join(f"{e.url}: {e.note}" for e in self.endpoints) + ")")
-        out: dict[str, Any] = {"endpoints": float(len(checks))}
-        for key in ("mean_abs_diff", "max_abs_diff"):
-            vals = [c[key] for c in checks if key in c]
-            if vals:
-                out[key] = max(vals)
-        return out
-
-
-def run_sync(template: str, path: str, url: str) -> None:
-    """Run the adapter sync command for one endpoint ({path}, {url}, {host} substituted, shell-quoted)."""
-    host = httpx.URL(url).host
-    cmd = template.format(path=shlex.quote(path), url=shlex.quote(url), host=shlex.quote(host))
-    r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise EndpointError(f"adapter sync for {url} failed (exit {r.returncode}): {cmd}\n{r.stderr[-1000:]}")
-
-
-class EndpointGroup:
-    """Several endpoints as the training loop's server: `alive()` while any endpoint answers, `install(name, path)`
-    puts an adapter on every live endpoint and verifies it there. The servers are attached (started elsewhere,
-    e.g. `stratagem serve` on each GPU or node); they must serve the same base model as `base` with runtime LoRA
-    loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
-
-    def __init__(self, urls: Sequence[str], model_path: str | None = None, *, api_key: str | None = None,
-                 sync: str | None = None):
-        from stratagem.integrations.vllm_server import VLLMServer
-
-        self.pool = EndpointPool(urls, api_key=api_key)
-        self.servers = [VLLMServer.attach(u, model_path=model_path, api_key=api_key) for u in self.pool.urls]
-        self.sync = sync
-        self._owned = False
-
-    @property
-    def base_url(self) -> str:
-        """One live endpoint (the first), for work that needs a single URL (e.g. the run's before/after evaluation)."""
-        live = self.pool.alive()
-        return (live[0] if live else self.pool.endpoints[0]).url
-
-    def alive(self) -> bool:
-        return any(self.pool.healthy_sync(e) for e in self.pool.endpoints)
-
-    def install(self, name: str, path: str | os.PathLike) -> dict[str, Any]:
-        return self.pool.install_adapter(self.servers, name, path, sync=self.sync)
-
-    def stop(self) -> None:  # attached servers belong to whoever started them
-        return None
-
 
 # ---- request-level routing (evaluation) ----------------------------------------------------------------------------
 
@@ -328,16 +248,12 @@ class RoutedClient:
 
     def __init__(self, urls: Sequence[str], *, api_key: str | None = None, timeout: float = 600.0,
                  max_retries: int = 2):
-        import openai
-
         self.pool = shared_pool(list(urls), api_key if api_key not in (None, "EMPTY") else None)
         self._clients = {u: openai.AsyncOpenAI(base_url=u, api_key=api_key or "EMPTY", timeout=timeout,
                                                max_retries=max_retries) for u in self.pool.urls}
         self.chat = _Chat(self)
 
     async def _create(self, **kw: Any) -> Any:
-        import openai
-
         while True:
             ep = self.pool.pick()
             ep.in_flight += 1
