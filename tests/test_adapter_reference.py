@@ -2,8 +2,8 @@
 swapped in place (the same numbers as loading it fresh), and the merged checkpoint is written from that copy."""
 
 import torch
-
 from helpers_lora import make_adapter
+
 from stratagem.integrations.adapter_check import ReferenceModel, probe_prompt_ids
 
 
@@ -20,17 +20,22 @@ def _fresh(model_path, adapter, prompt, reply):
     return lp.gather(-1, ids[0, at + 1, None])[:, 0].tolist()
 
 
-def test_adapters_swap_in_memory_and_merge(model_path, tmp_path):
+def test_adapters_swap_in_memory_and_merge(model_path, tmp_path, monkeypatch):
     a1 = make_adapter(model_path, tmp_path / "a1", seed=1)
     a2 = make_adapter(model_path, tmp_path / "a2", seed=2)
     prompt = probe_prompt_ids(model_path)
     reply = prompt[-6:]  # any tokens will do
+    from peft import PeftModel
+
     ref = ReferenceModel(model_path)
     ref.set_adapter(str(a1))
     with1, base1 = ref.logprobs(prompt, reply)
+    attached, base_weights = ref.model, ref.base
+    monkeypatch.setattr(PeftModel, "from_pretrained", None)  # a second attach (or base load) would fail here
     ref.set_adapter(str(a2))
     with2, base2 = ref.logprobs(prompt, reply)
-    assert ref.loads == 1
+    assert ref.model is attached and ref.base is base_weights  # swapped in place: nothing loaded again
+    monkeypatch.undo()
     assert base1 == base2  # the base weights are untouched by the swap
     assert max(abs(x - y) for x, y in zip(with1, with2)) > 1e-3  # the second adapter is really in
     assert max(abs(x - y) for x, y in zip(with2, _fresh(model_path, a2, prompt, reply))) < 1e-5

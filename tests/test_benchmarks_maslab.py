@@ -9,8 +9,15 @@ import random
 import pytest
 
 from stratagem.integrations import mas_eval
-from stratagem.integrations.benchmarks import (MMLU_STEM_SUBJECTS, BenchmarkFormatError, Question, choice_letter,
-                                               extract_answer, load_benchmark, maslab_sample)
+from stratagem.integrations.benchmarks import (
+    MMLU_STEM_SUBJECTS,
+    BenchmarkFormatError,
+    Question,
+    choice_letter,
+    extract_answer,
+    load_benchmark,
+    maslab_sample,
+)
 from stratagem.integrations.debate import Solution
 from stratagem.integrations.mas_eval import EvalConfig, run_eval
 

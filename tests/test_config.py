@@ -7,13 +7,22 @@ import pkgutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pytest
 import yaml
 
-from stratagem.config import (ConfigError, check, flag_parser, from_dict, leaf_fields, merge, missing_help,
-                              parse_flags, to_dict)
+from stratagem.config import (
+    ConfigError,
+    check,
+    flag_parser,
+    from_dict,
+    leaf_fields,
+    merge,
+    missing_help,
+    parse_flags,
+    to_dict,
+)
 from stratagem.training.cli import ALIASES, train_config, train_parser
 from stratagem.training.loop import RunConfig
 
@@ -30,7 +39,7 @@ class Outer:
     flag: bool = field(default=False, metadata={"help": "A boolean."})
     names: list[str] = field(default_factory=lambda: ["x"], metadata={"help": "Strings."})
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "A mapping."})
-    limit: Optional[int] = field(default=None, metadata={"help": "An optional integer."})
+    limit: int | None = field(default=None, metadata={"help": "An optional integer."})
     kind: Literal["p", "q"] = field(default="p", metadata={"help": "A literal."})
     inner: Inner = field(default_factory=lambda: Inner(mode="b"), metadata={"help": "A section."})
 
@@ -107,7 +116,7 @@ def test_every_run_config_field_is_a_train_flag():
     assert len(paths) > 60
     for p in paths:
         assert f"--{p.replace('_', '-')} " in help_text, p
-    for alias, target in ALIASES.items():
+    for target in ALIASES.values():
         assert target in paths
 
 

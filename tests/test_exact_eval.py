@@ -12,8 +12,16 @@ import pytest
 
 from stratagem.agents.sampling import SamplingConfig
 from stratagem.games.base import ReplyFormat
-from stratagem.integrations.exact_eval import (DecisionPoint, PolicyTable, bot_table, canonical_reply,
-                                               decision_points, exact_metrics, expected_returns, policy_table)
+from stratagem.integrations.exact_eval import (
+    DecisionPoint,
+    PolicyTable,
+    bot_table,
+    canonical_reply,
+    decision_points,
+    exact_metrics,
+    expected_returns,
+    policy_table,
+)
 
 STOP = SamplingConfig().stop  # the training protocol's: '>' and newline
 

@@ -12,10 +12,16 @@ import time
 
 import httpx
 import pytest
-
 from helpers_lora import make_adapter
-from stratagem.integrations.vllm_server import (AdapterError, AdapterVerificationError, ServerError, VLLMServer,
-                                                group_alive, port_in_use)
+
+from stratagem.integrations.vllm_server import (
+    AdapterError,
+    AdapterVerificationError,
+    ServerError,
+    VLLMServer,
+    group_alive,
+    port_in_use,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -65,7 +71,7 @@ def test_bad_adapters_get_clear_errors_and_the_server_keeps_serving(vllm_server,
     with pytest.raises(AdapterError, match="not a LoRA adapter"):
         vllm_server.load_adapter("notlora", tmp_path / "not-lora")
     big = make_adapter(model_path, tmp_path / "big", seed=3, rank=32)
-    if vllm_server._owned:
+    if vllm_server.owned:
         with pytest.raises(AdapterError, match="rank 32"):
             vllm_server.load_adapter("big", big)
     else:  # an attached server's limit is unknown here: vLLM itself must refuse it

@@ -8,8 +8,14 @@ import socket
 import pytest
 
 from stratagem.games.core import Episode, Seat, Turn, read_jsonl, write_jsonl
-from stratagem.integrations.vllm_server import (AdapterError, ServerConfig, ServerError, VLLMServer, port_in_use,
-                                                read_adapter_config)
+from stratagem.integrations.vllm_server import (
+    AdapterError,
+    ServerConfig,
+    ServerError,
+    VLLMServer,
+    port_in_use,
+    read_adapter_config,
+)
 
 
 def _fake_adapter(path, **cfg):

@@ -7,10 +7,21 @@ import math
 import pytest
 
 from stratagem.games.core import Episode, Seat, Turn
-from stratagem.games.metrics import (episode_metrics, illegal_counts, is_draw, is_illegal_act, is_model_turn,
-                                     mean_interval,
-                                     normalized_return, offender, pooled_seats, role_summary, seat_summary, seat_won,
-                                     wilson_interval)
+from stratagem.games.metrics import (
+    episode_metrics,
+    illegal_counts,
+    is_draw,
+    is_illegal_act,
+    is_model_turn,
+    mean_interval,
+    normalized_return,
+    offender,
+    pooled_seats,
+    role_summary,
+    seat_summary,
+    seat_won,
+    wilson_interval,
+)
 
 
 def _turn(seat, role, illegal=None, ids=True):
@@ -24,7 +35,7 @@ def _ttt(turns, winners, end, raw, returns, agents=("llm:base", "random")):
                    end_reason=end, metrics={"raw_returns": raw})
 
 
-X, O = (lambda **k: _turn(0, "X", **k)), (lambda **k: _turn(1, "O", ids=False, **k))
+X, O = (lambda **k: _turn(0, "X", **k)), (lambda **k: _turn(1, "O", ids=False, **k))  # noqa: E741  (the players are X and O)
 # A: X plays, O plays, X's second reply is illegal: the game ends, O is the winner by forfeit.
 A = _ttt([X(), O(), X(illegal="illegal: '<X(5,5)>'")], [1], "illegal", [0.0, 0.0], [-10.95, 0.0])
 # B: X wins on its third move.

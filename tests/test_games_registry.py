@@ -11,15 +11,23 @@ import pytest
 from typer.testing import CliRunner
 
 from stratagem.agents import make_agent
+from stratagem.games import registry
 from stratagem.games.base import Game, GameConfig, GameInfo, parse_answer, response_prefix
 from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
 from stratagem.games.graph import build_graph, episode_of, initial_state
 from stratagem.games.langgraph_config import langgraph_config, render
-from stratagem.games import registry
-from stratagem.games.registry import (GameSpec, RolloutJob, game_names, game_specs, get_game_spec, make_game,
-                                      register_game, unregister_game)
-from stratagem.games.testing import check_game, check_registered
+from stratagem.games.registry import (
+    GameSpec,
+    RolloutJob,
+    game_names,
+    game_specs,
+    get_game_spec,
+    make_game,
+    register_game,
+    unregister_game,
+)
 from stratagem.games.rollout import collect_episodes
+from stratagem.games.testing import check_game, check_registered
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,8 +208,8 @@ def test_the_conformance_check_fails_a_registered_game_that_breaks_zero_sum(penn
 
 
 async def test_the_training_loop_validates_and_rolls_out_a_registered_game_through_its_spec(pennies):
-    from stratagem.training.loop import RunConfig, default_rollout
     from stratagem.games.rollout import strategic_settings
+    from stratagem.training.loop import RunConfig, default_rollout
 
     cfg = RunConfig.from_dict({"loop": {"games": ["pennies", "tictactoe"], "episodes_per_iteration": 4,
                                         "opponents": ["random"]},
@@ -221,9 +229,9 @@ async def test_the_training_loop_validates_and_rolls_out_a_registered_game_throu
 
 
 def test_a_servers_api_key_reaches_every_llm_seat_of_rollouts_and_evals():
+    from stratagem.games.rollout import strategic_settings
     from stratagem.integrations.games_eval import GamesEvalConfig, _agent, model_agent
     from stratagem.training.loop import RunConfig
-    from stratagem.games.rollout import strategic_settings
 
     cfg = RunConfig.from_dict({"server": {"api_key": "sesame"}})
     assert strategic_settings(cfg)[0]["api_key"] == "sesame"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import openai
 import httpx
+import openai
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
@@ -13,10 +13,9 @@ from stratagem.games.base import GameConfig, ReplyFormat, RewardConfig, parse_an
 from stratagem.games.core import Reply
 from stratagem.games.graph import build_graph, initial_state, play
 from stratagem.games.registry import GAME_NAMES, make_game
+from stratagem.games.rollout import RolloutError, collect_episodes
 from stratagem.games.strategic.poker import KuhnPoker
 from stratagem.games.testing import ConformanceError, check_game
-from stratagem.games.rollout import RolloutError, collect_episodes
-
 
 # The scripted replies below are whole free-form answers: they are judged in the plain reply format (no forced
 # prefix, closed <answer> required), not the training protocol that ReplyFormat() defaults to.

@@ -12,8 +12,16 @@ from stratagem.agents.sampling import SamplingConfig
 from stratagem.games.base import ReplyFormat
 from stratagem.games.core import Episode, Observation
 from stratagem.integrations import games_eval
-from stratagem.integrations.games_eval import (GamesEvalConfig, model_agent, opponent_for, opponents_for, parse_stop,
-                                               plan, run_games_eval, run_protocol)
+from stratagem.integrations.games_eval import (
+    GamesEvalConfig,
+    model_agent,
+    opponent_for,
+    opponents_for,
+    parse_stop,
+    plan,
+    run_games_eval,
+    run_protocol,
+)
 
 SIX = ["tictactoe", "kuhn_poker", "mini_hanabi", "connect_four", "leduc_poker", "simple_hanabi"]
 

@@ -9,11 +9,27 @@ import pytest
 
 from stratagem.games.core import Reply
 from stratagem.integrations import autogen_teams, debate, mas_eval
-from stratagem.integrations.benchmarks import (BenchmarkFormatError, Question, choice_letter, extract_answer,
-                                               gpqa_question, gsm8k_gold, is_correct, last_boxed, last_number,
-                                               load_benchmark)
-from stratagem.integrations.debate import (ChatConfig, DuConfig, DuDebate, MADConfig, MADDebate, majority_vote,
-                                           parse_verdict)
+from stratagem.integrations.benchmarks import (
+    BenchmarkFormatError,
+    Question,
+    choice_letter,
+    extract_answer,
+    gpqa_question,
+    gsm8k_gold,
+    is_correct,
+    last_boxed,
+    last_number,
+    load_benchmark,
+)
+from stratagem.integrations.debate import (
+    ChatConfig,
+    DuConfig,
+    DuDebate,
+    MADConfig,
+    MADDebate,
+    majority_vote,
+    parse_verdict,
+)
 from stratagem.integrations.mas_eval import EvalConfig, bootstrap_interval, paired_difference, run_eval
 
 # ---- the moderator's JSON ----------------------------------------------------------------------------------------

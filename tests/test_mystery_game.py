@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from mystery_helpers import ScriptedJudge, ScriptedPlayers
+
 from stratagem.games.core import Episode
 from stratagem.games.mystery.game import MysteryConfig
 from stratagem.games.mystery.library import load_script

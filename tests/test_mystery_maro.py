@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from stratagem.games.core import Episode, Seat, Turn
-from stratagem.training.losses import (MAROConfig, has_mismatched_pair, maro_labels, mismatched_pairs,
-                                       pairs_in_order)
+from stratagem.training.losses import MAROConfig, has_mismatched_pair, maro_labels, mismatched_pairs, pairs_in_order
 from stratagem.training.objectives import get_loss
 from stratagem.training.samples import Act, build_batch, mismatched_samples
 from stratagem.training.trainer import LoRATrainer, TrainerConfig

@@ -7,15 +7,15 @@ import re
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
-
 from mystery_helpers import ScriptedJudge, ScriptedPlayers
+
 from stratagem.games.core import Episode
 from stratagem.games.mystery import metrics as M
 from stratagem.games.mystery.game import MysteryConfig, MysteryGame, parse_converse, parse_vote, summarise_history
 from stratagem.games.mystery.graph import app, build_graph, recursion_limit
 from stratagem.games.mystery.judge import parse_scores
-from stratagem.games.mystery.rollout import play_episode
 from stratagem.games.mystery.library import load_script
+from stratagem.games.mystery.rollout import play_episode
 
 CHARS = ["Nora Vance", "Owen Hale", "Bram Keel", "Iris Marr"]
 LOCS = ["Lamp Room", "Boathouse"]

@@ -9,14 +9,19 @@ import re
 import pytest
 
 from stratagem.games.core import Observation, Reply
-from stratagem.games.mystery.game import (ANSWER, CONVERSE, INTRODUCTION, SELECT, VOTE, MysteryConfig, MysteryGame)
-from stratagem.games.mystery.mirage_judge import (JUDGE_ABILITY, JUDGE_PART, JUDGE_SUSPICION, JUDGE_TRUST, score,
-                                                  summary_part)
+from stratagem.games.mystery.game import ANSWER, CONVERSE, INTRODUCTION, SELECT, VOTE, MysteryConfig, MysteryGame
+from stratagem.games.mystery.mirage_judge import (
+    JUDGE_ABILITY,
+    JUDGE_PART,
+    JUDGE_SUSPICION,
+    JUDGE_TRUST,
+    score,
+    summary_part,
+)
 from stratagem.games.mystery.prompting import load_prompts, split_thought
 from stratagem.games.mystery.rollout import play_episode
 from stratagem.games.mystery.rules import rules_for
 from stratagem.games.mystery.schema import load_script_dir
-from test_mystery_mirage import en, zh  # noqa: F401  (fixtures: MIRAGE's layout in miniature)
 
 WORDS = lambda t: len(t.split())  # noqa: E731  a token counter for tests: no tokenizer needed
 

@@ -59,8 +59,7 @@ def test_summaries_by_the_served_model_fit_the_budget_and_are_cached(vllm_server
 
     from stratagem.games.mystery.game import SUMMARY_SHARES, MysteryConfig
     from stratagem.games.mystery.rollout import script_summaries
-    from stratagem.games.mystery.summary import (context_length, endpoint_context, hf_token_counter,
-                                                 prepare_summaries)
+    from stratagem.games.mystery.summary import context_length, endpoint_context, hf_token_counter, prepare_summaries
 
     monkeypatch.setenv("STRATAGEM_CACHE", str(tmp_path / "cache"))
     granted = asyncio.run(endpoint_context(vllm_server.base_url, "base"))

@@ -9,12 +9,12 @@ import sys
 import textwrap
 
 import pytest
+from training_fakes import FakeServer, make_fake_rollout, tiny_model
 
 from stratagem import plugins
 from stratagem.games import registry
 from stratagem.training import advantages, objectives
 from stratagem.training.loop import RunConfig, run_training
-from training_fakes import FakeServer, make_fake_rollout, tiny_model
 
 PLUGIN = '''
 from stratagem.games.registry import GameSpec

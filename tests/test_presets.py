@@ -92,7 +92,7 @@ def test_marshal_presets_carry_every_mapped_reference_setting():
             assert got == w, f"{presets[c]}: {row['field']} = {got!r}, the reference row {row['key']!r} wants {w!r}"
     # and every value a preset file sets is explained by a row
     fields = {r["field"] for r in mapped}
-    for c, p in presets.items():
+    for p in presets.values():
         for section, values in load_preset(p).items():
             for key in values:
                 assert f"{section}.{key}" in fields, f"{p} sets {section}.{key}, which no reference row explains"

@@ -51,7 +51,7 @@ def test_sleep_mode_on_needs_a_gpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ServerError, match="sleep_mode=on needs a CUDA GPU"):
-        VLLMServer(ServerConfig(sleep_mode="on")).sleep_enabled
+        _ = VLLMServer(ServerConfig(sleep_mode="on")).sleep_enabled
 
 
 def test_run_config_has_a_checked_server_section():

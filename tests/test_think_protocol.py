@@ -12,8 +12,15 @@ import pytest
 from stratagem.agents import make_agent
 from stratagem.agents.llm import LLMAgent, served_template_is_chatml
 from stratagem.agents.sampling import SamplingConfig
-from stratagem.games.base import (THINK_START, GameConfig, ReplyFormat, chat_template, parse_answer, parse_exact,
-                                  think_answer_regex)
+from stratagem.games.base import (
+    THINK_START,
+    GameConfig,
+    ReplyFormat,
+    chat_template,
+    parse_answer,
+    parse_exact,
+    think_answer_regex,
+)
 from stratagem.games.core import Reply
 from stratagem.games.registry import GAME_NAMES, make_game
 

@@ -96,9 +96,9 @@ def test_two_process_training_run_matches_one_process(tmp_path):
     """run_training under torchrun: rank 0 rolls out (scripted) and writes the run, rank 1 only joins the updates;
     after two iterations the saved adapter is the one-process run's."""
     from safetensors.torch import load_file
+    from training_fakes import tiny_model
 
     from stratagem.training.run_store import RunStore
-    from training_fakes import tiny_model
 
     model = tiny_model(tmp_path / "model")
     single, multi = tmp_path / "single", tmp_path / "multi"

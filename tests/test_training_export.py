@@ -2,9 +2,9 @@
 recomputed advantages are the ones the loop trained with (their per-iteration mean is the metrics' adv_mean)."""
 
 import pytest
+from training_fakes import FakeServer, make_fake_rollout, tiny_model
 
 from stratagem.training.loop import RunConfig, run_training
-from training_fakes import FakeServer, make_fake_rollout, tiny_model
 
 datasets = pytest.importorskip("datasets")
 
@@ -37,7 +37,7 @@ def test_export_writes_one_row_per_trained_turn(tiny, tmp_path, algo):
     row = ds[0]
     assert row["game"] == "tictactoe" and row["completion_token_ids"] and row["role"] in ("x", "o")
     for k, m in enumerate(metrics, start=1):
-        part = ds.filter(lambda x: x["run_iteration"] == k)
+        part = ds.filter(lambda x, k=k: x["run_iteration"] == k)
         if algo == "maro":
             assert all(d is not None for d in part["desirable"]) and all(a is None for a in part["advantage"])
             assert sum(part["desirable"]) == m["desirable_acts"]

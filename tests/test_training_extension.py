@@ -3,6 +3,7 @@ then validated by the run config and trained through the trainer's one update pa
 
 import pytest
 import torch
+from training_fakes import two_games
 
 from stratagem.training.advantages import _REGISTRY, register_advantage
 from stratagem.training.loop import RunConfig, update
@@ -32,7 +33,6 @@ def registered():
 
 
 def test_registered_estimator_and_loss_train(registered, model_path):
-    from test_training_trainer import _episodes
     from transformers import AutoTokenizer
 
     cfg = RunConfig.from_dict({"loop": {"algo": "sign_of_return", "loss": "reinforce"}, "trainer": {"lr": 1e-2}})
@@ -40,7 +40,7 @@ def test_registered_estimator_and_loss_train(registered, model_path):
         RunConfig.from_dict({"loop": {"loss": "nope"}})
     trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-2, minibatches=2), seed=0)
     before = {n: p.detach().clone() for n, p in trainer.lora_parameters().items()}
-    stats = update(trainer, cfg, _episodes(AutoTokenizer.from_pretrained(model_path)), 1, {})
+    stats = update(trainer, cfg, two_games(AutoTokenizer.from_pretrained(model_path)), 1, {})
     assert stats["scored_tokens"] == stats["trained_tokens"] > 0  # every trained token scored once per epoch
     assert stats["trained_acts"] == 6.0
     assert stats["adv_mean"] == pytest.approx(0.0)  # three +1 and three -1 acts

@@ -11,11 +11,11 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_fakes import FakeServer, fake_episode, make_fake_rollout, tiny_model
 
 from stratagem.training.loop import RunConfig, episode_metrics, episodes_per_game, run_training
 from stratagem.training.run_store import RunStore
 from stratagem.training.trainer import LoRATrainer
-from training_fakes import FakeServer, fake_episode, make_fake_rollout, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_server_crash_is_retried_without_double_counting(tiny, tmp_path):
 
 def test_attached_server_crash_is_a_clear_error(tiny, tmp_path):
     server = FakeServer()
-    server._owned = False
+    server.owned = False
     with pytest.raises(RuntimeError, match="did not start it; restart it and pass --resume"):
         run_training(_cfg(tiny, iterations=1), tmp_path / "run", server=server,
                      rollout=make_fake_rollout([], fail_first=1, server=server), progress=False)

@@ -8,9 +8,20 @@ import pytest
 import torch
 
 from stratagem.games.core import Episode, Seat, Turn
-from stratagem.training.losses import (MAROConfig, PPOConfig, aggregation_weights, k3_kl, kl_reference_point,
-                                       maro_act_loss, maro_labels, mismatched_pairs, nested_mean_weights,
-                                       ppo_token_loss, token_mean_weights, trajectory_mean_weights)
+from stratagem.training.losses import (
+    MAROConfig,
+    PPOConfig,
+    aggregation_weights,
+    k3_kl,
+    kl_reference_point,
+    maro_act_loss,
+    maro_labels,
+    mismatched_pairs,
+    nested_mean_weights,
+    ppo_token_loss,
+    token_mean_weights,
+    trajectory_mean_weights,
+)
 from stratagem.training.objectives import get_loss
 from stratagem.training.samples import Act, Batch, Sample
 

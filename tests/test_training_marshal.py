@@ -12,9 +12,17 @@ import random
 import pytest
 
 from stratagem.games.core import Episode, Seat, Turn
-from stratagem.training.advantages import (AdvantageConfig, MarshalTurn, every_seat, get_advantage, marshal_center,
-                                           marshal_distinct_baseline, marshal_returns, marshal_trajectories,
-                                           marshal_whiten)
+from stratagem.training.advantages import (
+    AdvantageConfig,
+    MarshalTurn,
+    every_seat,
+    get_advantage,
+    marshal_center,
+    marshal_distinct_baseline,
+    marshal_returns,
+    marshal_trajectories,
+    marshal_whiten,
+)
 from stratagem.training.loop import RunConfig
 
 LENPEN_3000 = 0.5 * (1 - (3000 - 11) / (2048 - 11))  # MARSHAL's length penalty of a 3000-token reply: -0.233677

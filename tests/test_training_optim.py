@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
+from training_fakes import fake_episode, tiny_model
 
 from stratagem.config import ConfigError, from_dict, parse_flags
 from stratagem.training.cli import train_parser
 from stratagem.training.losses import PPOConfig
 from stratagem.training.samples import build_batch
 from stratagem.training.trainer import LoRATrainer, TrainerConfig, scheduled_lr
-from training_fakes import fake_episode, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@
 tracker receives the config once and every iteration's numbers, and a resume continues the same tracker run."""
 
 import pytest
+from training_fakes import FakeServer, make_fake_rollout, tiny_model
 
 from stratagem.config import ConfigError
 from stratagem.training import trackers
 from stratagem.training.loop import RunConfig, run_training
-from training_fakes import FakeServer, make_fake_rollout, tiny_model
 
 
 def test_unknown_and_uninstalled_trackers_are_config_errors(monkeypatch):

@@ -4,8 +4,8 @@ import random
 
 import pytest
 import torch
+from training_fakes import two_games
 
-from stratagem.games.core import Episode, Seat, Turn
 from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels, mismatched_pairs
 from stratagem.training.samples import build_batch, mismatched_samples
 from stratagem.training.trainer import LoRATrainer, TrainerConfig
@@ -18,37 +18,12 @@ def tokenizer(model_path):
     return AutoTokenizer.from_pretrained(model_path)
 
 
-def _episodes(tok):
-    """Two short tic-tac-toe-like games; the second seat's second prompt extends its first (a growing chat)."""
-    def ids(text):
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    def prompt(text):
-        return ids(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                           tokenize=False))
-
-    eps = []
-    for g, (w, l) in enumerate([(0, 1), (1, 0)]):
-        p0, c0 = prompt(f"Game {g}. You are X. Move."), ids("<answer><X(1,1)></answer>") + [tok.eos_token_id]
-        p1, c1 = prompt(f"Game {g}. You are O. Move."), ids("<answer><O(0,0)></answer>") + [tok.eos_token_id]
-        p1b, c1b = p1 + c1 + ids("\nAgain."), ids("<answer><O(2,2)></answer>")
-        turns = [Turn(seat=0, role="x", phase="play", messages=[], response="", prompt_token_ids=p0,
-                      completion_token_ids=c0, logprobs=[-1.0] * len(c0), reward=1.0 if w == 0 else -1.0),
-                 Turn(seat=1, role="o", phase="play", messages=[], response="", prompt_token_ids=p1,
-                      completion_token_ids=c1, logprobs=[-1.0] * len(c1), reward=0.0),
-                 Turn(seat=1, role="o", phase="play", messages=[], response="", prompt_token_ids=p1b,
-                      completion_token_ids=c1b, logprobs=None, reward=1.0 if w == 1 else -1.0)]
-        eps.append(Episode(game="ttt", seed=g, seats=[Seat(0, "x", "m"), Seat(1, "o", "m")], turns=turns,
-                           returns=[t.reward for t in turns[:1]] + [turns[2].reward], winners=[w]))
-    return eps
-
-
 def _snapshot(trainer):
     return {n: p.detach().clone() for n, p in trainer.lora_parameters().items()}
 
 
 def test_ppo_updates_every_lora_parameter(model_path, tokenizer):
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     batch = build_batch(eps, lambda i, j: True)
     assert len(batch.samples) == 4  # the O seat's two turns are packed into one sequence per game
     trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-3), seed=0)
@@ -67,7 +42,7 @@ def test_ppo_updates_every_lora_parameter(model_path, tokenizer):
 
 def test_single_step_leaves_lora_a_untouched(model_path, tokenizer):
     """Why minibatches defaults to 2: with B = 0, dL/dA = 0 on the first optimizer step."""
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     batch = build_batch(eps, lambda i, j: True)
     trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-3, minibatches=1), seed=0)
     before = _snapshot(trainer)
@@ -88,7 +63,7 @@ def _per_act(batch, logps):
 def test_logits_at_loss_only_and_packing_match_full_scoring(model_path, tokenizer):
     """Equality of two computations, so in fp32 (whatever `auto` picks on this CPU): bf16 kernels choose their
     blocking by shape (AMX), so two layouts of the same tokens differ in bf16 by up to 0.22 nats there."""
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     trainer = LoRATrainer(model_path, TrainerConfig(dtype="float32"), seed=0)
     packed = build_batch(eps, lambda i, j: True)
     flat = build_batch(eps, lambda i, j: True, pack=False)
@@ -109,7 +84,7 @@ BF16_MAX_NATS, BF16_MEAN_NATS = 0.5, 0.1
 
 
 def test_packing_in_bf16_stays_within_the_measured_bf16_tolerance(model_path, tokenizer):
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     bf, fp = (LoRATrainer(model_path, TrainerConfig(dtype=d), seed=0) for d in ("bfloat16", "float32"))
     packed, flat = build_batch(eps, lambda i, j: True), build_batch(eps, lambda i, j: True, pack=False)
     a, c = _per_act(packed, bf.score(packed.samples)), _per_act(flat, bf.score(flat.samples))
@@ -125,7 +100,7 @@ def test_packing_in_bf16_stays_within_the_measured_bf16_tolerance(model_path, to
 def test_first_step_ratio_is_exactly_one_on_the_packed_layout(model_path, tokenizer, dtype):
     """Old log-probs, reference and policy share dtype and micro-batches (the packed layout of the update), so at
     the first optimizer step every token's ratio is exactly 1, on any CPU."""
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     batch = build_batch(eps, lambda i, j: True)
     assert any(len(s.acts) > 1 for s in batch.samples)  # a packed sequence is among them
     t = LoRATrainer(model_path, TrainerConfig(dtype=dtype), seed=0)
@@ -135,7 +110,7 @@ def test_first_step_ratio_is_exactly_one_on_the_packed_layout(model_path, tokeni
 
 
 def test_maro_step_and_adapter_roundtrip(model_path, tokenizer, tmp_path):
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     labels = maro_labels(eps, lambda e, s: True, MAROConfig(), random.Random(0))
     batch = build_batch(eps, lambda i, j: (i, j) in labels)
     desirable = [labels[(a.episode, a.turn)] for a in batch.acts]
@@ -156,7 +131,7 @@ def test_maro_step_and_adapter_roundtrip(model_path, tokenizer, tmp_path):
 def test_old_logprobs_from_the_trainer_start_the_ratio_at_one(model_path, tokenizer):
     """Point 3 of MARS fidelity: the ratio's denominator is recomputed with the trainer's own weights, so no token
     is outside the clip range at the first step; the endpoint's (here deliberately off by 0.5 nats) would be."""
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     batch = build_batch(eps, lambda i, j: True)
     adv = [1.0] * len(batch.acts)
     t = LoRATrainer(model_path, TrainerConfig(dtype="bfloat16"), seed=0)
@@ -169,7 +144,7 @@ def test_old_logprobs_from_the_trainer_start_the_ratio_at_one(model_path, tokeni
 
 
 def test_logprobs_are_those_of_the_tempered_distribution(model_path, tokenizer):
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     batch = build_batch(eps[:1], lambda i, j: True)
     s = batch.samples[0]
     cold = LoRATrainer(model_path, TrainerConfig(dtype="float32"), seed=0, temperature=0.5)
@@ -187,7 +162,7 @@ def test_logprobs_are_those_of_the_tempered_distribution(model_path, tokenizer):
 def test_gradient_checkpointing_gives_the_same_update(model_path, tokenizer):
     """Recomputing activations in the backward pass changes memory, not the gradients: one PPO update with and
     without it moves every LoRA weight to the same place (fp32, same seed)."""
-    eps = _episodes(tokenizer)
+    eps = two_games(tokenizer)
     batch = build_batch(eps, lambda i, j: True)
     adv = [1.0 if eps[a.episode].turns[a.turn].reward > 0 else -1.0 for a in batch.acts]
     out = []

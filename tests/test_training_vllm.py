@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 import torch
+from helpers_lora import make_adapter
 from safetensors.torch import load_file
 
-from helpers_lora import make_adapter
 from stratagem.training.loop import RunConfig, run_training
 from stratagem.training.report import write_report
 from stratagem.training.trainer import LoRATrainer

@@ -75,7 +75,7 @@ class FakeServer:
     """Records adapter loads and verifications; `alive` can be switched off to simulate a crash."""
 
     base_url = "http://127.0.0.1:9/v1"
-    _owned = True  # a server the loop manages: it may restart it
+    owned = True  # a server the loop manages: it may restart it
 
     def __init__(self, weight_reload: bool = False):
         self.config = type("Config", (), {"weight_reload": weight_reload})()
@@ -109,3 +109,28 @@ class FakeServer:
     def verify_adapter(self, name, path=None):
         self.verified.append(name)
         return {"max_abs_diff": 0.0}
+
+
+def two_games(tok) -> list[Episode]:
+    """Two short tic-tac-toe-like games; the second seat's second prompt extends its first (a growing chat)."""
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt(text):
+        return ids(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=False))
+
+    eps = []
+    for g, w in enumerate([0, 1]):
+        p0, c0 = prompt(f"Game {g}. You are X. Move."), ids("<answer><X(1,1)></answer>") + [tok.eos_token_id]
+        p1, c1 = prompt(f"Game {g}. You are O. Move."), ids("<answer><O(0,0)></answer>") + [tok.eos_token_id]
+        p1b, c1b = p1 + c1 + ids("\nAgain."), ids("<answer><O(2,2)></answer>")
+        turns = [Turn(seat=0, role="x", phase="play", messages=[], response="", prompt_token_ids=p0,
+                      completion_token_ids=c0, logprobs=[-1.0] * len(c0), reward=1.0 if w == 0 else -1.0),
+                 Turn(seat=1, role="o", phase="play", messages=[], response="", prompt_token_ids=p1,
+                      completion_token_ids=c1, logprobs=[-1.0] * len(c1), reward=0.0),
+                 Turn(seat=1, role="o", phase="play", messages=[], response="", prompt_token_ids=p1b,
+                      completion_token_ids=c1b, logprobs=None, reward=1.0 if w == 1 else -1.0)]
+        eps.append(Episode(game="ttt", seed=g, seats=[Seat(0, "x", "m"), Seat(1, "o", "m")], turns=turns,
+                           returns=[t.reward for t in turns[:1]] + [turns[2].reward], winners=[w]))
+    return eps

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from stratagem.training.run_config import RESUMABLE
 
 # short flags of the most used fields (every field also has its own --section.field flag)
 ALIASES = {"algo": "loop.algo", "games": "loop.games", "iterations": "loop.iterations",
@@ -16,9 +17,6 @@ ALIASES = {"algo": "loop.algo", "games": "loop.games", "iterations": "loop.itera
            "concurrency": "loop.concurrency", "policy_weights": "loop.policy_weights",
            "max_tokens": "sampling.max_tokens", "temperature": "sampling.temperature", "lr": "trainer.lr",
            "rank": "trainer.rank"}
-# what a resumed run may change: it continues the saved configuration otherwise
-RESUMABLE = ("loop.iterations", "loop.base_url")
-
 
 def train_parser(require_out: bool = True) -> argparse.ArgumentParser:
     """The flags of `stratagem train`: --out, --config, --resume and one flag per RunConfig field."""
@@ -115,7 +113,7 @@ def register(app: typer.Typer) -> None:
             store = run_training(cfg, out, resume=resume, resume_from=resume_from)
         except (ValueError, FileExistsError, FileNotFoundError) as e:
             typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         from stratagem.training.distributed import current
 
         if current().is_main:  # under torchrun every rank returns here; one line is enough
@@ -136,7 +134,7 @@ def register(app: typer.Typer) -> None:
             cfg, *_ = train_config(list(ctx.args), require_out=False)
         except (ValueError, FileNotFoundError) as e:
             typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
 
     @config_app.command("presets")
@@ -175,7 +173,7 @@ def register(app: typer.Typer) -> None:
             n = export_run(run_dir, to)
         except (RuntimeError, ValueError, FileNotFoundError) as e:  # a damaged store: StoreDamage
             typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         typer.echo(f"{to}: {n} trained turns from {run_dir}")
 
     @app.command()
@@ -187,6 +185,6 @@ def register(app: typer.Typer) -> None:
             paths = write_report(run_dir)
         except (ValueError, FileNotFoundError) as e:
             typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         for p in paths:
             typer.echo(str(p))

@@ -19,263 +19,30 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
+
+import torch
 
 from stratagem import faults
-from stratagem.agents.sampling import SamplingConfig
-from stratagem.config import ConfigError, check as check_config, from_dict as config_from_dict
-from stratagem.config import to_dict as config_to_dict
-from stratagem.games.base import ReplyFormat, RewardConfig
+from stratagem.endpoints import EndpointPool, PoolStats
 from stratagem.games.core import Episode
 from stratagem.games.metrics import episode_metrics
-from stratagem.games.mystery.game import MysteryConfig
-from stratagem.integrations.vllm_server import ServerConfig
-from stratagem.training.distributed import DistributedConfig
-from stratagem.training.advantages import AdvantageConfig, get_advantage
-from stratagem.training.losses import MAROConfig, PPOConfig, maro_labels
+from stratagem.integrations.servers import Serving, as_serving, open_serving
+from stratagem.models import resolve
+from stratagem.training.advantages import get_advantage
+from stratagem.training.compare import evaluate_exact, evaluate_policy, print_comparison, print_exact_comparison
+from stratagem.training.distributed import Distributed, init_distributed
+from stratagem.training.losses import maro_labels
+from stratagem.training.run_config import MYSTERY, LoopConfig, RunConfig, known_algos, merged_policy, resumed
 from stratagem.training.run_store import RunStore
 from stratagem.training.samples import build_batch
-from stratagem.training.trainer import LoRATrainer, TrainerConfig, resolve_dtype
+from stratagem.training.trackers import Trackers
+from stratagem.training.trainer import LoRATrainer, resolve_dtype
 
-MYSTERY = "mystery"
+__all__ = ["LoopConfig", "RunConfig", "known_algos", "merged_policy", "run_training", "update"]
 log = logging.getLogger(__name__)
-
-
-def known_algos() -> tuple[str, ...]:
-    """The values `loop.algo` takes: every registered advantage estimator (paired with `loop.loss`), and every
-    registered loss that needs no advantages (maro)."""
-    from stratagem.training.advantages import advantage_names
-    from stratagem.training.objectives import loss_names
-
-    return tuple(advantage_names()) + tuple(loss_names(uses_advantages=False))
-
-
-@dataclass
-class LoopConfig:
-    preset: str = field(default="laptop", metadata={"help": "The preset this config was built on (stratagem/presets/"
-                        "NAME.yaml; set by `stratagem train --preset NAME` and recorded in the run's config.yaml)."})
-    algo: str = field(default="mars", metadata={"help": "mars (the paper's formula), marshal (as MARSHAL's code "
-                      "computes it), grpo or rae (an advantage estimator, trained with `loss`; any registered "
-                      "estimator) or maro (a loss that needs no advantages; any such registered loss)."})
-    loss: str = field(default="ppo", metadata={"help": "The loss an advantage estimator's advantages train "
-                      "(training.objectives registry; ppo: MARS's clipped surrogate with dual clip and k3 KL)."})
-    games: list[str] = field(default_factory=lambda: ["tictactoe"], metadata={"help": "Games to train on (registered "
-                             "game names, e.g. tictactoe, kuhn_poker, mini_hanabi, mystery); the episodes of an "
-                             "iteration are split evenly over them."})
-    iterations: int = field(default=2, metadata={"help": "Iterations (rollout + update) to run in total.", "min": 1})
-    episodes_per_iteration: int = field(default=8, metadata={"help": "Episodes rolled out per iteration (at least "
-                                        "one per game).", "min": 1})
-    model: str = field(default="default", metadata={"help": "Base model: registered name, local directory or hub "
-                       "id."})
-    base_url: str | None = field(default=None, metadata={"help": "Use this running vLLM server (it must serve the "
-                                 "same base model as `base`, with runtime LoRA loading); none: start one."})
-    seed: int = field(default=0, metadata={"help": "Run seed: trainer init, sampling seeds, MARO recipients."})
-    concurrency: int = field(default=8, metadata={"help": "Games in flight at once during a rollout.", "min": 1})
-    opponents: list[str] = field(default_factory=list, metadata={"help": "Agent specs for seats 1.. (e.g. random, "
-                                 "mcts:50, llm:iter-2 for a frozen adapter); empty: self-play, every seat learns. "
-                                 "With opponents only the policy's seat is trained (see policy_seat)."})
-    policy_seat: str = field(default="first", metadata={"help": "Where the policy sits against loop.opponents: "
-                             "'first' (seat 0 in every game) or 'alternate' (seat 0 in even games, the last seat in "
-                             "odd ones, the opponents filling the other seats in order; MARSHAL's fixed-opponent runs "
-                             "play half their games each way).", "choices": ("first", "alternate")})
-    mystery_script: str = field(default="lighthouse", metadata={"help": "Script played when games has 'mystery' "
-                                "(a shipped script's name or a folder)."})
-    rollout_retries: int = field(default=2, metadata={"help": "Times an iteration's rollout is retried after the "
-                                 "vLLM server died (restarted first when this run started it).", "min": 0})
-    eval_episodes: int = field(default=0, metadata={"help": "Before the first iteration and after the last, play "
-                               "this many games per seat order of each strategic training game against "
-                               "eval_opponent with the starting and the final policy, in the run's reply protocol; "
-                               "the comparison (illegal-act rate, win rate, normalized return, 95% intervals) is "
-                               "printed and saved in RUN/eval/ (0: off).", "min": 0})
-    eval_opponent: str = field(default="random", metadata={"help": "Opponent of that evaluation: an agent spec, "
-                               "'auto' (the paper's: MCTS, CFR, Nash on Leduc, self for Hanabi), 'marshal' (MARSHAL's "
-                               "evaluation: MCTS 100 and 1000 on tic-tac-toe, 10 and 100 on Connect Four) or GAME=SPEC "
-                               "pairs, SPEC|SPEC for several opponents of one game (stratagem eval games --help)."})
-    trackers: list[str] = field(default_factory=list, metadata={"help": "Experiment trackers beside TensorBoard: "
-                                "wandb, mlflow (each needs its package installed; see training/trackers.py). "
-                                "Empty: TensorBoard only."})
-    eval_exact: bool = field(default=False, metadata={"help": "Before the first iteration and after the last, "
-                             "also evaluate the starting and the final policy exactly on the evaluated poker games "
-                             "(stratagem eval exact: the policy's table, exploitability, exact returns against CFR and "
-                             "Nash); saved in RUN/eval/exact-*.json. Needs a protocol without thinking."})
-    eval_games: list[str] = field(default_factory=list, metadata={"help": "Strategic games of that evaluation "
-                                  "(empty: the run's training games; MARSHAL evaluates the held-out ones too)."})
-    policy_weights: str = field(default="auto", metadata={"help": "How the server samples the current policy iter-k: "
-                                "'lora' hot-loads it as an adapter (vLLM's LoRA path, about a third of base speed on "
-                                "a CPU); 'merged' merges it into the base weights and reloads them in place (base "
-                                "speed, one merge + reload per iteration; needs a server this run starts, no frozen "
-                                "adapter opponents and no mystery, whose judge is the base model); 'auto': merged "
-                                "where allowed and serving runs on the CPU, else lora (a GPU serves LoRA fast). "
-                                "Either way the server's copy is verified.", "choices": ("auto", "lora", "merged")})
-
-
-@dataclass
-class RunConfig:
-    """Everything a training run reads, one typed section per component. `from_dict` (YAML) and the flags of
-    `stratagem train` are generated from these dataclasses (stratagem.config); `validate` checks the whole config,
-    names included, before any model or server starts."""
-
-    loop: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "The loop: games, iterations, opponents, "
-                             "server use."})
-    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling of the policy's "
-                                     "replies in strategic games."})
-    reply: ReplyFormat = field(default_factory=ReplyFormat, metadata={"help": "Reply format of strategic games."})
-    rewards: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "Reward constants of strategic "
-                                  "games."})
-    mystery: MysteryConfig = field(default_factory=MysteryConfig, metadata={"help": "The murder mystery (when "
-                                   "loop.games has 'mystery')."})
-    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "The LoRA trainer."})
-    advantage: AdvantageConfig = field(default_factory=AdvantageConfig, metadata={"help": "Advantage options."})
-    ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"help": "Clipped policy loss options."})
-    maro: MAROConfig = field(default_factory=MAROConfig, metadata={"help": "MARO loss options."})
-    server: ServerConfig = field(default_factory=ServerConfig, metadata={"help": "The vLLM server a run starts "
-                                 "when loop.base_url is not given (its model is loop.model; memory share, tensor "
-                                 "parallelism, sleep mode)."})
-    distributed: DistributedConfig = field(default_factory=DistributedConfig, metadata={"help": "Several trainer "
-                                           "processes (under torchrun / accelerate launch): strategy, backend, "
-                                           "collective timeout."})
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "RunConfig":
-        """Nested sections by name (missing ones keep their defaults), then `validate`. An unknown section or
-        field, a wrong type or a bad value is a ConfigError (a ValueError) naming its dotted path."""
-        out = config_from_dict(cls, d)
-        out.validate()
-        return out
-
-    def validate(self) -> None:
-        """Check the whole config, as `from_dict` does and also after fields were set in code: types and ranges of
-        every field, then the names against their registries (algo, games, opponent agent specs, the mystery
-        script) and the combinations. Loads no model and contacts no server."""
-        check_config(self)
-        lc = self.loop
-        from stratagem.preset import preset_names
-
-        if lc.preset not in preset_names():
-            raise ConfigError(f"loop.preset: must be one of {', '.join(preset_names())}, got {lc.preset!r}")
-        algos = known_algos()
-        if lc.algo not in algos:
-            raise ConfigError(f"loop.algo: must be one of {', '.join(algos)}, got {lc.algo!r}")
-        if not lc.games:
-            raise ConfigError("loop.games: must name at least one game")
-        from stratagem.training.trackers import check_trackers
-
-        try:
-            check_trackers(lc.trackers)
-        except ValueError as e:
-            raise ConfigError(f"loop.trackers: {e}") from None
-        from stratagem.training.objectives import loss_names
-
-        if lc.loss not in loss_names(uses_advantages=True):
-            raise ConfigError(f"loop.loss: must be one of {', '.join(loss_names(uses_advantages=True))}, got "
-                              f"{lc.loss!r}")
-        if self.ppo.old_logprobs == "endpoint" and self.sampling.temperature != 1.0:
-            raise ConfigError("ppo.old_logprobs: 'endpoint' needs sampling.temperature 1 (the server reports "
-                              f"log-probs of the untempered distribution), got {self.sampling.temperature}; use "
-                              "'trainer'")
-        from stratagem.games.registry import game_names, make_game
-
-        names = tuple(dict.fromkeys(game_names() + (MYSTERY,)))
-        for i, g in enumerate(lc.games):
-            if g not in names:
-                raise ConfigError(f"loop.games[{i}]: unknown game {g!r}; expected one of {', '.join(names)}")
-            if lc.games.index(g) != i:
-                raise ConfigError(f"loop.games[{i}]: {g!r} is listed twice")
-        strategic = game_names("strategic")
-        for i, g in enumerate(lc.eval_games):
-            if g not in strategic:
-                raise ConfigError(f"loop.eval_games[{i}]: {g!r} is not a strategic game; expected one of "
-                                  f"{', '.join(strategic)}")
-        if lc.eval_exact:
-            from stratagem.integrations.exact_eval import EXACT_GAMES
-
-            if not any(g in EXACT_GAMES for g in (lc.eval_games or lc.games)):
-                raise ConfigError(f"loop.eval_exact: evaluates {', '.join(EXACT_GAMES)}, and the evaluated games "
-                                  f"({', '.join(lc.eval_games or lc.games)}) have none; add one to loop.eval_games")
-            if self.reply.think:
-                raise ConfigError("loop.eval_exact: a thinking reply (reply.think) has no table of action "
-                                  "probabilities; turn one of them off")
-        if lc.eval_episodes > 0:
-            from stratagem.integrations.games_eval import GamesEvalConfig, plan
-
-            try:  # the opponents of every evaluated game, before hours of training
-                plan(GamesEvalConfig(games=[g for g in (lc.eval_games or lc.games) if g in strategic],
-                                     opponent=lc.eval_opponent))
-            except ValueError as e:
-                raise ConfigError(f"loop.eval_opponent: {e}") from None
-        if lc.episodes_per_iteration < len(lc.games):
-            raise ConfigError(f"loop.episodes_per_iteration: must be >= the number of games ({len(lc.games)}), got "
-                              f"{lc.episodes_per_iteration}")
-        if lc.algo == "maro" and lc.episodes_per_iteration < 2:
-            raise ConfigError("loop.episodes_per_iteration: MARO needs >= 2 episodes per mini-batch (its reference "
-                              "point z0 pairs a prompt with a response from another episode), so at least 2 per "
-                              f"iteration; got {lc.episodes_per_iteration}")
-        if MYSTERY in lc.games:
-            from stratagem.games.mystery.library import script_dir
-
-            try:
-                script_dir(lc.mystery_script)
-            except FileNotFoundError as e:
-                raise ConfigError(f"loop.mystery_script: {e}") from None
-        if lc.policy_seat != "first" and not lc.opponents:
-            raise ConfigError(f"loop.policy_seat: {lc.policy_seat!r} places the policy among loop.opponents, and "
-                              "there are none (self-play trains every seat)")
-        if lc.opponents:
-            from stratagem.agents import check_agent_spec
-
-            for g in lc.games:
-                if g == MYSTERY:
-                    continue
-                seats = make_game(g).info.num_players
-                if len(lc.opponents) != seats - 1:
-                    raise ConfigError(f"loop.opponents: {g} has {seats} seats, so it needs {seats - 1} opponent(s) "
-                                      f"for seats 1..; got {len(lc.opponents)}")
-                for i, spec in enumerate(lc.opponents):
-                    try:
-                        check_agent_spec(spec, game=g)
-                    except ValueError as e:
-                        raise ConfigError(f"loop.opponents[{i}]: {e}") from None
-        if self.reply.think and any(x in ("\n", ">") for x in self.sampling.stop):
-            raise ConfigError(f"sampling.stop: reply.think runs each reply to the end of its turn, so a stop string "
-                              f"{self.sampling.stop} would cut its thinking short; give sampling.stop: []")
-        if self.reply.context_tokens is not None and self.server.max_model_len is not None \
-                and self.server.max_model_len < self.reply.context_tokens and not lc.base_url:
-            raise ConfigError(f"server.max_model_len: the server this run starts must hold reply.context_tokens="
-                              f"{self.reply.context_tokens} tokens, got {self.server.max_model_len}")
-        rw = self.rewards
-        if rw.length_max_tokens <= rw.length_min_tokens:
-            raise ConfigError(f"rewards.length_max_tokens: must exceed rewards.length_min_tokens "
-                              f"({rw.length_min_tokens}), got {rw.length_max_tokens}")
-        try:
-            merged_policy(lc, can_reload=True, on_cpu=True)  # merged with the mystery or adapter opponents: fail early
-        except ValueError as e:
-            raise ConfigError(f"loop.policy_weights: {e}") from None
-        _check_model(lc.model)
-
-
-def _check_model(model: str) -> None:
-    """loop.model is a registered name, a model directory or a hub id ("org/name"); a path that is none of these is
-    an error now, not after the server started."""
-    from pathlib import PurePath
-
-    from stratagem.models import REGISTRY
-
-    if model == "default" or model in REGISTRY:
-        return
-    p = Path(model).expanduser()
-    if p.exists():
-        if not (p / "config.json").exists():
-            raise ConfigError(f"loop.model: {p} is not a model directory (no config.json)")
-        return
-    hub_id = model.count("/") == 1 and not model.startswith(("/", ".", "~")) and len(PurePath(model).parts) == 2
-    if not hub_id:
-        raise ConfigError(f"loop.model: {model!r} is neither a registered model ({', '.join(REGISTRY)}), a model "
-                          "directory nor a hub id (org/name)")
 
 
 def adapter_name(iteration: int) -> str:
@@ -283,37 +50,19 @@ def adapter_name(iteration: int) -> str:
     return "base" if iteration == 0 else f"iter-{iteration}"
 
 
-def merged_policy(cfg: LoopConfig, can_reload: bool, on_cpu: bool) -> bool:
-    """Whether this run samples its policy from merged weights (see LoopConfig.policy_weights). `can_reload`: the
-    server is one this run manages and may replace its weights."""
-    blockers = ([] if can_reload else ["the server cannot reload its weights (let the run start it)"]) \
-        + (["the mystery's judge is the base model"] if MYSTERY in cfg.games else []) \
-        + (["an opponent is a served adapter"] if any(o.startswith("llm:") for o in cfg.opponents) else [])
-    if cfg.policy_weights == "merged" and blockers:
-        raise ValueError("policy_weights=merged is not possible here: " + "; ".join(blockers))
-    return cfg.policy_weights == "merged" or (cfg.policy_weights == "auto" and not blockers and on_cpu)
-
-
 class PolicyServer:
-    """Puts policy iter-k on the server and verifies it there: as a LoRA adapter named iter-k, or merged into the
-    weights the server serves as `base`. `served(k)` is the model name that samples iter-k."""
+    """Puts policy iter-k on the run's servers and verifies it there: as a LoRA adapter named iter-k, or merged into
+    the weights served as `base`. `served(k)` is the model name that samples iter-k."""
 
-    def __init__(self, server: Any, store: RunStore, merged: bool, endpoints: Any = None):
-        self.server, self.store, self.merged = server, store, merged
-        self.endpoints = endpoints  # an integrations.servers.EndpointGroup: install on and verify every endpoint
+    def __init__(self, serving: Serving, store: RunStore, merged: bool):
+        self.serving, self.store, self.merged = serving, store, merged
 
     def served(self, k: int) -> str:
         return "base" if self.merged else adapter_name(k)
 
     def install(self, k: int) -> dict[str, Any]:
         faults.point("install")
-        path = self.store.adapter_dir(k)
-        if self.endpoints is not None:
-            return self.endpoints.install(adapter_name(k), path)
-        if self.merged:
-            return self.server.load_policy_weights(path, adapter_name(k))
-        name = self.server.load_adapter(adapter_name(k), path, replace=True)
-        return self.server.verify_adapter(name, path) or {}
+        return self.serving.install(adapter_name(k), self.store.adapter_dir(k), merged=self.merged)
 
 
 def episodes_per_game(cfg: LoopConfig) -> dict[str, int]:
@@ -423,24 +172,78 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
 def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resume_from: int | None = None,
                  server: Any = None, rollout: Rollout | None = None, progress: bool = True) -> RunStore:
     """Run (or resume) a training run in `out`. A resume first verifies the store (run_store.py) and continues after
-    its last commit, or after iteration `resume_from` (rolled back to). `server` is a VLLMServer to use (default:
-    attach to cfg.loop.base_url, several endpoints when it lists several, else start one from cfg.server); `rollout`
-    replaces the default rollout (tests).
+    its last commit, or after iteration `resume_from` (rolled back to). `server` is a server to use (a Serving, or a
+    VLLMServer: restarted after a crash only when it is `owned`); by default the run attaches to cfg.loop.base_url
+    (several endpoints when it lists several) or starts one from cfg.server. `rollout` replaces the default rollout
+    (tests).
 
     Under `torchrun` / `accelerate launch` with N processes (training/distributed.py) rank 0 does everything
     below; the other ranks skip the server and the rollouts, receive each iteration's episodes from rank 0 and join
     the update (their share of the samples, gradients summed); only rank 0 writes to the run directory, which must
     be on a filesystem every node reads (a resume loads the adapter and optimizer state from it on every rank)."""
-    from stratagem.models import resolve
-    from stratagem.training.distributed import init_distributed
-
     dist = init_distributed(cfg.distributed)  # a single process without a launcher
+    cfg, store, done = _open_run(cfg, out, resume, resume_from, dist)
+    lc, model_path, on_cpu = cfg.loop, resolve(cfg.loop.model), not torch.cuda.is_available()
+    serving = policies = runlog = None
+    if dist.is_main:  # the other ranks only join the update
+        serving = as_serving(server) if server is not None else open_serving(
+            cfg.server, lc.base_url, model_path, lora_rank=cfg.trainer.rank,
+            weight_reload=merged_policy(lc, True, on_cpu), on_cpu=on_cpu)
+        policies = PolicyServer(serving, store, merged_policy(lc, serving.can_reload, on_cpu))
+        rollout = rollout or default_rollout(cfg, serving.base_url, serving.pool)
+    try:
+        trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed, temperature=cfg.sampling.temperature,
+                              adapter_path=store.adapter_dir(done) if done else None, total_iterations=lc.iterations)
+        adv_state = _restore(store, trainer, done)
+        if policies is not None:
+            if done:
+                policies.install(done)
+            runlog = RunLog(store, cfg, done, progress)
+            evaluate(cfg, store, trainer, policies, done, "before")
+        for k in range(done + 1, lc.iterations + 1):
+            # 1. rollout with the current policy (retried after a server crash); rank 0 plays, the others receive
+            t0 = time.perf_counter()
+            episodes = dist.broadcast_object(
+                _rollout_with_retries(rollout, lc, store, policies, k, progress) if policies else None)
+            rollout_s = time.perf_counter() - t0
+
+            # 2-3. advantages / labels and the update (the engine sleeps meanwhile when it shares the GPU)
+            if serving is not None:
+                serving.sleep()
+            t1 = time.perf_counter()
+            stats = update(trainer, cfg, episodes, k, adv_state)  # metrics already summed over the ranks
+            stats["update_s"] = time.perf_counter() - t1
+
+            # 4. save iter-k (adapter + optimizer + RNG), put it on the server, prove the server samples from it
+            # 5. log and commit
+            if policies is not None and runlog is not None:
+                store.save_iteration(k, trainer, {"advantage_state": adv_state})
+                policies.serving.wake()
+                t2 = time.perf_counter()
+                check = policies.install(k)
+                stats["install_s"] = time.perf_counter() - t2
+                metrics = iteration_metrics(k, episodes, trainer, rollout_s, stats, check, policies.serving.pool)
+                store.commit(k, len(episodes), metrics)
+                runlog.log(metrics, k)
+            dist.barrier()
+        if policies is not None:
+            evaluate(cfg, store, trainer, policies, store.completed_iterations(), "after")
+    finally:
+        if runlog is not None:
+            runlog.close()
+        if serving is not None:
+            serving.stop()
+    return store
+
+
+def _open_run(cfg: RunConfig, out: str | Path, resume: bool, resume_from: int | None,
+              dist: Distributed) -> tuple[RunConfig, RunStore, int]:
+    """The run's config and store, and its last committed iteration. A new run checks its config and records it;
+    a resume continues with the recorded config (RESUMABLE fields from `cfg`), after verifying the store and rolling
+    back to its last commit (or to `resume_from`)."""
     store = RunStore(out)
     if resume:
-        saved = RunConfig.from_dict(store.read_config())
-        saved.loop.iterations = cfg.loop.iterations  # a resume may extend the run, or use another server
-        saved.loop.base_url = cfg.loop.base_url
-        cfg = saved
+        cfg = resumed(RunConfig.from_dict(store.read_config()), cfg)
         done = dist.broadcast_object(store.resume(resume_from)["iteration"] if dist.is_main else None)
     else:
         cfg.validate()
@@ -448,170 +251,98 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
             store.create(cfg.to_dict(), trainer_dtype=str(resolve_dtype(cfg.trainer.dtype)).removeprefix("torch."))
         done = 0
     dist.barrier()
-    lc = cfg.loop
-    model_path = resolve(lc.model)
-
-    import torch
-
-    on_cpu = not torch.cuda.is_available()
-    started = None
-    endpoints = None
-    if server is None and dist.is_main:
-        from stratagem.endpoints import parse_endpoints
-        from stratagem.integrations.servers import EndpointGroup
-        from stratagem.integrations.vllm_server import VLLMServer
-
-        urls = parse_endpoints(lc.base_url)
-        if len(urls) > 1 or (urls and cfg.server.adapter_sync):
-            server = endpoints = EndpointGroup(urls, model_path=model_path, api_key=cfg.server.api_key,
-                                               sync=cfg.server.adapter_sync)
-        elif urls:
-            server = VLLMServer.attach(urls[0], model_path=model_path, api_key=cfg.server.api_key)
-        else:
-            import dataclasses
-
-            # colocated: a GPU shared with this process's trainer gets the smaller memory share and sleep mode
-            scfg = dataclasses.replace(cfg.server, model=model_path, adapters=dict(cfg.server.adapters),
-                                       extra_args=list(cfg.server.extra_args),
-                                       max_lora_rank=max(cfg.server.max_lora_rank, cfg.trainer.rank),
-                                       weight_reload=cfg.server.weight_reload or merged_policy(lc, True, on_cpu),
-                                       colocated=cfg.server.colocated or not on_cpu)
-            started = server = VLLMServer(scfg)
-            server.start()
-    if server is not None and hasattr(server, "pool"):
-        endpoints = server  # an EndpointGroup given by the caller
-    owned = server if getattr(server, "_owned", False) else None  # only a server we manage can be restarted
-    can_reload = owned is not None and getattr(getattr(server, "config", None), "weight_reload", False)
-    policies = PolicyServer(server, store, merged_policy(lc, can_reload, on_cpu), endpoints) if dist.is_main else None
-    if dist.is_main:
-        rollout = rollout or default_rollout(cfg, server.base_url, endpoints.pool if endpoints else None)
-    sleeps = started is not None and started.sleep_enabled
-
-    trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed, temperature=cfg.sampling.temperature,
-                          adapter_path=store.adapter_dir(done) if done else None, total_iterations=lc.iterations)
-    adv_state: dict[str, Any] = {}
-    if done:
-        saved_state = store.load_state(done)
-        trainer.load_state_dict(saved_state["trainer"])
-        adv_state = saved_state["loop"]["advantage_state"]
-        if policies is not None:
-            policies.install(done)
-
-    tb = None
-    if dist.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb = SummaryWriter(str(store.tb_dir), purge_step=done + 1)
-    trackers = None
-    if dist.is_main and lc.trackers:
-        from stratagem.training.trackers import Trackers
-
-        trackers = Trackers(lc.trackers, store.root, cfg.to_dict())
-    exact = lc.eval_exact and dist.is_main
-    if exact and not (store.root / "eval" / "exact-before.json").is_file():
-        from stratagem.training.compare import evaluate_exact
-
-        evaluate_exact(cfg, trainer, adapter_name(done), "before", store.root / "eval")
-    evaluating = lc.eval_episodes > 0 and dist.is_main
-    if evaluating and not (store.root / "eval" / "before.json").is_file():
-        from stratagem.training.compare import evaluate_policy
-
-        # the policy this run starts from (the base model, or the adapter a resume starts from)
-        evaluate_policy(cfg, server.base_url, policies.served(done), "before", store.root / "eval")
-    try:
-        for k in range(done + 1, lc.iterations + 1):
-            policy = adapter_name(k - 1)
-
-            # 1. rollout with the current policy (retried after a server crash); rank 0 plays, the others receive
-            t0 = time.perf_counter()
-            if endpoints is not None:
-                from stratagem.endpoints import PoolStats
-
-                endpoints.pool.stats = PoolStats()  # games per endpoint, this iteration
-            episodes = _rollout_with_retries(rollout, lc, store, server, owned, policies, k, progress) \
-                if dist.is_main else None
-            episodes = dist.broadcast_object(episodes)
-            rollout_s = time.perf_counter() - t0
-
-            # 2-3. advantages / labels and the update (the engine sleeps meanwhile when it shares the GPU)
-            if sleeps:
-                started.sleep()
-            t1 = time.perf_counter()
-            stats = update(trainer, cfg, episodes, k, adv_state)  # metrics already summed over the ranks
-            update_s = time.perf_counter() - t1
-
-            # 4. save iter-k (adapter + optimizer + RNG), put it on the server, prove the server samples from it
-            if not dist.is_main:
-                dist.barrier()
-                continue
-            store.save_iteration(k, trainer, {"advantage_state": adv_state})
-            if sleeps:
-                torch.cuda.empty_cache()  # hand the trainer's cached blocks back before the engine reclaims its share
-                started.wake_up()
-            t2 = time.perf_counter()
-            check = policies.install(k)
-            stats["install_s"] = time.perf_counter() - t2
-            if endpoints is not None:
-                stats.update({f"endpoint_games/{u}": float(c) for u, c in endpoints.pool.stats.per_endpoint.items()})
-                stats["games_moved"] = float(endpoints.pool.stats.moved)
-
-            # 5. log and commit
-            metrics = {"iteration": k, "policy": policy, "episodes": len(episodes), "rollout_s": rollout_s,
-                       "trainer_dtype": str(trainer.dtype).removeprefix("torch."),
-                       "update_s": update_s, **episode_metrics(episodes), **stats,
-                       **{f"verify/{a}": float(b) for a, b in (check or {}).items() if isinstance(b, (int, float))}}
-            store.commit(k, len(episodes), metrics)
-            for key, v in metrics.items():
-                if isinstance(v, (int, float)) and key != "iteration":
-                    tb.add_scalar(key, v, k)
-            tb.flush()
-            if trackers is not None:
-                trackers.log(metrics, k)
-            if progress:
-                _print_summary(metrics)
-            dist.barrier()
-        if evaluating:
-            from stratagem.training.compare import evaluate_policy, print_comparison
-
-            final = store.completed_iterations()
-            after = evaluate_policy(cfg, server.base_url, policies.served(final), "after", store.root / "eval")
-            before = json.loads((store.root / "eval" / "before.json").read_text())
-            print_comparison(before, after, "start", adapter_name(final))
-        if exact:
-            from stratagem.training.compare import evaluate_exact, print_exact_comparison
-
-            final = store.completed_iterations()
-            after = evaluate_exact(cfg, trainer, adapter_name(final), "after", store.root / "eval")
-            before = json.loads((store.root / "eval" / "exact-before.json").read_text())
-            print_exact_comparison(before, after, "start", adapter_name(final))
-    finally:
-        if tb is not None:
-            tb.close()
-        if trackers is not None:
-            trackers.close()
-        if started is not None:
-            started.stop()
-    return store
+    return cfg, store, done
 
 
-def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, store: RunStore, server: Any, owned: Any,
-                          policies: PolicyServer, k: int, progress: bool) -> list[Episode]:
+def _restore(store: RunStore, trainer: LoRATrainer, done: int) -> dict[str, Any]:
+    """The optimizer and RNG state of iteration `done` into `trainer` (its adapter is loaded already); returns the
+    advantage estimator's state."""
+    if not done:
+        return {}
+    saved = store.load_state(done)
+    trainer.load_state_dict(saved["trainer"])
+    return saved["loop"]["advantage_state"]
+
+
+def evaluate(cfg: RunConfig, store: RunStore, trainer: LoRATrainer, policies: PolicyServer, k: int,
+             when: str) -> None:
+    """Policy iter-k against loop.eval_opponent (loop.eval_episodes games) and exactly (loop.eval_exact), into
+    RUN/eval/WHEN.json. `before`: the policy the run starts from (kept from an earlier start of the run when it is
+    on record); `after`: the final policy, printed beside `before`."""
+    lc, root = cfg.loop, store.root / "eval"
+    if lc.eval_exact and (when == "after" or not (root / "exact-before.json").is_file()):
+        exact = evaluate_exact(cfg, trainer, adapter_name(k), when, root)
+        if when == "after":
+            before = json.loads((root / "exact-before.json").read_text())
+            print_exact_comparison(before, exact, "start", adapter_name(k))
+    if lc.eval_episodes > 0 and (when == "after" or not (root / "before.json").is_file()):
+        sampled = evaluate_policy(cfg, policies.serving.base_url, policies.served(k), when, root)
+        if when == "after":
+            print_comparison(json.loads((root / "before.json").read_text()), sampled, "start", adapter_name(k))
+
+
+def iteration_metrics(k: int, episodes: list[Episode], trainer: LoRATrainer, rollout_s: float,
+                      stats: dict[str, float], check: dict[str, Any] | None,
+                      pool: EndpointPool | None) -> dict[str, Any]:
+    """What iteration k commits: its episodes' metrics, the update's, the timings, the verification's gaps and,
+    over several endpoints, the games each played."""
+    metrics: dict[str, Any] = {"iteration": k, "policy": adapter_name(k - 1), "episodes": len(episodes),
+                               "rollout_s": rollout_s, "trainer_dtype": str(trainer.dtype).removeprefix("torch."),
+                               **episode_metrics(episodes), **stats}
+    metrics.update({f"verify/{a}": float(b) for a, b in (check or {}).items() if isinstance(b, (int, float))})
+    if pool is not None:
+        metrics.update({f"endpoint_games/{u}": float(c) for u, c in pool.stats.per_endpoint.items()})
+        metrics["games_moved"] = float(pool.stats.moved)
+    return metrics
+
+
+class RunLog:
+    """Where each iteration's metrics go besides the store: TensorBoard (always), loop.trackers, the console."""
+
+    def __init__(self, store: RunStore, cfg: RunConfig, done: int, progress: bool):
+        from torch.utils.tensorboard import SummaryWriter  # deferred: its import is slow and only rank 0 logs
+
+        self.tb = SummaryWriter(str(store.tb_dir), purge_step=done + 1)
+        self.trackers = Trackers(cfg.loop.trackers, store.root, cfg.to_dict()) if cfg.loop.trackers else None
+        self.progress = progress
+
+    def log(self, metrics: dict[str, Any], k: int) -> None:
+        for key, v in metrics.items():
+            if isinstance(v, (int, float)) and key != "iteration":
+                self.tb.add_scalar(key, v, k)
+        self.tb.flush()
+        if self.trackers is not None:
+            self.trackers.log(metrics, k)
+        if self.progress:
+            _print_summary(metrics)
+
+    def close(self) -> None:
+        self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
+
+
+def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, store: RunStore, policies: PolicyServer, k: int,
+                          progress: bool) -> list[Episode]:
     """All games of iteration k. Episodes are appended to the store as they finish (uncommitted until the
-    iteration commits). If the server died, the partial rollout is dropped, the server restarted (when owned)
-    with the current adapter, and the rollout tried again, at most lc.rollout_retries times."""
+    iteration commits). If the server died, the partial rollout is dropped, the server restarted (when the run
+    may) with the current adapter, and the rollout tried again, at most lc.rollout_retries times."""
+    serving = policies.serving
+    if serving.pool is not None:
+        serving.pool.stats = PoolStats()  # games per endpoint, this iteration
     for attempt in range(lc.rollout_retries + 1):
         try:
             return asyncio.run(_rollout_all(rollout, lc, store, policies.served(k - 1), adapter_name(k - 1), k,
                                             progress))
         except Exception as e:  # noqa: BLE001  only a dead server is retried; anything else is re-raised below
-            if server.alive() or attempt == lc.rollout_retries:
+            if serving.alive() or attempt == lc.rollout_retries:
                 raise
-            if owned is None:
-                raise RuntimeError(f"the vLLM server at {server.base_url} went down during iteration {k} and this "
+            if not serving.can_restart:
+                raise RuntimeError(f"the vLLM server at {serving.base_url} went down during iteration {k} and this "
                                    "run did not start it; restart it and pass --resume") from e
             log.warning("vLLM server died during iteration %d (%r); restarting and retrying the iteration", k, e)
             store.rollback()
-            owned.restart()  # back to the base weights, no adapters
+            serving.restart()  # back to the base weights, no adapters
             if k > 1:
                 policies.install(k - 1)
     raise AssertionError("unreachable")
