@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = a.workdir or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     model = str(tiny_model(work / "model"))
+    # imported before the forks, so a timer kill lands in the run's own phases, not in a child's imports
+    import stratagem.training.loop  # noqa: F401
     cfg = config(model, a.iterations)
     rng = random.Random(a.seed)
 

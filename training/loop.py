@@ -171,34 +171,26 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
 
 def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resume_from: int | None = None,
                  server: Any = None, rollout: Rollout | None = None, progress: bool = True) -> RunStore:
-    """Run (or resume) a training run in `out`. A resume first verifies the store (run_store.py) and continues after
-    its last commit, or after iteration `resume_from` (rolled back to). `server` is a server to use (a Serving, or a
-    VLLMServer: restarted after a crash only when it is `owned`); by default the run attaches to cfg.loop.base_url
-    (several endpoints when it lists several) or starts one from cfg.server. `rollout` replaces the default rollout
-    (tests).
-
-    Under `torchrun` / `accelerate launch` with N processes (training/distributed.py) rank 0 does everything
-    below; the other ranks skip the server and the rollouts, receive each iteration's episodes from rank 0 and join
-    the update (their share of the samples, gradients summed); only rank 0 writes to the run directory, which must
-    be on a filesystem every node reads (a resume loads the adapter and optimizer state from it on every rank)."""
+    """Run (or resume) a training run in `out`. A resume verifies the store (run_store.py) and continues after its
+    last commit, or after iteration `resume_from` (rolled back to). `server`: the servers to use (a Serving, or a
+    VLLMServer, restarted after a crash only when `owned`); by default those of cfg.loop.base_url, or one started
+    from cfg.server. `rollout` replaces the default rollout (tests). Under `torchrun` / `accelerate launch`
+    (training/distributed.py) rank 0 does everything; the other ranks receive each iteration's episodes and join
+    the update (gradients summed); only rank 0 writes to the run directory (on a filesystem every node reads)."""
     dist = init_distributed(cfg.distributed)  # a single process without a launcher
     cfg, store, done = _open_run(cfg, out, resume, resume_from, dist)
-    lc, model_path, on_cpu = cfg.loop, resolve(cfg.loop.model), not torch.cuda.is_available()
-    serving = policies = runlog = None
-    if dist.is_main:  # the other ranks only join the update
-        serving = as_serving(server) if server is not None else open_serving(
-            cfg.server, lc.base_url, model_path, lora_rank=cfg.trainer.rank,
-            weight_reload=merged_policy(lc, True, on_cpu), on_cpu=on_cpu)
-        policies = PolicyServer(serving, store, merged_policy(lc, serving.can_reload, on_cpu))
-        rollout = rollout or default_rollout(cfg, serving.base_url, serving.pool)
+    lc, model_path = cfg.loop, resolve(cfg.loop.model)
+    policies = _policy_server(cfg, store, model_path, server) if dist.is_main else None
+    runlog = None
     try:
         trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed, temperature=cfg.sampling.temperature,
                               adapter_path=store.adapter_dir(done) if done else None, total_iterations=lc.iterations)
         adv_state = _restore(store, trainer, done)
         if policies is not None:
+            rollout = rollout or default_rollout(cfg, policies.serving.base_url, policies.serving.pool)
+            runlog = RunLog(store, cfg, done, progress)
             if done:
                 policies.install(done)
-            runlog = RunLog(store, cfg, done, progress)
             evaluate(cfg, store, trainer, policies, done, "before")
         for k in range(done + 1, lc.iterations + 1):
             # 1. rollout with the current policy (retried after a server crash); rank 0 plays, the others receive
@@ -208,32 +200,48 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
             rollout_s = time.perf_counter() - t0
 
             # 2-3. advantages / labels and the update (the engine sleeps meanwhile when it shares the GPU)
-            if serving is not None:
-                serving.sleep()
+            if policies is not None:
+                policies.serving.sleep()
             t1 = time.perf_counter()
             stats = update(trainer, cfg, episodes, k, adv_state)  # metrics already summed over the ranks
-            stats["update_s"] = time.perf_counter() - t1
+            stats.update(rollout_s=rollout_s, update_s=time.perf_counter() - t1)
 
-            # 4. save iter-k (adapter + optimizer + RNG), put it on the server, prove the server samples from it
-            # 5. log and commit
+            # 4-5. save iter-k, put it on the server and verify it there, log and commit
             if policies is not None and runlog is not None:
-                store.save_iteration(k, trainer, {"advantage_state": adv_state})
-                policies.serving.wake()
-                t2 = time.perf_counter()
-                check = policies.install(k)
-                stats["install_s"] = time.perf_counter() - t2
-                metrics = iteration_metrics(k, episodes, trainer, rollout_s, stats, check, policies.serving.pool)
-                store.commit(k, len(episodes), metrics)
-                runlog.log(metrics, k)
+                _commit(k, episodes, trainer, adv_state, stats, store, policies, runlog)
             dist.barrier()
         if policies is not None:
             evaluate(cfg, store, trainer, policies, store.completed_iterations(), "after")
     finally:
         if runlog is not None:
             runlog.close()
-        if serving is not None:
-            serving.stop()
+        if policies is not None:
+            policies.serving.stop()
     return store
+
+
+def _policy_server(cfg: RunConfig, store: RunStore, model_path: str, server: Any) -> PolicyServer:
+    """The run's servers (the caller's `server`, else those cfg names or one started here) with the way iter-k
+    goes onto them (an adapter, or merged weights: LoopConfig.policy_weights)."""
+    lc, on_cpu = cfg.loop, not torch.cuda.is_available()
+    serving = as_serving(server) if server is not None else open_serving(
+        cfg.server, lc.base_url, model_path, lora_rank=cfg.trainer.rank,
+        weight_reload=merged_policy(lc, True, on_cpu), on_cpu=on_cpu)
+    return PolicyServer(serving, store, merged_policy(lc, serving.can_reload, on_cpu))
+
+
+def _commit(k: int, episodes: list[Episode], trainer: LoRATrainer, adv_state: dict[str, Any],
+            stats: dict[str, float], store: RunStore, policies: PolicyServer, runlog: RunLog) -> None:
+    """Iteration k's end: adapter iter-k with the optimizer and RNG state saved, installed on the servers and
+    verified there, the metrics committed and logged."""
+    store.save_iteration(k, trainer, {"advantage_state": adv_state})
+    policies.serving.wake()
+    t0 = time.perf_counter()
+    check = policies.install(k)
+    stats["install_s"] = time.perf_counter() - t0
+    metrics = iteration_metrics(k, episodes, trainer, stats, check, policies.serving.pool)
+    store.commit(k, len(episodes), metrics)
+    runlog.log(metrics, k)
 
 
 def _open_run(cfg: RunConfig, out: str | Path, resume: bool, resume_from: int | None,
@@ -281,13 +289,12 @@ def evaluate(cfg: RunConfig, store: RunStore, trainer: LoRATrainer, policies: Po
             print_comparison(json.loads((root / "before.json").read_text()), sampled, "start", adapter_name(k))
 
 
-def iteration_metrics(k: int, episodes: list[Episode], trainer: LoRATrainer, rollout_s: float,
-                      stats: dict[str, float], check: dict[str, Any] | None,
-                      pool: EndpointPool | None) -> dict[str, Any]:
+def iteration_metrics(k: int, episodes: list[Episode], trainer: LoRATrainer, stats: dict[str, float],
+                      check: dict[str, Any] | None, pool: EndpointPool | None) -> dict[str, Any]:
     """What iteration k commits: its episodes' metrics, the update's, the timings, the verification's gaps and,
     over several endpoints, the games each played."""
     metrics: dict[str, Any] = {"iteration": k, "policy": adapter_name(k - 1), "episodes": len(episodes),
-                               "rollout_s": rollout_s, "trainer_dtype": str(trainer.dtype).removeprefix("torch."),
+                               "trainer_dtype": str(trainer.dtype).removeprefix("torch."),
                                **episode_metrics(episodes), **stats}
     metrics.update({f"verify/{a}": float(b) for a, b in (check or {}).items() if isinstance(b, (int, float))})
     if pool is not None:
