@@ -141,6 +141,8 @@ def test_every_run_config_field_is_a_train_flag():
     ({"loop": {"policy_weights": "fast"}}, "loop.policy_weights: must be one of auto, lora, merged, got 'fast'"),
     ({"loop": {"games": ["mystery"], "policy_weights": "merged"}},
      "loop.policy_weights: policy_weights=merged is not possible here: the mystery's judge is the base model"),
+    ({"loop": {"games": ["mystery"]}, "mystery": {"player_temperature": 0.8}},
+     "mystery.player_temperature: the trainer scores the policy's turns at sampling.temperature=0.6, so the players"),
     ({"loop": {"games": ["mystery"], "mystery_script": "no_such_script"}},
      "loop.mystery_script: mystery script 'no_such_script' is neither a shipped script"),
     ({"loop": {"model": "./no/such/dir"}}, "loop.model: './no/such/dir' is neither a registered model"),
@@ -259,3 +261,25 @@ def test_the_flags_of_earlier_releases_still_work(tmp_path):
                                   "opponents": ["random"], "seed": 4, "concurrency": 2, "policy_weights": "lora"},
                          "sampling": {"max_tokens": 32}, "trainer": {"lr": 0.005, "rank": 4}}
     assert (ns.config, ns.resume, ns.out) == (tmp_path / "c.yaml", True, tmp_path / "run")
+
+
+async def test_mystery_players_sample_at_the_trainers_temperature(monkeypatch):
+    """The trainer scores the policy's turns at sampling.temperature; the mystery's training rollout samples its
+    players at the same temperature (a mismatch would bias every PPO ratio)."""
+    import importlib
+
+    from stratagem.games.registry import RolloutJob, get_game_spec
+
+    mystery_rollout = importlib.import_module("stratagem.games.mystery.rollout")
+
+    seen = {}
+
+    async def collect(script, n, **kw):
+        seen.update(kw["config"].__dict__, script=script)
+        return []
+
+    monkeypatch.setattr(mystery_rollout, "collect_mystery_episodes", collect)
+    cfg = RunConfig.from_dict({"loop": {"games": ["mystery"]}, "sampling": {"temperature": 0.7}})
+    await get_game_spec("mystery").rollout(RolloutJob(game="mystery", policy="iter-1", n=2, seed=0, base_url="http://x/v1", run=cfg))
+    assert seen["player_temperature"] == 0.7 and cfg.mystery.player_temperature is None
+

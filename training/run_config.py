@@ -207,6 +207,10 @@ class RunConfig:
             raise ConfigError("loop.episodes_per_iteration: MARO needs >= 2 episodes per mini-batch (its reference "
                               "point z0 pairs a prompt with a response from another episode), so at least 2 per "
                               f"iteration; got {lc.episodes_per_iteration}")
+        if MYSTERY in lc.games and self.mystery.player_temperature not in (None, self.sampling.temperature):
+            raise ConfigError(f"mystery.player_temperature: the trainer scores the policy's turns at "
+                              f"sampling.temperature={self.sampling.temperature}, so the players must sample at it "
+                              f"too; got {self.mystery.player_temperature} (leave it unset to follow sampling)")
         if MYSTERY in lc.games:
             from stratagem.games.mystery.library import script_dir
 

@@ -28,11 +28,17 @@ def build_graph(*args: Any, **kwargs: Any):
 async def rollout(job: RolloutJob):
     """Mystery episodes for training: every seat the learner's policy, the judge the base model; the script and the
     game options from the run configuration when it has them (run.mystery, run.loop.mystery_script)."""
+    import dataclasses
+
     from stratagem.games.mystery.game import MysteryConfig
     from stratagem.games.mystery.rollout import collect_mystery_episodes
 
     run = job.run
     cfg = getattr(run, "mystery", None) or MysteryConfig()
+    sampling = getattr(run, "sampling", None)
+    if sampling is not None and cfg.player_temperature is None:
+        # the trainer scores the policy's turns at sampling.temperature: the players must sample at it too
+        cfg = dataclasses.replace(cfg, player_temperature=sampling.temperature)
     script = getattr(getattr(run, "loop", None), "mystery_script", None) or "lighthouse"
     return await collect_mystery_episodes(script, job.n, base_url=job.base_url, player_model=job.policy,
                                           judge_model="base", config=cfg, concurrency=job.concurrency,
