@@ -3,7 +3,8 @@ from its command-line spec."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from stratagem.agents.base import Agent
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
 
 from stratagem.games.core import Observation, Reply
+
+if TYPE_CHECKING:
+    from stratagem.endpoints import RoutedClient
 
 log = logging.getLogger(__name__)
 CONSTRAINTS = ("none", "think_answer")
@@ -72,6 +75,7 @@ class LLMAgent:
             raise ValueError(f"constrain must be one of {', '.join(CONSTRAINTS)}, got {self.config.constrain!r}")
         self.name = f"llm:{self.config.model}"
         self.chatml: bool | None = None
+        self._client: RoutedClient | openai.AsyncOpenAI
         if "," in self.config.base_url:  # several endpoints: each request to the least-loaded live one
             from stratagem.endpoints import RoutedClient, parse_endpoints
 

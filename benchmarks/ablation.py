@@ -90,7 +90,8 @@ EXACT_METRICS = {"exploitability": lambda m: m["exploitability"], "vs_cfr": lamb
 def evaluate_exact(model_path: str, run_dir: Path | None, name: str, cfg, out: Path) -> dict:
     """Exact numbers of policy `name` (base, or the run's adapter iter-K) on the poker games, in the run's reply
     protocol; the tables cached in `out` (one folder per run: the cache is keyed by the policy's name)."""
-    from stratagem.integrations.exact_eval import ExactEvalConfig, run as run_exact
+    from stratagem.integrations.exact_eval import ExactEvalConfig
+    from stratagem.integrations.exact_eval import run as run_exact
 
     ec = ExactEvalConfig(models=[name], games=EXACT_GAMES, source="trainer", model_path=model_path,
                          run=str(run_dir) if run_dir else None, sampling=cfg.sampling, reply=cfg.reply,
@@ -176,9 +177,9 @@ def main() -> None:
         ap.error(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
     configs = {n: run_config(n, a, a.fixed_opponent) for n in names}  # validated before anything starts
 
+    from stratagem.files import atomic_write
     from stratagem.integrations.vllm_server import VLLMServer
     from stratagem.models import resolve
-    from stratagem.files import atomic_write
     from stratagem.settings import cache_dir
     from stratagem.training.loop import run_training
 

@@ -29,6 +29,7 @@ from stratagem.games.graph import play
 from stratagem.games.registry import make_game
 from stratagem.games.rollout import collect_episodes
 
+
 def _llm(base_url: str, model: str, max_tokens: int, salt: str):
     """The policy's agent in the training protocol; a cache salt per phase: the raw replay must not reuse the prefix
     cache the self-play phase filled (vLLM)."""
@@ -120,7 +121,7 @@ async def main_async(args, base_url: str, console: Console) -> dict:
     out["bots"] = await bot_overhead(args.bot_episodes)
     # unmeasured warm-up: the engine's first requests would land on whichever phase runs first
     await self_play(base_url, args.model, 4, 4, args.max_tokens, args.seed + 10_000)
-    for name, n, c in (("low", args.episodes_low, 1), ("high", args.episodes_high, args.concurrency_high)):
+    for _phase, n, c in (("low", args.episodes_low, 1), ("high", args.episodes_high, args.concurrency_high)):
         console.log(f"self-play at concurrency {c} ({n} episodes)")
         sp = await self_play(base_url, args.model, n, c, args.max_tokens, args.seed)
         prompts = sp.pop("_asked")

@@ -90,6 +90,7 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
 
     from helpers_lora import make_adapter
+
     from stratagem.integrations.cli import policy_switch
     from stratagem.integrations.vllm_server import VLLMServer
     from stratagem.models import resolve

@@ -9,7 +9,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -77,17 +77,17 @@ async def play_with_humans(game: str, agents: list, n: int, seed: int, config: A
 
 
 def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, json_out: bool = False,
-                   transcript: Optional[str] = None, out: Optional[str] = None, base_url: Optional[str] = None,
-                   model: Optional[str] = None, max_tokens: Optional[int] = None, concurrency: int = 8,
-                   think: bool = False, response_prefix: Optional[str] = None, temperature: Optional[float] = None,
-                   open_answer: Optional[bool] = None) -> dict[str, Any]:
+                   transcript: str | None = None, out: str | None = None, base_url: str | None = None,
+                   model: str | None = None, max_tokens: int | None = None, concurrency: int = 8,
+                   think: bool = False, response_prefix: str | None = None, temperature: float | None = None,
+                   open_answer: bool | None = None) -> dict[str, Any]:
     """Play `episodes` games; model seats reply in the training protocol (`SamplingConfig`, `ReplyFormat`) unless
     the given options change it."""
-    from stratagem.console import console as make_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stratagem.agents import make_agent
     from stratagem.agents.sampling import SamplingConfig
+    from stratagem.console import console as make_console
     from stratagem.games.base import GameConfig, ReplyFormat
     from stratagem.games.core import write_jsonl
     from stratagem.games.registry import GAME_NAMES, make_game
@@ -109,7 +109,7 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
         from stratagem.integrations.vllm_server import ServerConfig, VLLMServer
 
         server = VLLMServer(ServerConfig(model=model or "default"))
-    elif uses_llm:
+    elif uses_llm and base_url is not None:  # (always set here: the branch above took base_url None)
         from stratagem.agents.llm import check_endpoint
 
         check_endpoint(base_url)  # an unreachable endpoint fails now, not after every game's retries
@@ -117,15 +117,17 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
     with server as srv:
         url = base_url or (srv.base_url if uses_llm else None)
         try:
-            sampling = SamplingConfig(**{k: v for k, v in (("max_tokens", max_tokens),
-                                                           ("temperature", temperature)) if v is not None})
+            given: dict[str, Any] = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature))
+                                     if v is not None}
+            sampling = SamplingConfig(**given)
             agents = [make_agent(s, base_url=url, seed=seed + i, game=game,
                                  **(sampling.agent_kwargs() if s.startswith("llm:") else {}))
                       for i, s in enumerate(specs)]
         except ValueError as e:
             raise typer.BadParameter(f"--players: {e}") from None
-        config = GameConfig(reply=ReplyFormat(think=think, **{k: v for k, v in (
-            ("response_prefix", response_prefix), ("open_answer", open_answer)) if v is not None}))
+        reply_given: dict[str, Any] = {k: v for k, v in (("response_prefix", response_prefix),
+                                                         ("open_answer", open_answer)) if v is not None}
+        config = GameConfig(reply=ReplyFormat(think=think, **reply_given))
         if "human" in specs:
             eps = asyncio.run(play_with_humans(game, agents, episodes, seed, config, console))
         else:
@@ -164,35 +166,35 @@ def play_strategic(game: str, players: str, episodes: int = 1, seed: int = 0, js
 def play(
     game: str = typer.Argument(..., help="tictactoe, kuhn_poker, mini_hanabi, connect_four, leduc_poker, "
                                "simple_hanabi, or mystery."),
-    players: Optional[str] = typer.Option(None, help="Comma-separated agents, one per seat: llm:MODEL, random, "
+    players: str | None = typer.Option(None, help="Comma-separated agents, one per seat: llm:MODEL, random, "
                                           "mcts:N, cfr, human. For mystery: the served model of every seat."),
     episodes: int = typer.Option(1, help="Games to play."),
     seed: int = typer.Option(0, help="Game i uses seed + i; same seed and bots give the same episodes."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    transcript: Optional[str] = typer.Option(None, help="Write a readable transcript here."),
-    out: Optional[str] = typer.Option(None, help="Episodes JSONL (default runs/play/GAME-TIME.jsonl)."),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint for llm: agents (default "
+    transcript: str | None = typer.Option(None, help="Write a readable transcript here."),
+    out: str | None = typer.Option(None, help="Episodes JSONL (default runs/play/GAME-TIME.jsonl)."),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint for llm: agents (default "
                                            "$STRATAGEM_BASE_URL, else a vLLM server is started)."),
-    model: Optional[str] = typer.Option(None, help="Model a started server serves (default: the default model)."),
-    max_tokens: Optional[int] = typer.Option(None, help="Longest LLM reply; longer ends the game as over-long "
+    model: str | None = typer.Option(None, help="Model a started server serves (default: the default model)."),
+    max_tokens: int | None = typer.Option(None, help="Longest LLM reply; longer ends the game as over-long "
                                              "(default: training's, 48)."),
-    temperature: Optional[float] = typer.Option(None, help="LLM sampling temperature (default: training's, 0.6)."),
+    temperature: float | None = typer.Option(None, help="LLM sampling temperature (default: training's, 0.6)."),
     concurrency: int = typer.Option(8, help="Games in flight at once."),
     think: bool = typer.Option(False, help="Require <think>...</think><answer>...</answer> replies."),
-    response_prefix: Optional[str] = typer.Option(None, help="Forced start of every LLM reply; '{legal_prefix}' is "
+    response_prefix: str | None = typer.Option(None, help="Forced start of every LLM reply; '{legal_prefix}' is "
                                                   "the start the legal actions share (default: training's, "
                                                   "'<answer>{legal_prefix}'; '' for none)."),
-    open_answer: Optional[bool] = typer.Option(None, "--open-answer/--closed-answer", help="Accept an answer left "
+    open_answer: bool | None = typer.Option(None, "--open-answer/--closed-answer", help="Accept an answer left "
                                                "unclosed by the stop string '>' (default: training's, open)."),
     script: str = typer.Option("lighthouse", help="mystery: script name or folder."),
     judge: str = typer.Option("base", help="mystery: served model of the judge."),
     rounds: int = typer.Option(5, help="mystery: conversation rounds per stage."),
-    player_max_tokens: Optional[int] = typer.Option(None, help="mystery: longest player reply."),
-    judge_max_tokens: Optional[int] = typer.Option(None, help="mystery: longest judge reply."),
+    player_max_tokens: int | None = typer.Option(None, help="mystery: longest player reply."),
+    judge_max_tokens: int | None = typer.Option(None, help="mystery: longest judge reply."),
     structured_outputs: bool = typer.Option(True, "--structured-outputs/--no-structured-outputs",
                                             help="mystery: ask the endpoint for schema-constrained acts and judge "
                                             "answers (lenient parsing when it has no such support)."),
-    summary_tokens: Optional[int] = typer.Option(None, help="mystery: summarise each character's script with the "
+    summary_tokens: int | None = typer.Option(None, help="mystery: summarise each character's script with the "
                                                  "served model to this many tokens (cached); default: no summary."),
     protocol: str = typer.Option("stratagem", help="mystery: stratagem (compact prompts, one judge) or mirage "
                                  "(MIRAGE's game and judges)."),

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Turn:
     @classmethod
     def from_reply(cls, reply: Reply, *, seat: int, role: str, phase: str, messages: list[dict[str, str]],
                    response: str, action: str | None, illegal_reason: str | None, reward: float = 0.0,
-                   faction: str | None = None, info: dict[str, Any] | None = None) -> "Turn":
+                   faction: str | None = None, info: dict[str, Any] | None = None) -> Turn:
         """The Turn of `reply`: the sampled fields (token ids, log-probs, model, finish reason) come from it."""
         extra = dict(info or {})
         if reply.finish_reason:
@@ -118,7 +119,7 @@ class Episode:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Episode":
+    def from_dict(cls, d: dict[str, Any]) -> Episode:
         d = dict(d)
         d["seats"] = [Seat(**s) for s in d["seats"]]
         d["turns"] = [Turn(**t) for t in d["turns"]]
@@ -128,7 +129,7 @@ class Episode:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, line: str) -> "Episode":
+    def from_json(cls, line: str) -> Episode:
         return cls.from_dict(json.loads(line))
 
 

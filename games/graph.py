@@ -14,8 +14,9 @@ a new game from the run's LangGraph context (`context_schema`) and makes the age
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, TypedDict, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import openai
 from langgraph.graph import END, START, StateGraph
@@ -51,7 +52,8 @@ class Seating(Protocol):
     """Seats chosen per run: `players(context)` gives the agent specs of a new game from the run's context (an
     instance of `context_schema`, or None), `agents(players, context)` the agents for those specs."""
 
-    context_schema: type
+    @property
+    def context_schema(self) -> type: ...  # read-only, so an implementation may name a subclass's type
 
     def players(self, context: Any) -> list[str]: ...
 
@@ -80,7 +82,9 @@ class _Copy:
     """A game object and the acts it has been given since its reset with `seed` (None: not reset yet)."""
 
     def __init__(self, game: Game):
-        self.game, self.seed, self.applied = game, None, []
+        self.game = game
+        self.seed: int | None = None
+        self.applied: list[dict[str, Any]] = []
 
     def matches(self, seed: int, acts: Sequence[dict[str, Any]]) -> bool:
         """Whether this copy is at a state that `acts` continue."""
@@ -102,8 +106,8 @@ class _Games:
     share one), brought to the state's acts, and gives it back; the graph state stays the only record."""
 
     def __init__(self, game: Game | Callable[[], Game], keep: int = 8):
-        self.single = game if isinstance(game, Game) else None
-        self.factory = None if self.single is not None else game
+        self.single: Game | None = game if isinstance(game, Game) else None
+        self.factory: Callable[[], Game] | None = None if isinstance(game, Game) else game
         self.free: list[_Copy] = [_Copy(self.single)] if self.single is not None else []
         self.keep = keep
 
@@ -114,6 +118,7 @@ class _Games:
         if self.free:
             return self.free.pop()
         if self.factory is None:
+            assert self.single is not None  # _Games holds either a single game or a factory
             raise RuntimeError(f"{self.single.info.name}: one game object cannot play two runs at once; build the "
                                "graph with a game factory (lambda: make_game(name)) instead")
         return _Copy(self.factory())
@@ -131,10 +136,15 @@ def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent] | Seati
     (`lambda: make_game("tictactoe")`), any number of threads can run at once."""
     settings = config or GraphConfig()
     games = _Games(game)
-    proto = games.single or games.factory()
+    if games.single is not None:
+        proto = games.single
+    else:
+        assert games.factory is not None  # _Games holds either a single game or a factory
+        proto = games.factory()
     n = proto.info.num_players
-    seating = agents if isinstance(agents, Seating) else None
-    fixed = None if seating is not None else list(agents)
+    # exactly one of `seating` and `fixed` is set
+    seating: Seating | None = agents if isinstance(agents, Seating) else None
+    fixed: list[Agent] | None = None if isinstance(agents, Seating) else list(agents)
     if fixed is not None and len(fixed) != n:
         raise ValueError(f"{proto.info.name} needs {n} agents, got {len(fixed)}")
 
@@ -144,6 +154,7 @@ def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent] | Seati
     def agents_of(state: PlayState, runtime: Runtime) -> Sequence[Agent]:
         if fixed is not None:
             return fixed
+        assert seating is not None
         return seating.agents(state["players"], runtime.context)
 
     # async nodes: a sync node would run in a worker thread, a costly hop per step
@@ -151,8 +162,11 @@ def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent] | Seati
         acts = state.get("acts") or []
         out: dict[str, Any] = {}
         if not acts:  # a new game: record who plays it
-            players = ([getattr(a, "name", type(a).__name__) for a in fixed] if fixed is not None
-                       else list(seating.players(runtime.context)))
+            if fixed is not None:
+                players = [getattr(a, "name", type(a).__name__) for a in fixed]
+            else:
+                assert seating is not None
+                players = list(seating.players(runtime.context))
             if len(players) != n:
                 raise ValueError(f"{proto.info.name} needs {n} players, got {len(players)}: {players}")
             out.update(seed=seed_of(state), players=players, acts=[])

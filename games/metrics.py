@@ -30,8 +30,9 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from stratagem.games.core import Episode, Turn
 
@@ -102,7 +103,7 @@ def normalized_return(ep: Episode, seat: int, min_utility: float, max_utility: f
     return min(1.0, max(0.0, (raw - min_utility) / span))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_cooperative(game: str) -> bool:
     """Whether the registered strategic game `game` is cooperative (False for the mystery, whose factions compete,
     and for a name the registry does not know)."""
@@ -157,7 +158,9 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     from scipy.stats import t as student_t
 
     m = sum(values) / n
-    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sample_sd(values) / math.sqrt(n)
+    sd = sample_sd(values)
+    assert sd is not None  # n >= 2
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return m - half, m + half
 
 

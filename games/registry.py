@@ -12,8 +12,9 @@ the package is one `register_game(GameSpec(...))` call, or an entry point of its
 from __future__ import annotations
 
 import importlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from stratagem.plugins import PluginError, load_plugins, on_load
 
@@ -39,7 +40,7 @@ class RolloutJob:
     base_url: str
     run: Any = None
     concurrency: int = 8
-    on_episode: Callable[["Episode"], Any] | None = None
+    on_episode: Callable[[Episode], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class GameSpec:
     kind: str
     factory: Callable[..., Any]
     build_graph: Callable[..., Any]
-    rollout: Callable[[RolloutJob], Awaitable[list["Episode"]]]
+    rollout: Callable[[RolloutJob], Awaitable[list[Episode]]]
     training: bool = False
     help: str = ""
     app: str | None = None

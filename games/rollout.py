@@ -9,7 +9,8 @@ calls through `get_game_spec(game).rollout`).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from stratagem.agents.base import Agent
 from stratagem.concurrency import map_concurrent
@@ -18,6 +19,7 @@ from stratagem.games.base import GameConfig
 from stratagem.games.core import Episode
 from stratagem.games.graph import play
 from stratagem.games.registry import RolloutJob, make_game
+
 
 class RolloutError(RetriesExhausted):
     """A game that met a server error on every one of its tries."""

@@ -39,8 +39,11 @@ def _seats(game: Game, agent: str = "random") -> list[Seat]:
 def _random_episode(game: Game, seed: int, seen: dict[tuple[int, str], str], failures: list[str]) -> Episode:
     rng = random.Random(seed)
     game.reset(seed)
+    steps = 0
     while not game.is_over():
         seat = game.current_seat()
+        if seat is None:
+            raise ConformanceError(f"seed {seed}: current_seat() is None but is_over() is False")
         obs = game.observe(seat)
         key = game.information_key(seat)
         if key is not None:
@@ -55,7 +58,8 @@ def _random_episode(game: Game, seed: int, seen: dict[tuple[int, str], str], fai
         if turn.illegal_reason is not None:
             failures.append(f"seed {seed}: the legal action {action!r} was judged {turn.illegal_reason!r}")
             break
-        if len(game.turns) > game.info.max_turns:
+        steps += 1  # each step records one Turn (the Game interface has no `turns` list to count)
+        if steps > game.info.max_turns:
             failures.append(f"seed {seed}: more than max_turns={game.info.max_turns} turns")
             break
     return game.episode(_seats(game))
@@ -88,6 +92,8 @@ def _check_penalties(game: Game, failures: list[str]) -> None:
     for what, reply in BAD_REPLIES.items():
         game.reset(0)
         seat = game.current_seat()
+        if seat is None:
+            raise ConformanceError(f"{game.info.name}: the game is over right after reset(0)")
         turn = game.step(seat, reply)
         ep = game.episode(_seats(game))
         if turn.illegal_reason is None or not game.is_over() or ep.end_reason != "illegal":

@@ -13,12 +13,15 @@ teacher-forced prompt log-probs of a LoRA request are batched with other request
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stratagem.integrations.vllm_server import BASE_NAME, AdapterVerificationError, read_adapter_config
 
 if TYPE_CHECKING:
+    from peft import PeftModel
+
     from stratagem.integrations.vllm_server import VLLMServer
 
 DEFAULT_PROBE = "You play tic-tac-toe as X. Legal actions: <X(0,0)> <X(1,1)> <X(2,2)>. Reply with <answer>ACTION</answer>."
@@ -53,9 +56,8 @@ class ReferenceModel:
 
         self.model_path = model_path
         self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-        self.model = None  # a PeftModel around `base` once an adapter was set
+        self.model: PeftModel | None = None  # a PeftModel around `base` once an adapter was set
         self._adapter_config: dict | None = None
-        self.loads = 1  # base-model loads from disk (a test checks it stays at one)
 
     def set_adapter(self, adapter_path: str) -> None:
         """Make `adapter_path` the active adapter: its weights are copied in when its LoRA shape matches the
@@ -67,9 +69,10 @@ class ReferenceModel:
         shape = {k: cfg.get(k) for k in ("r", "lora_alpha", "target_modules", "base_model_name_or_path")}
         if self.model is not None and shape == self._adapter_config:
             result = set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_path), device="cpu"))
-            if getattr(result, "unexpected_keys", None):
+            unexpected = getattr(result, "unexpected_keys", None)  # peft annotates the result as a bare 'namedtuple'
+            if unexpected:
                 raise AdapterVerificationError(f"{adapter_path}: unexpected adapter weights "
-                                               f"{list(result.unexpected_keys)[:3]}")
+                                               f"{list(unexpected)[:3]}")
         else:
             if self.model is not None:
                 self.base = self.model.unload()
@@ -81,20 +84,21 @@ class ReferenceModel:
         import torch
 
         assert self.model is not None, "set_adapter first"
+        model = self.model
         ids = torch.tensor([prompt_ids + reply_ids])
         at = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1)
 
         def score() -> list[float]:
             with torch.no_grad():
-                logits = self.model(input_ids=ids).logits[0, at].float()
+                logits = model(input_ids=ids).logits[0, at].float()
             return torch.log_softmax(logits, dim=-1).gather(-1, ids[0, at + 1, None])[:, 0].tolist()
 
         with_adapter = score()
-        with self.model.disable_adapter():
+        with model.disable_adapter():
             base = score()
         return with_adapter, base
 
-    def save_merged(self, out: str | Path) -> Path:
+    def save_merged(self, out: str | os.PathLike[str]) -> Path:
         """Write base + the active adapter merged into one fp32 checkpoint (weights and config), merged on a copy
         so this model keeps its unmerged base weights exactly."""
         import copy
@@ -121,7 +125,7 @@ def reference_logprobs(model_path: str, adapter_path: str, prompt_ids: list[int]
     return ref.logprobs(prompt_ids, reply_ids)
 
 
-def verify_adapter(server: "VLLMServer", name: str, adapter_path: str, *, tolerance: float = 0.05,
+def verify_adapter(server: VLLMServer, name: str, adapter_path: str | os.PathLike[str], *, tolerance: float = 0.05,
                    probe: str | None = None, merged: bool = False) -> dict[str, float]:
     """Compare the log-probs of the tokens the server samples for adapter `name` with transformers + peft for
     `adapter_path`.

@@ -10,7 +10,7 @@ team of the same agents where the model picks the next speaker. AutoGen agents k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.conditions import MaxMessageTermination, TextMentionTermination
@@ -20,7 +20,11 @@ from autogen_ext.models.openai import OpenAIChatCompletionClient
 from stratagem.integrations.benchmarks import Question, extract_answer, task_text
 from stratagem.integrations.debate import ChatConfig, Solution
 
-MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
+if TYPE_CHECKING:
+    from autogen_agentchat.base import ChatAgent, Team
+    from autogen_core.models import ModelInfo
+
+MODEL_INFO: ModelInfo = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
               "structured_output": False}
 TEAMS = ("two_agent", "round_robin", "selector")
 
@@ -50,9 +54,10 @@ def two_agent_team(client: OpenAIChatCompletionClient, max_assistant_turns: int 
     return RoundRobinGroupChat([solver, proxy], termination_condition=stop)
 
 
-def _solvers_and_verifier(client: OpenAIChatCompletionClient, solvers: int) -> list[AssistantAgent]:
-    team = [AssistantAgent(f"solver_{i}", model_client=client, system_message=TEAM_SOLVER_SYSTEM.format(name=f"solver_{i}"),
-                           description="Solves the problem step by step.") for i in range(solvers)]
+def _solvers_and_verifier(client: OpenAIChatCompletionClient, solvers: int) -> list[ChatAgent | Team]:
+    team: list[ChatAgent | Team] = [
+        AssistantAgent(f"solver_{i}", model_client=client, system_message=TEAM_SOLVER_SYSTEM.format(name=f"solver_{i}"),
+                       description="Solves the problem step by step.") for i in range(solvers)]
     team.append(AssistantAgent("verifier", model_client=client, system_message=VERIFIER_SYSTEM,
                                description="Checks the solvers' answers and states the final one."))
     return team

@@ -12,9 +12,10 @@ import csv
 import random
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stratagem.files import read_json_lines
 

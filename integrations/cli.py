@@ -11,8 +11,9 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import typer
 
@@ -27,7 +28,7 @@ def _split(csv_list: str, what: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def endpoint(base_url: Optional[list[str]] | str, adapters: list[str], model: str = "default") -> Iterator[str]:
+def endpoint(base_url: list[str] | None | str, adapters: list[str], model: str = "default") -> Iterator[str]:
     """The endpoint to use: `base_url` as given (one URL, or several joined by commas: repeated --base-url,
     comma-separated lists and files of URLs, see stratagem.endpoints.parse_endpoints), or a server started here
     (adapters loaded) for the block."""
@@ -120,7 +121,7 @@ class LineProgress:
         self.stream = stream or sys.stderr
         self.tasks: list[dict[str, Any]] = []
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -162,9 +163,9 @@ def _progress() -> Any:
 @eval_app.command("mas")
 def eval_mas(
     system: str = typer.Option("single", help="single, autogen, mad or debate."),
-    benchmark: Optional[str] = typer.Option(None, help="gsm8k, math500, aime, amc, gpqa, aqua (AQUA-RAT) or "
+    benchmark: str | None = typer.Option(None, help="gsm8k, math500, aime, amc, gpqa, aqua (AQUA-RAT) or "
                                             "mmlu_stem (with --table: a comma-separated list, default all seven)."),
-    data: Optional[str] = typer.Option(None, help="Benchmark file (JSONL; CSV for GPQA; an MMLU file's STEM "
+    data: str | None = typer.Option(None, help="Benchmark file (JSONL; CSV for GPQA; an MMLU file's STEM "
                                        "subjects for mmlu_stem). Default: the hub. With --table: NAME=PATH pairs "
                                        "separated by commas (benchmarks left out come from the hub)."),
     table: bool = typer.Option(False, "--table", help="Every (system, benchmark) pair for each model, laid out as "
@@ -172,35 +173,35 @@ def eval_mas(
                                "the average, each model's difference from the first with a paired 95% interval); "
                                "needs --out (resumable)."),
     systems: str = typer.Option("mad,autogen", help="--table: the systems, comma-separated."),
-    reference: Optional[str] = typer.Option(None, help="--table: print a published table's rows beside ours: "
+    reference: str | None = typer.Option(None, help="--table: print a published table's rows beside ours: "
                                             "marshal (the cells of MARSHAL's Table 1 its public sources state; the "
                                             "rest n/a) or a YAML file of that shape with every cell filled."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N questions (of the sample)."),
+    limit: int | None = typer.Option(None, help="Only the first N questions (of the sample)."),
     sample: str = typer.Option("first", help="first: the file's order; maslab: MASLab's sample (one shuffle with "
                                "seed 2024, the first 500, repeated questions dropped)."),
     repeats: int = typer.Option(1, help="Answer each question this many times (seeds seed .. seed+K-1); accuracy "
                                 "and its interval over repeats and questions."),
     models: str = typer.Option("base", help="Comma-separated served model / adapter names; the first is the reference."),
-    out: Optional[str] = typer.Option(None, help="Directory for per-question JSONL with transcripts (resumable)."),
+    out: str | None = typer.Option(None, help="Directory for per-question JSONL with transcripts (resumable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    base_url: Optional[list[str]] = typer.Option(None, help="Use this endpoint instead of starting a server; "
+    base_url: list[str] | None = typer.Option(None, help="Use this endpoint instead of starting a server; "
                                                  "repeat it, or give a comma-separated list or a file of URLs, to "
                                                  "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
     concurrency: int = typer.Option(8, help="Questions in flight at once."),
-    protocol: Optional[str] = typer.Option(None, help="stratagem: this project's MAD and AutoGen; maslab: MASLab's "
+    protocol: str | None = typer.Option(None, help="stratagem: this project's MAD and AutoGen; maslab: MASLab's "
                                            "structure, as MARSHAL evaluated (3 debate rounds, a judge reading the "
                                            "first round; a two-agent AutoGen chat either side ends with TERMINATE). "
                                            "Default: maslab for a --run trained with a marshal preset, else "
                                            "stratagem."),
-    run: Optional[str] = typer.Option(None, help="The training run the models come from: its preset picks the "
+    run: str | None = typer.Option(None, help="The training run the models come from: its preset picks the "
                                       "default --protocol."),
-    prompts: Optional[str] = typer.Option(None, help="--protocol maslab: a YAML file with the keys of "
+    prompts: str | None = typer.Option(None, help="--protocol maslab: a YAML file with the keys of "
                                           "integrations/prompts/maslab.yaml (e.g. MASLab's own texts)."),
-    max_tokens: Optional[int] = typer.Option(None, help="Longest reply of one agent turn (default 256; maslab: "
+    max_tokens: int | None = typer.Option(None, help="Longest reply of one agent turn (default 256; maslab: "
                                              "2048)."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 0.7; maslab: 0.5)."),
-    rounds: Optional[int] = typer.Option(None, help="Debate rounds (mad default 3, debate default 2; maslab "
+    temperature: float | None = typer.Option(None, help="Sampling temperature (default 0.7; maslab: 0.5)."),
+    rounds: int | None = typer.Option(None, help="Debate rounds (mad default 3, debate default 2; maslab "
                                          "autogen: assistant turns, default 3)."),
     agents: int = typer.Option(3, help="debate: agents; autogen round_robin/selector: solvers."),
     team: str = typer.Option("two_agent", help="autogen team: two_agent, round_robin or selector."),
@@ -209,7 +210,6 @@ def eval_mas(
 ) -> None:
     """Run a multi-agent system on a benchmark with each model; accuracy with 95% CIs and paired differences."""
     from stratagem.console import console
-
     from stratagem.integrations.benchmarks import BenchmarkFormatError, load_benchmark
     from stratagem.integrations.mas_eval import CI_METHODS, SYSTEMS, EvalConfig, run_eval, summary_table
 
@@ -252,14 +252,16 @@ def eval_mas(
                 raise ValueError(f"--data names {', '.join(sorted(unknown))}, which --benchmark does not list")
             by_bench = {b: load_benchmark(b, paths.get(b), limit=limit, seed=seed, sample=sample) for b in benches}
         else:
+            assert benchmark is not None  # required without --table (checked above)
             questions = load_benchmark(benchmark, data, limit=limit, seed=seed, sample=sample)
     except (BenchmarkFormatError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     names = _split(models, "--models")
     if table:
         from stratagem.integrations.mas_table import run_table, table_markdown
 
+        assert out is not None  # --table needs --out (checked above)
         with endpoint(base_url, adapter) as url:
             cfg = EvalConfig(models=names, base_url=url, out=out, concurrency=concurrency, temperature=temperature,
                              max_tokens=max_tokens, seed=seed, rounds=rounds, agents=agents, team=team, ci=ci,
@@ -299,36 +301,36 @@ def eval_mas(
 @eval_app.command("games")
 def eval_games(
     models: str = typer.Option("base", help="Comma-separated served model / adapter names."),
-    games: Optional[str] = typer.Option(None, help="Comma-separated game names (default: all six strategic games)."),
+    games: str | None = typer.Option(None, help="Comma-separated game names (default: all six strategic games)."),
     opponent: str = typer.Option("auto", help="auto (MARS's: mcts:100 on tic-tac-toe and Connect Four, cfr on "
                                  "Kuhn, nash on Leduc, the model itself on Hanabi), marshal (MARSHAL's evaluation: "
                                  "also mcts:1000 on tic-tac-toe, mcts:10 on Connect Four), an agent spec (mcts:N, "
                                  "cfr, nash, random), self, or GAME=SPEC pairs separated by commas (SPEC|SPEC: "
                                  "several opponents of one game)."),
-    mcts_simulations: Optional[int] = typer.Option(None, help="Simulations of the auto MCTS opponent (default 100; "
+    mcts_simulations: int | None = typer.Option(None, help="Simulations of the auto MCTS opponent (default 100; "
                                                    "MARS also reports 1000 on tic-tac-toe, 10 on Connect Four)."),
     episodes: int = typer.Option(10, help="Episodes per model, game and seat order."),
-    run: Optional[str] = typer.Option(None, help="A training run directory: its config.yaml's sampling and reply "
+    run: str | None = typer.Option(None, help="A training run directory: its config.yaml's sampling and reply "
                                       "format (what the model was trained with); the flags below override it."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default: the run's, else 0.6)."),
-    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling mass (default: the run's, else 0.99)."),
-    top_k: Optional[int] = typer.Option(None, help="Top-k sampling, -1 off (default: the run's, else 100)."),
-    max_tokens: Optional[int] = typer.Option(None, help="Longest reply of one move (default: the run's, else 48)."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string, repeatable; backslash escapes "
+    temperature: float | None = typer.Option(None, help="Sampling temperature (default: the run's, else 0.6)."),
+    top_p: float | None = typer.Option(None, help="Nucleus sampling mass (default: the run's, else 0.99)."),
+    top_k: int | None = typer.Option(None, help="Top-k sampling, -1 off (default: the run's, else 100)."),
+    max_tokens: int | None = typer.Option(None, help="Longest reply of one move (default: the run's, else 48)."),
+    stop: list[str] | None = typer.Option(None, "--stop", help="Stop string, repeatable; backslash escapes "
                                              "decoded ('\\n'); 'none' for none (default: the run's, else '>' "
                                              "and newline)."),
-    response_prefix: Optional[str] = typer.Option(None, help="Forced start of every reply; '{legal_prefix}' is the "
+    response_prefix: str | None = typer.Option(None, help="Forced start of every reply; '{legal_prefix}' is the "
                                                   "start the legal actions share (default: the run's, else "
                                                   "'<answer>{legal_prefix}'; '' for none)."),
-    open_answer: Optional[bool] = typer.Option(None, "--open-answer/--closed-answer", help="Accept an answer left "
+    open_answer: bool | None = typer.Option(None, "--open-answer/--closed-answer", help="Accept an answer left "
                                                "unclosed by the stop string (default: the run's, else open)."),
-    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Require <think>...</think> before the "
+    think: bool | None = typer.Option(None, "--think/--no-think", help="Require <think>...</think> before the "
                                          "answer (default: the run's, else no)."),
-    vllm_extensions: Optional[bool] = typer.Option(None, "--vllm-extensions/--no-vllm-extensions", help="Send "
+    vllm_extensions: bool | None = typer.Option(None, "--vllm-extensions/--no-vllm-extensions", help="Send "
                                                    "vLLM's extra request fields (top_k, stop strings kept)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
-    out: Optional[str] = typer.Option(None, help="Directory for the episodes (JSONL) and the summary."),
-    base_url: Optional[list[str]] = typer.Option(None, help="Use this endpoint instead of starting a server; "
+    out: str | None = typer.Option(None, help="Directory for the episodes (JSONL) and the summary."),
+    base_url: list[str] | None = typer.Option(None, help="Use this endpoint instead of starting a server; "
                                                  "repeat it, or give a comma-separated list or a file of URLs, to "
                                                  "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server "
@@ -337,7 +339,7 @@ def eval_games(
                                         "LoRA path, all models at once), merged (each merged into the base weights "
                                         "in turn, verified, at base speed; models played one after the other), "
                                         "auto (merged on a machine without a GPU)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", help="Bearer token for --base-url (a server started "
+    api_key: str | None = typer.Option(None, "--api-key", help="Bearer token for --base-url (a server started "
                                           "with --api-key)."),
     concurrency: int = typer.Option(8, help="Games in flight at once."),
     seed: int = typer.Option(0, help="Seed of the first game."),
@@ -346,29 +348,37 @@ def eval_games(
     95% intervals, in the training reply protocol."""
     import dataclasses
 
-    from stratagem.console import console
-
     from stratagem.agents.sampling import SamplingConfig
     from stratagem.config import check
+    from stratagem.console import console
     from stratagem.games.base import ReplyFormat
-    from stratagem.integrations.games_eval import GamesEvalConfig, parse_stop, plan, results_table, run_games_eval, \
-        run_protocol
+    from stratagem.integrations.games_eval import (
+        GamesEvalConfig,
+        parse_stop,
+        plan,
+        results_table,
+        run_games_eval,
+        run_protocol,
+    )
 
     try:
         sampling, reply = run_protocol(run) if run else (SamplingConfig(), ReplyFormat())
-        sampling = dataclasses.replace(sampling, **{k: v for k, v in (
+        sampling_given: dict[str, Any] = {k: v for k, v in (
             ("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_tokens", max_tokens),
-            ("stop", parse_stop(stop) if stop else None), ("vllm_extensions", vllm_extensions)) if v is not None})
-        reply = dataclasses.replace(reply, **{k: v for k, v in (
-            ("response_prefix", response_prefix), ("open_answer", open_answer), ("think", think)) if v is not None})
+            ("stop", parse_stop(stop) if stop else None), ("vllm_extensions", vllm_extensions)) if v is not None}
+        sampling = dataclasses.replace(sampling, **sampling_given)
+        reply_given: dict[str, Any] = {k: v for k, v in (
+            ("response_prefix", response_prefix), ("open_answer", open_answer), ("think", think)) if v is not None}
+        reply = dataclasses.replace(reply, **reply_given)
+        games_given: dict[str, Any] = {"games": _split(games, "--games")} if games else {}
         cfg = GamesEvalConfig(models=_split(models, "--models"), opponent=opponent, mcts_simulations=mcts_simulations,
                               episodes=episodes, out=out, concurrency=concurrency, seed=seed, sampling=sampling,
-                              reply=reply, api_key=api_key, **({"games": _split(games, "--games")} if games else {}))
+                              reply=reply, api_key=api_key, **games_given)
         check(sampling, "sampling")
         total = len(plan(cfg)) * episodes
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     from stratagem.cli import _parse_adapters
 
     adapter = run_adapters(run, cfg.models, adapter) if not base_url else adapter
@@ -397,22 +407,22 @@ def eval_mystery(
     seed: int = typer.Option(0, help="First seed."),
     protocol: str = typer.Option("mirage", help="mirage: MIRAGE's game and judges (MysteryConfig.mirage); "
                                  "stratagem: compact prompts and one judge, for small models."),
-    rounds: Optional[int] = typer.Option(None, help="Conversation rounds per stage (default: mirage 5, "
+    rounds: int | None = typer.Option(None, help="Conversation rounds per stage (default: mirage 5, "
                                          "stratagem 2; lower it for a CPU budget)."),
     judge: str = typer.Option("base", help="Served model of the judge (mirage: of the summaries, and the default "
                               "evaluation model)."),
-    eval_model: Optional[str] = typer.Option(None, help="mirage: the model that grades ICI and SCI (default: "
+    eval_model: str | None = typer.Option(None, help="mirage: the model that grades ICI and SCI (default: "
                                              "--judge)."),
-    eval_base_url: Optional[str] = typer.Option(None, help="mirage: the OpenAI-compatible endpoint of "
+    eval_base_url: str | None = typer.Option(None, help="mirage: the OpenAI-compatible endpoint of "
                                                 "--eval-model (default: the players' endpoint)."),
-    eval_api_key: Optional[str] = typer.Option(None, help="mirage: the bearer token of --eval-base-url."),
-    prompts: Optional[str] = typer.Option(None, help="mirage: a folder of prompt files (en.yaml, zh.yaml) that "
+    eval_api_key: str | None = typer.Option(None, help="mirage: the bearer token of --eval-base-url."),
+    prompts: str | None = typer.Option(None, help="mirage: a folder of prompt files (en.yaml, zh.yaml) that "
                                           "replace the shipped prompts key by key."),
-    summary_tokens: Optional[int] = typer.Option(None, help="Summarise each character's script with the served "
+    summary_tokens: int | None = typer.Option(None, help="Summarise each character's script with the served "
                                                  "model to this many tokens first (mirage: 1500)."),
     out: str = typer.Option("runs/eval-mystery", help="Folder of per-game JSONL and transcripts; reruns resume."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
-    base_url: Optional[list[str]] = typer.Option(None, help="Use this endpoint instead of starting a server; "
+    base_url: list[str] | None = typer.Option(None, help="Use this endpoint instead of starting a server; "
                                                  "repeat it, or give a comma-separated list or a file of URLs, to "
                                                  "spread the work over several endpoints serving the same models."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
@@ -421,7 +431,6 @@ def eval_mystery(
     """The murder mystery as MIRAGE evaluates it: Victory, TII, CIC, ICI, SCI, Overall per script and averaged,
     95% intervals over seeds, a leaderboard row per model."""
     from stratagem.console import console
-
     from stratagem.games.mystery.evaluate import MysteryEvalConfig, expand_scripts, leaderboard, run_mystery_eval
     from stratagem.games.mystery.game import MysteryConfig
 
@@ -439,7 +448,7 @@ def eval_mystery(
         total = len(cfg.models) * len(expand_scripts(cfg.scripts)) * seeds
     except (ValueError, FileNotFoundError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     with endpoint(base_url, adapter) as url, _progress() as progress:
         task = progress.add_task("mystery games", total=total)
         result = asyncio.run(run_mystery_eval(cfg, url, on_game=lambda: progress.advance(task)))
@@ -454,14 +463,14 @@ def eval_exact(
     models: str = typer.Option("base", help="Comma-separated served model / adapter names, or the bots random, "
                                "cfr, nash (no server needed)."),
     games: str = typer.Option("kuhn_poker", help="Comma-separated games: kuhn_poker, leduc_poker."),
-    run: Optional[str] = typer.Option(None, help="A training run directory: its reply protocol (what the model was "
+    run: str | None = typer.Option(None, help="A training run directory: its reply protocol (what the model was "
                                       "trained with)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
-    out: Optional[str] = typer.Option(None, help="Directory for the policy tables (reused by a rerun) and the "
+    out: str | None = typer.Option(None, help="Directory for the policy tables (reused by a rerun) and the "
                                       "summary."),
-    base_url: Optional[list[str]] = typer.Option(None, help="Use this vLLM endpoint instead of starting a server."),
+    base_url: list[str] | None = typer.Option(None, help="Use this vLLM endpoint instead of starting a server."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH adapter to load into the started server."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", help="Bearer token for --base-url."),
+    api_key: str | None = typer.Option(None, "--api-key", help="Bearer token for --base-url."),
     concurrency: int = typer.Option(8, help="Scoring requests in flight at once."),
     source: str = typer.Option("vllm", help="vllm: the served models' prompt log-probs; trainer: the model loaded "
                                "here (exact, faster on a CPU; adapters from --run RUN/adapters/NAME)."),
@@ -492,7 +501,7 @@ def eval_exact(
                               reply=reply, api_key=api_key, source=source, model_path=model, run=run)
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     served = [m for m in names if m not in BOT_POLICIES] if source == "vllm" else []
     with contextlib.ExitStack() as stack, _progress() as progress:
         if served:

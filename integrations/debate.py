@@ -215,7 +215,8 @@ class MADDebate:
             raise ValueError(f"MADConfig.rounds must be >= 1, got {self.config.rounds}")
 
     async def solve(self, q: Question) -> Solution:
-        topic, transcript = task_text(q), []
+        topic = task_text(q)
+        transcript: list[dict[str, Any]] = []
         llm = make_llm(self.config.chat)
         aff = Speaker("affirmative", PLAYER_META.format(topic=topic), llm, transcript)
         neg = Speaker("negative", PLAYER_META.format(topic=topic), llm, transcript)

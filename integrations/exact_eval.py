@@ -35,9 +35,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from stratagem.agents.sampling import SamplingConfig
 from stratagem.games.base import GameConfig, ReplyFormat, parse_answer, response_prefix
@@ -273,11 +274,11 @@ class TrainerScorer:
         self._vocab: list[str] | None = None
 
     @classmethod
-    def from_pretrained(cls, model_path: str, adapter_path: str | None, sampling: SamplingConfig) -> "TrainerScorer":
+    def from_pretrained(cls, model_path: str, adapter_path: str | None, sampling: SamplingConfig) -> TrainerScorer:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)  # or the PeftModel around it
         if adapter_path:
             from peft import PeftModel
 
@@ -447,6 +448,7 @@ def expected_returns(game: str, policies: list[PolicyTable], forfeit_illegal: bo
         for a, p in probs.items():
             out = [o + mass * p * v for o, v in zip(out, value(state.child(a)))]
         if mass < 1.0:
+            assert scorer_game is not None  # mass < 1 only with forfeit_illegal
             scorer_game.state = state
             lost = scorer_game.normal_loss(seat)
             out[seat] -= (1.0 - mass) * lost

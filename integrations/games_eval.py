@@ -27,9 +27,10 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stratagem.agents import close_agents
 from stratagem.agents.sampling import SamplingConfig

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stratagem.concurrency import map_concurrent
 from stratagem.files import Journal

@@ -86,7 +86,8 @@ async def run_table(base: EvalConfig, systems: list[str], questions: dict[str, l
                                  "n": {}}
         means: dict[str, dict[str, dict[str, float]]] = {m: {} for m in base.models}
         for bench, qs in questions.items():
-            cfg = dataclasses.replace(base, system=system, out=str(out / system / bench))
+            bench_out = str(out / system / bench)
+            cfg = dataclasses.replace(base, system=system, out=bench_out)
             summary = await run_eval(cfg, qs, on_result=on_result)
             for m in base.models:
                 block["models"][m][bench] = summary["models"][m]["accuracy"]
@@ -95,7 +96,7 @@ async def run_table(base: EvalConfig, systems: list[str], questions: dict[str, l
             block["n"][bench] = len(qs)
             ids = {q.id for q in qs}
             for m in base.models:
-                done = load_done(results_path(cfg.out, m)).values()  # this run's records, errors left out
+                done = load_done(results_path(bench_out, m)).values()  # this run's records, errors left out
                 means[m][bench] = per_question([r for r in done if str(r.get("question", r["id"])) in ids])
         for m in base.models:
             accs = list(block["models"][m].values())

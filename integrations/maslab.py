@@ -107,34 +107,42 @@ class MASLabMAD:
             raise ValueError(f"MAD rounds must be >= 1, got {rounds}")
         self.chat, self.rounds, self.p = chat or ChatConfig(), rounds, prompts or load_prompts()
 
+    def _prompt(self, key: str) -> str:
+        """The prompt `key`: text (of the prompts only autogen_proxy_system may be null, and MAD does not use it)."""
+        text = self.p[key]
+        if text is None:
+            raise ValueError(f"prompt {key!r} is null; MAD needs it as text")
+        return text
+
     async def solve(self, q: Question) -> Solution:
-        topic, p, transcript = q.prompt, self.p, []
+        topic, p = q.prompt, self._prompt
+        transcript: list[dict[str, Any]] = []
         meta: dict[str, Any] = {"calls": 0, "cut_off": 0}
         llm = make_llm(self.chat)
-        aff = _Member("affirmative", p["mad_player_system"].format(topic=topic), llm, transcript, meta)
-        neg = _Member("negative", p["mad_player_system"].format(topic=topic), llm, transcript, meta)
-        mod = _Member("moderator", p["mad_moderator_system"].format(topic=topic), llm, transcript, meta)
+        aff = _Member("affirmative", p("mad_player_system").format(topic=topic), llm, transcript, meta)
+        neg = _Member("negative", p("mad_player_system").format(topic=topic), llm, transcript, meta)
+        mod = _Member("moderator", p("mad_moderator_system").format(topic=topic), llm, transcript, meta)
         try:
             verdict, rounds_run, decided_by = Verdict(), 0, "moderator"
             for r in range(1, self.rounds + 1):
                 rounds_run = r
                 if r == 1:
-                    a = await aff.say(p["mad_affirmative_first"].format(topic=topic), r)
-                    n = await neg.say(p["mad_negative_first"].format(aff=a), r)
+                    a = await aff.say(p("mad_affirmative_first").format(topic=topic), r)
+                    n = await neg.say(p("mad_negative_first").format(aff=a), r)
                 else:
-                    a = await aff.say(p["mad_rebuttal"].format(other=neg.answers[-1]), r)
-                    n = await neg.say(p["mad_rebuttal"].format(other=a), r)
+                    a = await aff.say(p("mad_rebuttal").format(other=neg.answers[-1]), r)
+                    n = await neg.say(p("mad_rebuttal").format(other=a), r)
                 ordinal = ORDINALS[r - 1] if r <= len(ORDINALS) else f"{r}th"
-                verdict = parse_verdict(await mod.say(p["mad_moderator_round"].format(ordinal=ordinal, aff=a, neg=n),
+                verdict = parse_verdict(await mod.say(p("mad_moderator_round").format(ordinal=ordinal, aff=a, neg=n),
                                                       r))
                 if verdict.answer:  # MASLab stops on a non-empty debate_answer, preference or not
                     break
             if not verdict.answer:
                 decided_by = "judge"
-                judge = _Member("judge", p["mad_moderator_system"].format(topic=topic), llm, transcript, meta)
+                judge = _Member("judge", p("mad_moderator_system").format(topic=topic), llm, transcript, meta)
                 # the judge reads the first round's answers, as MASLab's memory_lst[2] gives them
-                await judge.say(p["mad_judge_candidates"].format(aff=aff.answers[0], neg=neg.answers[0]), rounds_run)
-                verdict = parse_verdict(await judge.say(p["mad_judge_decide"].format(topic=topic), rounds_run))
+                await judge.say(p("mad_judge_candidates").format(aff=aff.answers[0], neg=neg.answers[0]), rounds_run)
+                verdict = parse_verdict(await judge.say(p("mad_judge_decide").format(topic=topic), rounds_run))
         finally:
             await llm.aclose()
         final = verdict.answer

@@ -184,7 +184,7 @@ class EndpointGroup(Serving):
 
     def __init__(self, urls: Sequence[str], model_path: str | None = None, *, api_key: str | None = None,
                  sync: str | None = None):
-        self.pool = EndpointPool(urls, api_key=api_key)
+        self.pool: EndpointPool = EndpointPool(urls, api_key=api_key)
         self.servers = [VLLMServer.attach(u, model_path=model_path, api_key=api_key) for u in self.pool.urls]
         self.sync = sync
 

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -204,7 +204,8 @@ class VLLMServer:
         self._owned = True
         self.policy_version: str | None = None
         self._base_url: str | None = None
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
+        self._slept_level: int | None = None  # the level of the last sleep, until the wake-up
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     @classmethod

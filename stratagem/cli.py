@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Optional
 
 import typer
 
@@ -24,7 +23,7 @@ def model_fetch(name: str = typer.Argument("smollm2-135m-instruct", help="Regist
         typer.echo(str(fetch(name)))
     except ModelFetchError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @model_app.command("list")
@@ -53,7 +52,7 @@ def serve(
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH of a LoRA adapter to serve (repeatable)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, help="Port to bind."),
-    api_key: Optional[str] = typer.Option(None, help="Require this API key."),
+    api_key: str | None = typer.Option(None, help="Require this API key."),
     max_lora_rank: int = typer.Option(16, help="Largest LoRA rank accepted."),
     dtype: str = typer.Option("auto", help="Engine dtype."),
     max_model_len: int = typer.Option(4096, min=0, help="Longest prompt + completion in tokens (vLLM --max-model-len; "
@@ -89,7 +88,7 @@ def serve(
         pass
     except ServerError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 def _register_areas() -> None:
@@ -115,7 +114,8 @@ def unreachable_endpoint(exc: BaseException) -> tuple[str, str] | None:
     import httpx
     import openai
 
-    stack, seen = [exc], set()
+    stack: list[BaseException | None] = [exc]
+    seen: set[int] = set()
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:

@@ -4,7 +4,8 @@ rollout, questions of an evaluation, judge prompts), so an OpenAI-compatible ser
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -22,8 +22,8 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping
-from typing import Any, Callable, Iterator, Literal, Union
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal, Union
 
 __all__ = ["ConfigError", "check", "flag_parser", "from_dict", "leaf_fields", "merge", "missing_help",
            "parse_flags", "to_dict"]
@@ -82,7 +82,7 @@ def describe(tp: Any) -> str:
         return f"a list of {_plural(args[0])}" if args else "a list"
     if origin is dict or tp is dict:
         return "a mapping"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return f"a mapping of {tp.__name__} fields"
     return getattr(tp, "__name__", str(tp))
 
@@ -378,7 +378,7 @@ def flag_parser(cls: type, *, aliases: Mapping[str, str] | None = None, base: An
         names = [p] + short.get(p, [])
         shown = [f"--{n.replace('_', '-')}" for n in names]
         hidden = [f"--{n}" for n in names if f"--{n}" not in shown]  # the underscore spellings work too
-        convert: Callable[[str], Any] = lambda text, tp=tp: parse_text(tp, text)
+        convert = _converter(tp)
         members, _ = _optional_parts(tp)
         kw: dict[str, Any] = dict(dest=_DEST + p, type=convert, default=argparse.SUPPRESS, metavar=_metavar(tp))
         if members == [bool]:
@@ -387,6 +387,11 @@ def flag_parser(cls: type, *, aliases: Mapping[str, str] | None = None, base: An
         if hidden:
             group.add_argument(*hidden, help=argparse.SUPPRESS, **kw)
     return parser
+
+
+def _converter(tp: Any) -> Callable[[str], Any]:
+    """The argparse `type=` of a flag of type `tp`."""
+    return lambda text: parse_text(tp, text)
 
 
 def parse_flags(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[dict[str, Any], argparse.Namespace]:

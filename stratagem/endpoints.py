@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shlex
-import subprocess
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -227,7 +225,7 @@ def shared_pool(urls: Sequence[str], api_key: str | None = None) -> EndpointPool
 
 
 class _Completions:
-    def __init__(self, owner: "RoutedClient"):
+    def __init__(self, owner: RoutedClient):
         self._owner = owner
 
     async def create(self, **kw: Any) -> Any:
@@ -235,7 +233,7 @@ class _Completions:
 
 
 class _Chat:
-    def __init__(self, owner: "RoutedClient"):
+    def __init__(self, owner: RoutedClient):
         self.completions = _Completions(owner)
 
 

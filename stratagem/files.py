@@ -8,8 +8,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from stratagem import faults
 
@@ -229,7 +230,7 @@ class Journal(AppendLog):
         self.sidecar = self.path.with_name(self.path.name + ".commit.json")
         self._opened = False
 
-    def open(self) -> "Journal":
+    def open(self) -> Journal:
         """Verify the committed records and cut an uncommitted tail; raises StoreDamage (with the way out) when the
         committed part is not intact. Idempotent."""
         if self._opened:

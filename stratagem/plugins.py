@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 GROUPS = {"games": "stratagem.games", "advantages": "stratagem.advantages", "losses": "stratagem.losses"}
 _loaded: set[str] = set()

@@ -65,8 +65,9 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[
 
 
 def print_comparison(before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str) -> None:
-    from stratagem.console import console
     from rich.table import Table
+
+    from stratagem.console import console
 
     rows = comparison_rows(before, after)
     if not rows:
@@ -113,7 +114,7 @@ def print_exact_comparison(before: dict[str, Any], after: dict[str, Any], before
     for game, a in after.get("per_game", {}).items():
         b = before.get("per_game", {}).get(game, {})
 
-        def cell(key: str, sub: str | None = None) -> str:
+        def cell(key: str, sub: str | None = None, a: dict = a, b: dict = b) -> str:
             x = b.get(key, {}).get(sub) if sub else b.get(key)
             y = a.get(key, {}).get(sub) if sub else a.get(key)
             return f"{x:.4f} -> {y:.4f}" if x is not None else f"- -> {y:.4f}"

@@ -22,8 +22,9 @@ Sharding the weights (FSDP) is a different trade: see `DistributedConfig.strateg
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -138,6 +139,8 @@ class Distributed:
             import torch.distributed as dist
 
             if self._backend_needs_device():
+                if self.device is None:
+                    raise RuntimeError("Distributed.barrier: the nccl backend needs this rank's CUDA device; none set")
                 dist.barrier(device_ids=[self.device.index or 0])
             else:
                 dist.barrier()

@@ -10,16 +10,17 @@ ids) are left out of the dataset too.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from stratagem.training.samples import has_tokens
 
 
 def trained_rows(run_dir: str | Path) -> Iterator[dict[str, Any]]:
     from stratagem.training.advantages import advantage_names, get_advantage
-    from stratagem.training.losses import maro_labels
     from stratagem.training.loop import RunConfig, learner_for
+    from stratagem.training.losses import maro_labels
     from stratagem.training.run_store import RunStore
 
     store = RunStore(run_dir)

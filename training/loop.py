@@ -149,7 +149,7 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
     else:
         adv = get_advantage(lc.algo)(episodes, learner, cfg.advantage, adv_state)
         batch = build_batch(episodes, lambda i, j: adv[i][j] is not None, pack=tc.pack, max_seq_len=tc.max_seq_len)
-        targets = [float(adv[a.episode][a.turn]) for a in batch.acts]
+        targets = [float(adv[a.episode][a.turn] or 0.0) for a in batch.acts]  # build_batch kept only the non-None
         stats["adv_mean"], stats["adv_std"] = _mean_std(targets)
     if batch.dropped:  # counted in the metrics too: never a silent loss of training data
         log.warning("iteration %d: %d turn(s) longer than trainer.max_seq_len=%d tokens left out of the update; "
@@ -195,8 +195,8 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
         for k in range(done + 1, lc.iterations + 1):
             # 1. rollout with the current policy (retried after a server crash); rank 0 plays, the others receive
             t0 = time.perf_counter()
-            episodes = dist.broadcast_object(
-                _rollout_with_retries(rollout, lc, store, policies, k, progress) if policies else None)
+            played = _rollout_with_retries(rollout, lc, store, policies, k, progress) if policies and rollout else []
+            episodes = dist.broadcast_object(played)
             rollout_s = time.perf_counter() - t0
 
             # 2-3. advantages / labels and the update (the engine sleeps meanwhile when it shares the GPU)
@@ -252,7 +252,7 @@ def _open_run(cfg: RunConfig, out: str | Path, resume: bool, resume_from: int | 
     store = RunStore(out)
     if resume:
         cfg = resumed(RunConfig.from_dict(store.read_config()), cfg)
-        done = dist.broadcast_object(store.resume(resume_from)["iteration"] if dist.is_main else None)
+        done = int(dist.broadcast_object(store.resume(resume_from)["iteration"] if dist.is_main else 0))
     else:
         cfg.validate()
         if dist.is_main:

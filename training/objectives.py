@@ -14,13 +14,22 @@ advantages is selected by `loop.algo` directly (as `maro` is).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from stratagem.plugins import load_plugins
-from stratagem.training.losses import (MAROConfig, PPOConfig, aggregation_weights, has_mismatched_pair,
-                                       kl_reference_point, maro_act_loss, mismatched_pairs, ppo_token_loss)
+from stratagem.training.losses import (
+    MAROConfig,
+    PPOConfig,
+    aggregation_weights,
+    has_mismatched_pair,
+    kl_reference_point,
+    maro_act_loss,
+    mismatched_pairs,
+    ppo_token_loss,
+)
 from stratagem.training.samples import Batch, mismatched_samples
 
 
@@ -29,6 +38,7 @@ class Objective:
     mini-batch `on_minibatch`, and for each micro-batch `loss` (its returned losses summed over a mini-batch's
     micro-batches give the mini-batch loss), and finally `summary` with the summed statistics."""
 
+    name: str  # the name it is registered under (set by register_loss)
     uses_advantages: bool = True
     config_section: str | None = None  # the RunConfig section holding this objective's options
 

@@ -23,15 +23,23 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import yaml
 
 from stratagem import faults
-from stratagem.files import (AppendLog, StoreDamage, atomic_directory, atomic_write, check_manifest, manifest,
-                             read_json_lines)
+from stratagem.files import (
+    AppendLog,
+    StoreDamage,
+    atomic_directory,
+    atomic_write,
+    check_manifest,
+    manifest,
+    read_json_lines,
+)
 from stratagem.games.core import Episode, read_jsonl
 
 FORMAT = 2

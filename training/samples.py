@@ -10,8 +10,8 @@ token is computed once; otherwise every turn is its own sequence.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from stratagem.games.core import Episode, Turn
 
@@ -67,16 +67,25 @@ def has_tokens(turn: Turn) -> bool:
     return bool(turn.prompt_token_ids) and bool(turn.completion_token_ids)
 
 
+def _ids(turn: Turn) -> tuple[list[int], list[int]]:
+    """(prompt, completion) token ids of a turn that carries them (see `has_tokens`)."""
+    if turn.prompt_token_ids is None or turn.completion_token_ids is None:
+        raise ValueError(f"seat {turn.seat} ({turn.role}) turn has no token ids; only turns with has_tokens train")
+    return turn.prompt_token_ids, turn.completion_token_ids
+
+
 def _extends(prev: Turn, nxt: Turn) -> bool:
-    seen = list(prev.prompt_token_ids) + list(prev.completion_token_ids)
-    return list(nxt.prompt_token_ids[: len(seen)]) == seen
+    prev_prompt, prev_completion = _ids(prev)
+    seen = list(prev_prompt) + list(prev_completion)
+    return list(_ids(nxt)[0][: len(seen)]) == seen
 
 
 def _old_logprobs(turn: Turn, where: str) -> list[float]:
+    completion = _ids(turn)[1]
     if turn.logprobs is None:
-        return [math.nan] * len(turn.completion_token_ids)
-    if len(turn.logprobs) != len(turn.completion_token_ids):
-        raise ValueError(f"{where}: {len(turn.logprobs)} log-probs for {len(turn.completion_token_ids)} completion "
+        return [math.nan] * len(completion)
+    if len(turn.logprobs) != len(completion):
+        raise ValueError(f"{where}: {len(turn.logprobs)} log-probs for {len(completion)} completion "
                          "tokens; expected one sampling log-prob per completion token")
     return [float(x) for x in turn.logprobs]
 
@@ -96,7 +105,8 @@ def build_batch(episodes: list[Episode], selected: Callable[[int, int], bool], *
             for j, t in enumerate(ep.turns):
                 if t.seat != seat or not selected(i, j) or not has_tokens(t):
                     continue
-                length = len(t.prompt_token_ids) + len(t.completion_token_ids)
+                prompt_ids, completion_ids = _ids(t)
+                length = len(prompt_ids) + len(completion_ids)
                 if max_seq_len is not None and length > max_seq_len:
                     dropped += 1
                     continue
@@ -110,13 +120,14 @@ def build_batch(episodes: list[Episode], selected: Callable[[int, int], bool], *
 
 
 def _sample(chain: list[tuple[int, Turn]], acts: list[Act], i: int, ep: Episode) -> Sample:
-    last = chain[-1][1]
-    s = Sample(input_ids=list(last.prompt_token_ids) + list(last.completion_token_ids))
+    last_prompt, last_completion = _ids(chain[-1][1])
+    s = Sample(input_ids=list(last_prompt) + list(last_completion))
     for j, t in chain:
         a = len(acts)
-        n = len(t.completion_token_ids)
+        prompt_ids, completion_ids = _ids(t)
+        n = len(completion_ids)
         acts.append(Act(episode=i, turn=j, seat=t.seat, game=ep.game, role=t.role, n_tokens=n))
-        start = len(t.prompt_token_ids)
+        start = len(prompt_ids)
         s.positions.extend(range(start, start + n))
         s.acts.extend([a] * n)
         s.old_logprobs.extend(_old_logprobs(t, f"episode {ep.id or i} turn {j}"))
@@ -129,8 +140,8 @@ def mismatched_samples(episodes: list[Episode], batch: Batch, pairs: list[tuple[
     out = []
     for i, j in pairs:
         a, b = batch.acts[i], batch.acts[j]
-        prompt = list(episodes[a.episode].turns[a.turn].prompt_token_ids)
-        reply = list(episodes[b.episode].turns[b.turn].completion_token_ids)
+        prompt = list(_ids(episodes[a.episode].turns[a.turn])[0])
+        reply = list(_ids(episodes[b.episode].turns[b.turn])[1])
         out.append(Sample(input_ids=prompt + reply, positions=list(range(len(prompt), len(prompt) + len(reply))),
                           acts=[i] * len(reply), old_logprobs=[math.nan] * len(reply)))
     return out

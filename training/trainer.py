@@ -12,9 +12,10 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from stratagem import faults
 from stratagem.training.losses import MAROConfig, PPOConfig, token_entropy
 from stratagem.training.objectives import Objective, get_loss
 from stratagem.training.samples import Batch, Sample
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -185,22 +189,26 @@ class LoRATrainer:
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).to(self.device)
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
+        # transformers wraps PreTrainedModel.to with functools.wraps, so mypy loses the bound self
+        base = base.to(self.device)  # type: ignore[arg-type]  # see above: a false positive of the wrapper's stub
         if adapter_path is not None:
             self.model = PeftModel.from_pretrained(base, str(adapter_path), is_trainable=True)
         else:
             # peft takes the all-linear shorthand only as a string; a list is a set of module names
             targets = "all-linear" if list(c.target_modules) == ["all-linear"] else list(c.target_modules)
-            lora = LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=targets,
+            # peft annotates lora_alpha as int but only divides by it (alpha / r): a float alpha works
+            lora = LoraConfig(r=c.rank, lora_alpha=c.alpha,  # type: ignore[arg-type]  # peft's narrow annotation
+                              target_modules=targets,
                               lora_dropout=c.dropout, bias="none", task_type="CAUSAL_LM")
             self.model = get_peft_model(base, lora)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError(f"no LoRA parameters: none of {c.target_modules} matched a module of {model_path}")
         self.dist.broadcast_params(self.params)
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=tuple(c.betas), eps=c.adam_eps,
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=(c.betas[0], c.betas[1]), eps=c.adam_eps,
                                            weight_decay=c.weight_decay)
-        inner = self.model.get_base_model()
+        inner = cast("PreTrainedModel", self.model.get_base_model())  # peft types it as any nn.Module
         if c.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad hook
             inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._decoder = inner.get_decoder()
@@ -257,10 +265,14 @@ class LoRATrainer:
         if share == 0:
             return self._decoder(input_ids=ids, attention_mask=mask).last_hidden_state
         from transformers import DynamicCache
+        from transformers.cache_utils import CacheLayerMixin
 
         cache = DynamicCache(config=self._decoder.config)
         self._decoder(input_ids=ids[:1, :share], past_key_values=cache, use_cache=True)
         for layer in cache.layers:
+            if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:
+                raise TypeError(f"shared-prefix scoring broadcasts each layer's key / value cache; a "
+                                f"{type(layer).__name__} has none (set trainer.shared_prefix false)")
             layer.keys = layer.keys.expand(ids.shape[0], -1, -1, -1)
             layer.values = layer.values.expand(ids.shape[0], -1, -1, -1)
         return self._decoder(input_ids=ids[:, share:], attention_mask=mask, past_key_values=cache,
@@ -377,8 +389,12 @@ class LoRATrainer:
                         sums[k] = sums.get(k, 0.0) + v
                 faults.point("update.step")
                 done = (epoch * len(groups) + g) / n_steps  # of this iteration's steps
-                progress = (iteration - 1 + done) / self.total_iterations if self.config.lr_schedule == "cosine" \
-                    else 0.0
+                if self.config.lr_schedule == "cosine":
+                    # checked above and in __init__: the cosine schedule has both
+                    assert iteration is not None and self.total_iterations
+                    progress = (iteration - 1 + done) / self.total_iterations
+                else:
+                    progress = 0.0
                 lr = scheduled_lr(self.config, self.optimizer_steps, progress)
                 grad_norm = self._optimizer_step(lr)
         end = time.perf_counter()

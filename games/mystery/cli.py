@@ -8,7 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -35,7 +35,7 @@ def validate(path: str = typer.Argument(..., help="A script folder (or a folder 
         root = script_dir(path)
     except FileNotFoundError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     folders = [root] if is_script_dir(root) else sorted(p for p in root.iterdir() if is_script_dir(p))
     if not folders:
         folders = [root]  # reports the missing files
@@ -45,9 +45,9 @@ def validate(path: str = typer.Argument(..., help="A script folder (or a folder 
         if errors:
             bad += 1
             typer.secho(f"invalid: {f}", fg="red")
-            for e in errors:
-                typer.echo(f"  {f / e.file if (f / e.file).exists() or e.file == 'meta.json' else e.file}: "
-                           f"{e.path or '<root>'}: expected {e.expected}")
+            for err in errors:
+                typer.echo(f"  {f / err.file if (f / err.file).exists() or err.file == 'meta.json' else err.file}: "
+                           f"{err.path or '<root>'}: expected {err.expected}")
         else:
             typer.echo(_summary(f))
     if bad:
@@ -75,20 +75,20 @@ def _served_name(spec: str) -> str:
 
 
 def play_mystery(script: str = "lighthouse", players: str = "base", judge: str = "base", episodes: int = 1,
-                 seed: int = 0, json_out: bool = False, transcript: Optional[str] = None, rounds: int = 5,
-                 base_url: Optional[str] = None, model: Optional[str] = None,
-                 player_max_tokens: Optional[int] = None, judge_max_tokens: Optional[int] = None,
+                 seed: int = 0, json_out: bool = False, transcript: str | None = None, rounds: int = 5,
+                 base_url: str | None = None, model: str | None = None,
+                 player_max_tokens: int | None = None, judge_max_tokens: int | None = None,
                  concurrency: int = 4, structured_outputs: bool = True,
-                 summary_tokens: Optional[int] = None, protocol: str = "stratagem") -> dict[str, Any]:
+                 summary_tokens: int | None = None, protocol: str = "stratagem") -> dict[str, Any]:
     """Play `episodes` games of `script` with the served model `players` (`MODEL` or `llm:MODEL`) in every seat and
     `judge` as judge; print the aggregated metrics (one JSON object with `json_out`); write the transcript (markdown)
     to `transcript` (default runs/mystery/<script>-<time>.md) and the episodes beside it (.jsonl) with the metrics
     (.metrics.json). The endpoint is `base_url`, else $STRATAGEM_BASE_URL; with neither, a vLLM server for `model`
     (default: the default model) is started and stopped around the games. Returns the metrics object."""
-    from stratagem.console import console as make_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from stratagem.console import console as make_console
     from stratagem.games.core import write_jsonl
     from stratagem.games.mystery.game import MysteryConfig
     from stratagem.games.mystery.metrics import HEADLINE, aggregate
@@ -100,12 +100,12 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
         s = load_script(script)
     except (FileNotFoundError, ScriptError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if episodes < 1 or rounds < 0:
         raise typer.BadParameter(f"episodes must be >= 1 and rounds >= 0, got {episodes}, {rounds}")
     players, judge = _served_name(players), _served_name(judge)
-    overrides = {k: v for k, v in (("player_max_tokens", player_max_tokens), ("judge_max_tokens", judge_max_tokens))
-                 if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in (("player_max_tokens", player_max_tokens),
+                                                   ("judge_max_tokens", judge_max_tokens)) if v is not None}
     if summary_tokens is not None:
         overrides["summary_tokens"] = summary_tokens
     if protocol not in ("stratagem", "mirage"):
@@ -140,11 +140,12 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
     write_jsonl(eps, jsonl_path)
     md_path.write_text(transcript_markdown(eps), encoding="utf-8")
     per_game = [{k: v for k, v in e.metrics.items() if not isinstance(v, (dict, list))} for e in eps]
-    result = {"script": s.name, "players": players, "judge": judge, "rounds": rounds, "protocol": protocol,
-              "wall_s": round(wall_s, 1),
-              "metrics": aggregate(per_game),
-              "per_game": per_game, "episodes_path": str(jsonl_path), "transcript_path": str(md_path),
-              "metrics_path": str(metrics_path)}
+    result: dict[str, Any] = {
+        "script": s.name, "players": players, "judge": judge, "rounds": rounds, "protocol": protocol,
+        "wall_s": round(wall_s, 1),
+        "metrics": aggregate(per_game),
+        "per_game": per_game, "episodes_path": str(jsonl_path), "transcript_path": str(md_path),
+        "metrics_path": str(metrics_path)}
     metrics_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     if json_out:
         typer.echo(json.dumps(result))

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from stratagem.games.core import Episode, Observation, Reply, read_jsonl, write_jsonl
 from stratagem.games.mystery.game import CIVILIAN, CONVERSE, SELECT, VOTE, MysteryConfig, MysteryGame

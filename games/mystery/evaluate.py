@@ -9,14 +9,14 @@ the same `out` loads the games already there and plays only the missing ones (re
 
 from __future__ import annotations
 
-from stratagem.concurrency import map_concurrent
-
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Any, Callable
+from typing import Any
 
+from stratagem.concurrency import map_concurrent
 from stratagem.files import Journal, atomic_write
 from stratagem.games.core import Episode
 from stratagem.games.metrics import mean_interval

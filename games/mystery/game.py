@@ -71,7 +71,7 @@ class MysteryConfig:
     prompts_dir: str | None = field(default=None, metadata={"help": "mirage: a folder of prompt files (en.yaml, zh.yaml) that replace the shipped prompts key by key (prompting.py)."})
 
     @classmethod
-    def mirage(cls, **overrides: Any) -> "MysteryConfig":
+    def mirage(cls, **overrides: Any) -> MysteryConfig:
         """MIRAGE's game settings (its config.py, api.py and ScriptEnvs; stratagem/presets/mirage.reference.yaml
         cites each): 5 rounds per stage, the file's speaking order, every request sampled at 0.8 (players, judges,
         evaluator), scripts summarised to 1,500 tokens past 3,000, the history past 1,500. Re-asks
@@ -313,7 +313,7 @@ class MysteryState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MysteryState":
+    def from_dict(cls, d: dict[str, Any]) -> MysteryState:
         return cls(**d)
 
 
@@ -328,7 +328,7 @@ class MysteryGame:
 
     @classmethod
     def new(cls, script: Script, seed: int, config: MysteryConfig,
-            summaries: dict[str, list[str]] | None = None) -> "MysteryGame":
+            summaries: dict[str, list[str]] | None = None) -> MysteryGame:
         order = list(script.characters)
         if config.shuffle_order:
             random.Random(seed).shuffle(order)
@@ -413,10 +413,24 @@ class MysteryGame:
     def actor(self) -> str | None:
         st = self.state
         if st.phase == ANSWER:
-            return st.question["target"]
+            return self.question()["target"]
         if st.phase in (INTRODUCTION, CONVERSE, SELECT, VOTE):
             return st.order[st.cursor]
         return None
+
+    def acting(self) -> str:
+        """The character to act now; ValueError in a phase where no one acts."""
+        name = self.actor()
+        if name is None:
+            raise ValueError(f"{GAME}: no character acts in phase {self.state.phase!r}")
+        return name
+
+    def question(self) -> dict[str, str]:
+        """The question waiting for an answer (the ANSWER phase): asker, target, question."""
+        q = self.state.question
+        if q is None:
+            raise ValueError(f"{GAME}: no question is waiting for an answer in phase {self.state.phase!r}")
+        return q
 
     def verbs(self) -> tuple[str, ...]:
         return (INVESTIGATE,) if self.state.phase == SELECT else self.rules.moves()
@@ -447,7 +461,7 @@ class MysteryGame:
                     f"Characters: {others}\nPlaces: {places}\n"
                     "Reply with one line: 'Ask NAME: QUESTION' or 'Investigate PLACE'.")
         if st.phase == ANSWER:
-            q = st.question
+            q = self.question()
             return (f"{self.shown(q['asker'])} asks you: {q['question']}\nAnswer as {self.shown(name)} in one to "
                     "three sentences.")
         return f"Vote for the murderer. Reply with one name: {', '.join(self.suspects(name))}."
@@ -462,7 +476,7 @@ class MysteryGame:
         if st.phase == INTRODUCTION:
             return P["introduction"].format(name=self.shown(name)), P["introduction_response"]
         if st.phase == ANSWER:
-            q = st.question
+            q = self.question()
             return P["answer"].format(asker=self.shown(q["asker"]), question=q["question"]), P["answer_response"]
         if st.phase == SELECT:
             return P["select"].format(places=places), P["select_response"]
@@ -491,7 +505,7 @@ class MysteryGame:
                            legal_actions=self.legal_actions(name), private={"thought": True})
 
     def observation(self, retry_reason: str | None = None) -> Observation:
-        name = self.actor()
+        name = self.acting()
         st, cfg = self.state, self.config
         if self.mirage:
             return self.mirage_observation(name, retry_reason)
@@ -518,7 +532,7 @@ class MysteryGame:
     # -- applying a reply --------------------------------------------------------------------------------------
     def apply(self, obs: Observation, reply: Reply, adapter: str | None = None) -> Turn:
         """Record the reply as a Turn and advance the game."""
-        st, name = self.state, self.actor()
+        st, name = self.state, self.acting()
         text = reply.action if reply.action is not None else obs.response_prefix + (reply.text or "")
         info: dict[str, Any] = {"stage": st.stage, "round": st.round, "attempt": st.attempts, "seen": len(st.public)}
         if self.mirage and reply.action is None:
@@ -534,7 +548,7 @@ class MysteryGame:
             else:
                 reason = "empty reply"
             if st.phase == ANSWER:
-                info["asker"] = st.question["asker"]
+                info["asker"] = self.question()["asker"]
         elif st.phase in (CONVERSE, SELECT):
             parsed, reason = parse_converse(text, name, st.order, self.locations(), self.aliases(), self.verbs())
             if parsed:
@@ -576,8 +590,8 @@ class MysteryGame:
             self._done_act()
             self._next_introduction()
         elif st.phase == ANSWER:
-            self._say(f"{self.shown(name)} answers {self.shown(st.question['asker'])}: {text.strip()}")
-            asker = st.question["asker"]
+            asker = self.question()["asker"]
+            self._say(f"{self.shown(name)} answers {self.shown(asker)}: {text.strip()}")
             if self.mirage:
                 st.last_action[asker] = f"{st.last_action.get(asker, '')}\n{self.shown(name)}: {text.strip()}"
             st.question = None
@@ -617,7 +631,7 @@ class MysteryGame:
             self._say(f"{self.shown(name)} (introduction): (says nothing)")
             self._next_introduction()
         elif st.phase == ANSWER:
-            self._say(f"{self.shown(name)} does not answer {self.shown(st.question['asker'])}.")
+            self._say(f"{self.shown(name)} does not answer {self.shown(self.question()['asker'])}.")
             st.question, st.phase = None, CONVERSE
             self._next_conversation_turn()
         elif st.phase == CONVERSE:

@@ -23,15 +23,28 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Callable, Mapping, TypedDict
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
 from stratagem.agents.base import Agent
 from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
-from stratagem.games.mystery.game import (ANSWER, CIVILIAN, CONVERSE, CULPRIT, GAME, INTRODUCTION, JUDGE, SELECT,
-                                          VOTE, MysteryConfig, MysteryGame, MysteryState)
+from stratagem.games.mystery.game import (
+    ANSWER,
+    CIVILIAN,
+    CONVERSE,
+    CULPRIT,
+    GAME,
+    INTRODUCTION,
+    JUDGE,
+    SELECT,
+    VOTE,
+    MysteryConfig,
+    MysteryGame,
+    MysteryState,
+)
 from stratagem.games.mystery.judge import judge_game
 from stratagem.games.mystery.library import load_script
 
@@ -149,12 +162,12 @@ def build_graph(players: Players, judge: Agent | Mapping[str, Agent], config: My
         game = restore(state)
         if mirage:
             await summarise_history(game)
-        name = game.actor()
+        name = game.acting()
         obs: Observation = game.observation(game.retry_reason())
         if name in state.get("human_seats", []):
             reply = human_reply(interrupt({"character": name, "phase": obs.phase, "messages": obs.messages,
                                            "legal_actions": obs.legal_actions}))
-            adapter = HUMAN
+            adapter: str | None = HUMAN
         else:
             agent = _agent_for(players, name)
             reply = await agent.act(obs)
@@ -171,6 +184,8 @@ def build_graph(players: Players, judge: Agent | Mapping[str, Agent], config: My
 
             verdict = await judge_game_mirage(judge, evaluator or judge_of(CIVILIAN), game.script, game.state, cfg)
         else:
+            if isinstance(judge, Mapping):
+                raise TypeError(f"the {cfg.protocol} protocol takes one judge agent, not faction -> agent")
             verdict = await judge_game(judge, game.script, game.state, cfg)
         ep = build_episode(game, verdict.metrics, verdict.utterance_scores, players, cfg,
                            state.get("human_seats", []))
@@ -204,7 +219,8 @@ class _EndpointAgent:
 
     def __init__(self, model_var: str, max_tokens: int, temperature: float | None = None):
         self.name = os.environ.get(model_var, "base")
-        self._max_tokens, self._temperature, self._agent = max_tokens, temperature, None
+        self._max_tokens, self._temperature = max_tokens, temperature
+        self._agent: Agent | None = None
 
     async def act(self, observation: Observation) -> Reply:
         if self._agent is None:

@@ -7,14 +7,13 @@ of range are clamped into it.
 
 from __future__ import annotations
 
-from stratagem.concurrency import map_concurrent
-
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from stratagem.agents.base import Agent
+from stratagem.concurrency import map_concurrent
 from stratagem.games.core import Observation
 from stratagem.games.mystery import metrics as M
 from stratagem.games.mystery.game import ANSWER, ASK, GAME, INTRODUCTION, MysteryConfig, MysteryState, clip

@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from statistics import mean
-from typing import Iterable, Mapping, Sequence
 
 ICI_KEYS = ("reasoning", "communication", "detail", "creativity")
 HEADLINE = ("victory", "tii", "cic", "ici", "sci", "overall")
@@ -187,7 +187,7 @@ def aggregate(per_game: Sequence[Mapping[str, object]]) -> dict[str, float]:
     out: dict[str, float] = {"games": len(per_game)}
     keys = [k for k, v in (per_game[0].items() if per_game else []) if isinstance(v, (int, float))]
     for k in keys:
-        vals = [float(m[k]) for m in per_game if isinstance(m.get(k), (int, float))]
+        vals = [float(v) for v in (m.get(k) for m in per_game) if isinstance(v, (int, float))]
         if vals:
             out[k] = mean(vals)
     return out

@@ -21,14 +21,24 @@ A reply whose score cannot be read counts as 0 and in `judge_parse_failures`; no
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stratagem.agents.base import Agent
 from stratagem.concurrency import map_concurrent
 from stratagem.games.core import Observation
 from stratagem.games.mystery import metrics as M
-from stratagem.games.mystery.game import (ANSWER, ASK, CIVILIAN, GAME, INTRODUCTION, INVESTIGATE,
-                                          MysteryConfig, MysteryGame, MysteryState)
+from stratagem.games.mystery.game import (
+    ANSWER,
+    ASK,
+    CIVILIAN,
+    GAME,
+    INTRODUCTION,
+    INVESTIGATE,
+    MysteryConfig,
+    MysteryGame,
+    MysteryState,
+)
 from stratagem.games.mystery.judge import JudgeVerdict, parse_scores
 from stratagem.games.mystery.prompting import split_thought
 from stratagem.games.mystery.schema import Script
@@ -68,7 +78,7 @@ def reference_parts(game: MysteryGame, name: str) -> dict[str, str]:
     out = {p: game.script.field_text(name, p, last) for p in PARTS}
     if name in st.summaries:
         summary = st.summaries[name][min(last, len(st.summaries[name]) - 1)]
-        out = {p: (summary_part(summary, p) if summary_part(summary, p) is not None else t) for p, t in out.items()}
+        out = {p: (s if (s := summary_part(summary, p)) is not None else t) for p, t in out.items()}
     return out
 
 

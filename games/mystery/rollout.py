@@ -3,12 +3,12 @@ players and judge over an OpenAI-compatible endpoint (`collect_mystery_episodes`
 
 from __future__ import annotations
 
-from stratagem.concurrency import map_concurrent
-
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stratagem.agents import Agent, close_agents
+from stratagem.concurrency import map_concurrent
 from stratagem.games.core import Episode, Turn
 from stratagem.games.mystery.game import MysteryConfig
 from stratagem.games.mystery.graph import Players, build_graph, recursion_limit
@@ -39,8 +39,15 @@ async def script_summaries(script: Any, cfg: MysteryConfig, base_url: str, model
     endpoint grants `model`; summary.check_budget)."""
     if cfg.summary_tokens is None and cfg.protocol != "mirage":
         return None
-    from stratagem.games.mystery.summary import (ContextBudgetError, check_budget, context_length, endpoint_context,
-                                                 hf_token_counter, llm_ask, prepare_summaries)
+    from stratagem.games.mystery.summary import (
+        ContextBudgetError,
+        check_budget,
+        context_length,
+        endpoint_context,
+        hf_token_counter,
+        llm_ask,
+        prepare_summaries,
+    )
     from stratagem.models import resolve
 
     model_dir = resolve(cfg.tokenizer)
@@ -56,9 +63,11 @@ async def script_summaries(script: Any, cfg: MysteryConfig, base_url: str, model
         if cfg.summary_tokens is None:
             raise ContextBudgetError(f"{script.name}: the scripts of {', '.join(sorted(long))} pass "
                                      f"full_script_tokens={cfg.full_script_tokens}; set summary_tokens (MIRAGE: 1500)")
+    budget = cfg.summary_tokens
+    assert budget is not None  # None returned early (or raised, under mirage) above
     ask, close = llm_ask(base_url, model, api_key)
     try:
-        out = await prepare_summaries(script, ask, f"{model}@{Path(model_dir).name}", cfg.summary_tokens,
+        out = await prepare_summaries(script, ask, f"{model}@{Path(model_dir).name}", budget,
                                       count, context)
     finally:
         await close()

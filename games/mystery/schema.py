@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -161,16 +161,16 @@ def _read_json(path: Path, errors: list[SchemaError]) -> Any:
     return None
 
 
-def _is_text(v: Any) -> bool:
+def _is_text(v: Any) -> TypeGuard[str]:
     return isinstance(v, str) and bool(v.strip())
 
 
 def _stage_items(data: dict[str, Any]) -> list[tuple[str, Any]] | None:
     """The stages of a multi-stage file in numeric order, or None when the file is single-stage."""
-    staged = [(k, v) for k, v in data.items() if stage_number(k) is not None]
+    staged = [(n, k, v) for k, v in data.items() if (n := stage_number(k)) is not None]
     if not staged:
         return None
-    return sorted(staged, key=lambda kv: stage_number(kv[0]))
+    return [(k, v) for _, k, v in sorted(staged, key=lambda nkv: nkv[0])]
 
 
 def find_file(folder: Path, names: dict[str, str]) -> Path | None:
@@ -231,8 +231,8 @@ def _check_clue_map(data: Any, where: str, shown: dict[str, list[str]], errors: 
         p = f"{where}.{loc}" if where else loc
         if not loc.strip():
             errors.append(SchemaError(file, p, "a non-empty location name"))
-        elif isinstance(clues, str) and _owner(loc, shown):
-            notes[_owner(loc, shown)] = clues
+        elif isinstance(clues, str) and (note_owner := _owner(loc, shown)):
+            notes[note_owner] = clues
         elif isinstance(clues, dict):
             owner = _owner(loc, shown)
             if owner is None:
@@ -383,8 +383,9 @@ def _parse(folder: Path) -> tuple[Script | None, list[SchemaError]]:
             for k in ("title", "truth"):
                 if not _is_text(raw_meta.get(k)):
                     errors.append(SchemaError(META_FILE, k, "a non-empty string"))
-            title = raw_meta.get("title") if _is_text(raw_meta.get("title")) else folder.name
-            truth = raw_meta.get("truth") if _is_text(raw_meta.get("truth")) else ""
+            meta_title, meta_truth = raw_meta.get("title"), raw_meta.get("truth")
+            title = meta_title if _is_text(meta_title) else folder.name
+            truth = meta_truth if _is_text(meta_truth) else ""
             description = raw_meta.get("description", "")
             if not isinstance(description, str):
                 errors.append(SchemaError(META_FILE, "description", "a string"))
@@ -444,4 +445,5 @@ def load_script_dir(folder: str | Path) -> Script:
     script, errors = _parse(Path(folder))
     if errors:
         raise ScriptError(str(folder), errors)
+    assert script is not None  # _parse gives a script whenever it finds no errors
     return script

@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from stratagem.games.core import Observation
 from stratagem.games.mystery.game import GAME, STAGE_SHARE, SUMMARY_SHARES, MysteryConfig
@@ -130,8 +131,8 @@ def llm_ask(base_url: str, model: str, api_key: str | None = None) -> tuple[Ask,
     """An `Ask` over the served model at temperature 0, and the coroutine function that closes its client."""
     from stratagem.agents.llm import LLMAgent, LLMAgentConfig
 
-    agent = LLMAgent(LLMAgentConfig(base_url=base_url, model=model, temperature=0.0, logprobs=False,
-                                    **({"api_key": api_key} if api_key else {})))
+    key: dict[str, Any] = {"api_key": api_key} if api_key else {}
+    agent = LLMAgent(LLMAgentConfig(base_url=base_url, model=model, temperature=0.0, logprobs=False, **key))
 
     async def ask(obs: Observation, max_tokens: int) -> str:
         kw = agent.request(obs)

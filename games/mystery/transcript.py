@@ -16,6 +16,8 @@ def episode_markdown(ep: Episode) -> str:
     for t in ep.turns:
         st = t.info.get("stage")
         if st != stage and script.multi_stage:
+            if st is None:
+                raise ValueError(f"episode {ep.id}: a turn of {t.role} records no stage")
             out += [f"### Stage {st + 1}", ""]
             stage = st
         head = f"- **{t.role}** ({t.faction}) *{t.phase}*"

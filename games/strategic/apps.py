@@ -11,8 +11,9 @@ in the graph state: with a checkpointer (langgraph dev brings its own) a game su
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from stratagem.agents.base import Agent
 from stratagem.games.graph import GraphConfig, build_graph

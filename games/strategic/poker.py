@@ -57,7 +57,11 @@ class LeducPoker(SpielGame):
 
     def normal_loss(self, seat: int) -> float:
         """The seat's chips in the pot (MARSHAL's forfeit: -(own bet) - 10)."""
-        money = re.search(r"\[Money: ([^\]]*)\]", self.state.information_state_string(seat)).group(1).split()
+        info = self.state.information_state_string(seat)
+        found = re.search(r"\[Money: ([^\]]*)\]", info)
+        if found is None:
+            raise ValueError(f"{self.name}: no [Money: ...] in seat {seat}'s information state {info!r}")
+        money = found.group(1).split()
         return float(LEDUC_STACK - int(money[seat]))
 
     def rules(self) -> str:

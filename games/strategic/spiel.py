@@ -190,6 +190,7 @@ class SpielGame(Game):
             self.forfeit = seat
             self.credit_step(seat, self.forfeit_rewards(seat))
             return turn
+        assert action is not None  # _judge gives an action exactly when it gives no reason
         seen = {other: self.move_block(seat, other, action, list(legal))
                 for other in range(self.info.num_players) if other != seat}
         self.state.apply_action(legal[action])
