@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from stratagem.agents.sampling import SamplingConfig
+from stratagem.games.base import GameConfig
 from stratagem.plugins import PluginError, load_plugins, on_load
 
 if TYPE_CHECKING:
@@ -29,18 +31,26 @@ BUILTIN_PACKAGES = ("stratagem.games.strategic", "stratagem.games.mystery")
 @dataclass
 class RolloutJob:
     """What the training loop asks of a game's rollout: `n` finished episodes of `game`, game i seeded `seed + i`,
-    the learner's seats sampled from the served model `policy` at `base_url`, at most `concurrency` games at once,
-    `on_episode(ep)` called as each one finishes. `run` is the run configuration; each game's rollout reads the
-    sections it needs (sampling, reply format and rewards for a strategic game; the mystery's section for it)."""
+    the learner's seats sampled from the served model `policy` at `base_url` with `sampling` (and `api_key`, when
+    the server wants one), at most `concurrency` games at once, `on_episode(ep)` called as each one finishes. The
+    run's settings arrive typed: a strategic game reads `game_config` (reply format, rewards), `opponents` and
+    `policy_seat`; a game with its own section of the run config (GameSpec.config_section) gets it as `section`,
+    and its parameters (the mystery's `script`) as `params`."""
 
     game: str
     policy: str
     n: int
     seed: int
     base_url: str
-    run: Any = None
     concurrency: int = 8
     on_episode: Callable[[Episode], Any] | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    api_key: str | None = None
+    game_config: GameConfig = field(default_factory=GameConfig)
+    opponents: list[str] = field(default_factory=list)
+    policy_seat: str = "first"
+    section: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class GameSpec:
       `langgraph.json` lists; None: not served.
     - `check(workdir=None)`: the game's conformance check; None: `games.testing.check_game(name)`, which needs the
       `Game` interface.
+    - `config_section`: the section of the run config that holds the game's own settings (`RunConfig.<section>`,
+      handed to its rollout as `RolloutJob.section`); None: the strategic games' shared sections.
     """
 
     name: str
@@ -68,6 +80,7 @@ class GameSpec:
     help: str = ""
     app: str | None = None
     check: Callable[..., Any] | None = None
+    config_section: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():

@@ -57,25 +57,14 @@ async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: 
     return await map_concurrent(one, range(n) if only is None else sorted(only), concurrency, on_episode)
 
 
-def strategic_settings(run: Any) -> tuple[dict[str, Any], GameConfig, list[str]]:
-    """From a run configuration (a RunConfig, or None for the defaults): the LLM agent options of the policy's
-    seats (`run.sampling`, and `run.server.api_key` when set), the game config (`run.reply`, `run.rewards`) and the opponents' agent specs
-    (`run.loop.opponents`)."""
-    from stratagem.agents.sampling import SamplingConfig
-
-    if run is None:
-        return SamplingConfig().agent_kwargs(), GameConfig(), []
-    # a server started with --api-key refuses requests without it
-    return (run.sampling.agent_kwargs(run.server.api_key), GameConfig(rewards=run.rewards, reply=run.reply), list(run.loop.opponents))
-
-
 async def rollout_strategic(job: RolloutJob) -> list[Episode]:
     """The training rollout of a strategic game: self-play with the policy in every seat, or the policy against the
     run's opponents: in seat 0, or (`loop.policy_seat: alternate`) first in even games and last in odd ones. Each
     game against opponents records the policy's seat in `metrics["policy_seat"]`."""
     from stratagem.agents import close_agents, make_agent
 
-    llm, game_cfg, opponents = strategic_settings(job.run)
+    # a server started with --api-key refuses requests without it
+    llm, game_cfg, opponents = job.sampling.agent_kwargs(job.api_key), job.game_config, job.opponents
 
     def agent(spec: str, seat_seed: int) -> Agent:
         # sampling is left unseeded: identical opening prompts must still give different replies
@@ -91,7 +80,7 @@ async def rollout_strategic(job: RolloutJob) -> list[Episode]:
         finally:
             await close_agents(seats)
     others = [agent(spec, job.seed + 1 + i) for i, spec in enumerate(opponents)]
-    alternate = job.run is not None and job.run.loop.policy_seat == "alternate"
+    alternate = job.policy_seat == "alternate"
     # game i: the policy first when i is even or seats do not alternate, else last
     orders = [(0, [policy, *others], [i for i in range(job.n) if not alternate or i % 2 == 0])]
     if alternate:

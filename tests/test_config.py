@@ -268,7 +268,8 @@ async def test_mystery_players_sample_at_the_trainers_temperature(monkeypatch):
     players at the same temperature (a mismatch would bias every PPO ratio)."""
     import importlib
 
-    from stratagem.games.registry import RolloutJob, get_game_spec
+    from stratagem.games.registry import get_game_spec
+    from stratagem.training.loop import rollout_job
 
     mystery_rollout = importlib.import_module("stratagem.games.mystery.rollout")
 
@@ -279,7 +280,9 @@ async def test_mystery_players_sample_at_the_trainers_temperature(monkeypatch):
         return []
 
     monkeypatch.setattr(mystery_rollout, "collect_mystery_episodes", collect)
-    cfg = RunConfig.from_dict({"loop": {"games": ["mystery"]}, "sampling": {"temperature": 0.7}})
-    await get_game_spec("mystery").rollout(RolloutJob(game="mystery", policy="iter-1", n=2, seed=0, base_url="http://x/v1", run=cfg))
+    cfg = RunConfig.from_dict({"loop": {"games": ["mystery"], "mystery_script": "lighthouse"},
+                               "sampling": {"temperature": 0.7}, "mystery": {"rounds": 1}})
+    await get_game_spec("mystery").rollout(rollout_job(cfg, "mystery", "iter-1", 2, 0, "http://x/v1"))
     assert seen["player_temperature"] == 0.7 and cfg.mystery.player_temperature is None
+    assert seen["rounds"] == 1 and seen["script"] == "lighthouse"  # the run's own section and script, typed
 

@@ -208,8 +208,7 @@ def test_the_conformance_check_fails_a_registered_game_that_breaks_zero_sum(penn
 
 
 async def test_the_training_loop_validates_and_rolls_out_a_registered_game_through_its_spec(pennies):
-    from stratagem.games.rollout import strategic_settings
-    from stratagem.training.loop import RunConfig, default_rollout
+    from stratagem.training.loop import RunConfig, default_rollout, rollout_job
 
     cfg = RunConfig.from_dict({"loop": {"games": ["pennies", "tictactoe"], "episodes_per_iteration": 4,
                                         "opponents": ["random"]},
@@ -217,9 +216,9 @@ async def test_the_training_loop_validates_and_rolls_out_a_registered_game_throu
     seen = []
     eps = await default_rollout(cfg, "http://127.0.0.1:9/v1")("pennies", "iter-1", 3, 40, seen.append)
     assert [e.seed for e in eps] == [40, 41, 42] and len(seen) == 3 and {e.game for e in eps} == {"pennies"}
-    llm, game_cfg, opponents = strategic_settings(cfg)  # what rollout_strategic gives tictactoe's seats
-    assert llm["max_tokens"] == 7 and llm == cfg.sampling.agent_kwargs() and opponents == ["random"]
-    assert game_cfg.rewards.format_bonus == 0.25 and game_cfg.reply is cfg.reply
+    job = rollout_job(cfg, "tictactoe", "iter-1", 3, 40, "http://127.0.0.1:9/v1")  # what tictactoe's rollout reads
+    assert job.sampling.agent_kwargs()["max_tokens"] == 7 and job.opponents == ["random"] and job.section is None
+    assert job.game_config.rewards.format_bonus == 0.25 and job.game_config.reply is cfg.reply
     unregister_game("pennies")
     try:
         with pytest.raises(ValueError, match=r"loop.games\[0\]: unknown game 'pennies'"):
@@ -229,13 +228,15 @@ async def test_the_training_loop_validates_and_rolls_out_a_registered_game_throu
 
 
 def test_a_servers_api_key_reaches_every_llm_seat_of_rollouts_and_evals():
-    from stratagem.games.rollout import strategic_settings
     from stratagem.integrations.games_eval import GamesEvalConfig, _agent, model_agent
-    from stratagem.training.loop import RunConfig
+    from stratagem.training.loop import RunConfig, rollout_job
 
-    cfg = RunConfig.from_dict({"server": {"api_key": "sesame"}})
-    assert strategic_settings(cfg)[0]["api_key"] == "sesame"
-    assert "api_key" not in strategic_settings(RunConfig())[0]  # the agent's own default ("EMPTY") stays
+    def llm_kwargs(cfg):  # what rollout_strategic gives the policy's seats
+        job = rollout_job(cfg, "tictactoe", "base", 1, 0, "http://127.0.0.1:9/v1")
+        return job.sampling.agent_kwargs(job.api_key)
+
+    assert llm_kwargs(RunConfig.from_dict({"server": {"api_key": "sesame"}}))["api_key"] == "sesame"
+    assert "api_key" not in llm_kwargs(RunConfig())  # the agent's own default ("EMPTY") stays
     ec = GamesEvalConfig(api_key="sesame")
     assert model_agent("base", ec).config.api_key == "sesame"
     assert _agent("llm:iter-1", ec, "tictactoe", 0).config.api_key == "sesame"

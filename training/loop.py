@@ -27,8 +27,10 @@ import torch
 
 from stratagem import faults
 from stratagem.endpoints import EndpointPool, PoolStats
+from stratagem.games.base import GameConfig
 from stratagem.games.core import Episode
 from stratagem.games.metrics import episode_metrics
+from stratagem.games.registry import RolloutJob, get_game_spec
 from stratagem.integrations.servers import Serving, as_serving, open_serving
 from stratagem.models import resolve
 from stratagem.training.advantages import get_advantage
@@ -76,16 +78,11 @@ def episodes_per_game(cfg: LoopConfig) -> dict[str, int]:
 Rollout = Callable[[str, str, int, int, Callable[[Episode], None]], Awaitable[list[Episode]]]
 
 
-def default_rollout(cfg: Any, base_url: str, pool: Any = None) -> Rollout:
+def default_rollout(cfg: RunConfig, base_url: str, pool: EndpointPool | None = None) -> Rollout:
     """Every game through its registered rollout (`get_game_spec(game).rollout`): strategic games with LLM agents
     on the server (self-play, or seat 0 against the opponents), the mystery with every character played by the
-    policy. `cfg` is the run config (each game's rollout reads the sections it needs). With `pool` (an
-    stratagem.endpoints.EndpointPool) the games are spread over its endpoints one game at a time (game i is a
+    policy; each gets the run's settings as a typed `rollout_job`. With `pool` (several endpoints) the games are spread over its endpoints one game at a time (game i is a
     one-game job with seed + i), by load, and a dead endpoint's games are replayed on the others."""
-    from stratagem.games.registry import RolloutJob, get_game_spec
-
-    loop = getattr(cfg, "loop", cfg)
-
     async def rollout(game: str, model: str, n: int, seed: int, on_episode: Callable[[Episode], None]) -> list[Episode]:
         if pool is not None:
             async def play_one(url: str, i: int) -> Episode:
@@ -95,12 +92,23 @@ def default_rollout(cfg: Any, base_url: str, pool: Any = None) -> Rollout:
                 ep.metrics["endpoint"] = url
                 on_episode(ep)
 
-            return await pool.run(n, play_one, concurrency=loop.concurrency, on_result=done)
-        job = RolloutJob(game=game, policy=model, n=n, seed=seed, base_url=base_url, run=cfg,
-                         concurrency=loop.concurrency, on_episode=on_episode)
-        return await get_game_spec(game).rollout(job)
+            return await pool.run(n, play_one, concurrency=cfg.loop.concurrency, on_result=done)
+        return await get_game_spec(game).rollout(rollout_job(cfg, game, model, n, seed, base_url, on_episode))
 
     return rollout
+
+
+def rollout_job(cfg: RunConfig, game: str, policy: str, n: int, seed: int, base_url: str,
+                on_episode: Callable[[Episode], Any] | None = None) -> RolloutJob:
+    """The run's settings for one game's rollout, typed: the policy's sampling and the server's key, the reply
+    format and rewards, the opponents and the policy's seat, and the game's own section of the config."""
+    spec, lc = get_game_spec(game), cfg.loop
+    return RolloutJob(game=game, policy=policy, n=n, seed=seed, base_url=base_url, concurrency=lc.concurrency,
+                      on_episode=on_episode, sampling=cfg.sampling, api_key=cfg.server.api_key,
+                      game_config=GameConfig(rewards=cfg.rewards, reply=cfg.reply), opponents=list(lc.opponents),
+                      policy_seat=lc.policy_seat,
+                      section=getattr(cfg, spec.config_section) if spec.config_section else None,
+                      params={"script": lc.mystery_script} if game == MYSTERY else {})
 
 
 def policy_seat_of(ep: Episode) -> int:

@@ -26,24 +26,21 @@ def build_graph(*args: Any, **kwargs: Any):
 
 
 async def rollout(job: RolloutJob):
-    """Mystery episodes for training: every seat the learner's policy, the judge the base model; the script and the
-    game options from the run configuration when it has them (run.mystery, run.loop.mystery_script)."""
+    """Mystery episodes for training: every seat the learner's policy, the judge the base model; the game's options
+    from the run's `mystery` section (`job.section`), the script from `job.params["script"]`. The players sample at
+    the policy's sampling temperature unless the section sets its own (the trainer scores their turns at it)."""
     import dataclasses
 
     from stratagem.games.mystery.game import MysteryConfig
     from stratagem.games.mystery.rollout import collect_mystery_episodes
 
-    run = job.run
-    cfg = getattr(run, "mystery", None) or MysteryConfig()
-    sampling = getattr(run, "sampling", None)
-    if sampling is not None and cfg.player_temperature is None:
-        # the trainer scores the policy's turns at sampling.temperature: the players must sample at it too
-        cfg = dataclasses.replace(cfg, player_temperature=sampling.temperature)
-    script = getattr(getattr(run, "loop", None), "mystery_script", None) or "lighthouse"
-    return await collect_mystery_episodes(script, job.n, base_url=job.base_url, player_model=job.policy,
-                                          judge_model="base", config=cfg, concurrency=job.concurrency,
-                                          seed=job.seed, on_episode=job.on_episode,
-                                          api_key=getattr(getattr(run, "server", None), "api_key", None))
+    cfg = job.section or MysteryConfig()
+    if cfg.player_temperature is None:
+        cfg = dataclasses.replace(cfg, player_temperature=job.sampling.temperature)
+    return await collect_mystery_episodes(job.params.get("script", "lighthouse"), job.n, base_url=job.base_url,
+                                          player_model=job.policy, judge_model="base", config=cfg,
+                                          concurrency=job.concurrency, seed=job.seed, on_episode=job.on_episode,
+                                          api_key=job.api_key)
 
 
 def check(workdir: Any = None):
@@ -55,4 +52,5 @@ def check(workdir: Any = None):
 
 register_game(GameSpec(name="mystery", kind="social", factory=make_mystery, build_graph=build_graph, rollout=rollout,
                        training=False, help="Murder mystery (MIRAGE's rules): talk, investigate, vote; culprits "
-                       "against civilians.", app="stratagem.games.mystery.graph:app", check=check))
+                       "against civilians.", app="stratagem.games.mystery.graph:app", check=check,
+                       config_section="mystery"))
