@@ -13,16 +13,40 @@ teacher-forced prompt log-probs of a LoRA request are batched with other request
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from stratagem.integrations.vllm_server import BASE_NAME, AdapterVerificationError, read_adapter_config
+from stratagem.integrations.vllm_client import BASE_NAME, AdapterError, ServerError
 
 if TYPE_CHECKING:
     from peft import PeftModel
 
-    from stratagem.integrations.vllm_server import VLLMServer
+    from stratagem.integrations.vllm_client import VLLMClient
+
+class AdapterVerificationError(ServerError):
+    """The server does not sample from the adapter it claims to serve."""
+
+
+def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Check that `path` is a peft LoRA adapter directory and return its config; a clear AdapterError if not."""
+    p = Path(path)
+    if not p.exists():
+        raise AdapterError(f"adapter path {p} does not exist")
+    cfg_file = p / "adapter_config.json"
+    if not cfg_file.exists():
+        raise AdapterError(f"{p} is not a LoRA adapter: no adapter_config.json")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{cfg_file} is not valid JSON: {e}") from e
+    if cfg.get("peft_type", "LORA").upper() != "LORA":
+        raise AdapterError(f"{p} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be served")
+    if not any(p.glob("adapter_model.*")):
+        raise AdapterError(f"{p} is not a LoRA adapter: no adapter_model.safetensors")
+    return cfg
+
 
 DEFAULT_PROBE = "You play tic-tac-toe as X. Legal actions: <X(0,0)> <X(1,1)> <X(2,2)>. Reply with <answer>ACTION</answer>."
 PROBE_TOKENS = 16
@@ -125,21 +149,19 @@ def reference_logprobs(model_path: str, adapter_path: str, prompt_ids: list[int]
     return ref.logprobs(prompt_ids, reply_ids)
 
 
-def verify_adapter(server: VLLMServer, name: str, adapter_path: str | os.PathLike[str], *, tolerance: float = 0.05,
-                   probe: str | None = None, merged: bool = False) -> dict[str, float]:
-    """Compare the log-probs of the tokens the server samples for adapter `name` with transformers + peft for
-    `adapter_path`.
+def verify_adapter(client: VLLMClient, model_path: str, name: str, adapter_path: str | os.PathLike[str], *,
+                   tolerance: float = 0.05, probe: str | None = None, merged: bool = False) -> dict[str, float]:
+    """Compare the log-probs of the tokens the server behind `client` samples for adapter `name` with transformers
+    + peft for `adapter_path` on its base model `model_path`.
 
     `tolerance` bounds the mean absolute difference over the probe's reply tokens (the engine may run in bf16
     while the reference runs in fp32, which moves single tokens more than the mean). `merged`: the adapter was
     merged into the served base weights (`name` is then `base`), so there is no separate base model on the server
     to compare with. Returns the measured gaps; raises AdapterVerificationError."""
     read_adapter_config(adapter_path)
-    if server.model_path is None:
-        raise AdapterVerificationError("the server's model path is unknown; cannot compute reference log-probs")
-    prompt = probe_prompt_ids(server.model_path, probe or DEFAULT_PROBE)
-    reply, served = server.greedy_logprobs(name, prompt, PROBE_TOKENS)
-    ref, ref_base = reference_logprobs(server.model_path, str(adapter_path), prompt, reply)
+    prompt = probe_prompt_ids(model_path, probe or DEFAULT_PROBE)
+    reply, served = client.greedy_logprobs(name, prompt, PROBE_TOKENS)
+    ref, ref_base = reference_logprobs(model_path, str(adapter_path), prompt, reply)
 
     def gaps(a: list[float], b: list[float]) -> tuple[float, float]:
         d = [abs(x - y) for x, y in zip(a, b)]
@@ -150,7 +172,7 @@ def verify_adapter(server: VLLMServer, name: str, adapter_path: str | os.PathLik
     result = {"mean_abs_diff": mean_gap, "max_abs_diff": max_gap, "adapter_vs_base_reference": ref_effect,
               "tokens": len(served)}
     if not merged:
-        base_reply, served_base = server.greedy_logprobs(BASE_NAME, prompt, PROBE_TOKENS)
+        base_reply, served_base = client.greedy_logprobs(BASE_NAME, prompt, PROBE_TOKENS)
         same = base_reply == reply and gaps(served, served_base)[1] < SAME_AS_BASE
         result["adapter_vs_base_served"] = gaps(served, served_base)[0] if base_reply == reply else float("inf")
         if same and ref_effect > SAME_AS_BASE:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -22,29 +21,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import httpx
-
+from stratagem.integrations.adapter_check import (
+    AdapterVerificationError,
+    read_adapter_config,
+    reference_model,
+    verify_adapter,
+)
+from stratagem.integrations.vllm_client import BASE_NAME, AdapterError, ServerError, VLLMClient
 from stratagem.settings import cache_dir
 
-BASE_NAME = "base"
+__all__ = ["BASE_NAME", "AdapterError", "AdapterVerificationError", "ServerConfig", "ServerError", "VLLMServer",
+           "read_adapter_config"]
+
 # vLLM's memory share when the trainer shares its GPU: on an 80 GB card a 4B model's engine gets 32 GB (8 GB bf16
 # weights, ~21 GB KV cache = ~150k tokens) and the trainer keeps 48 GB (the README's memory plan)
 COLOCATED_GPU_MEMORY = 0.4
 # what torchrun / accelerate launch put in the environment of each trainer process
 LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
                 "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU")
-
-
-class ServerError(RuntimeError):
-    """The server could not start, died, or refused a request."""
-
-
-class AdapterError(ServerError):
-    """An adapter could not be loaded (missing, not a LoRA adapter, rank too large, refused)."""
-
-
-class AdapterVerificationError(ServerError):
-    """The server does not sample from the adapter it claims to serve."""
 
 
 @dataclass
@@ -165,25 +159,6 @@ def vllm_version() -> tuple[int, int, int] | None:
 
 def _new_group() -> None:
     os.setsid()  # the guard leads a process group of its own; see process_guard
-
-
-def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Check that `path` is a peft LoRA adapter directory and return its config; a clear AdapterError if not."""
-    p = Path(path)
-    if not p.exists():
-        raise AdapterError(f"adapter path {p} does not exist")
-    cfg_file = p / "adapter_config.json"
-    if not cfg_file.exists():
-        raise AdapterError(f"{p} is not a LoRA adapter: no adapter_config.json")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise AdapterError(f"{cfg_file} is not valid JSON: {e}") from e
-    if cfg.get("peft_type", "LORA").upper() != "LORA":
-        raise AdapterError(f"{p} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be served")
-    if not any(p.glob("adapter_model.*")):
-        raise AdapterError(f"{p} is not a LoRA adapter: no adapter_model.safetensors")
-    return cfg
 
 
 class VLLMServer:
@@ -358,10 +333,8 @@ class VLLMServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServerError(f"vLLM exited with code {self.proc.returncode} while starting; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                r = httpx.get(self.base_url + "/models", headers=self._headers(), timeout=5)
-                if r.status_code == 200:
-                    return
+            if self.client.ready():
+                return
             time.sleep(1.0)
         self.stop()
         raise ServerError(f"vLLM did not become healthy within {timeout:.0f}s; log {self.log_path}:\n{self.log_tail()}")
@@ -374,10 +347,7 @@ class VLLMServer:
     def alive(self) -> bool:
         if self._owned and (self.proc is None or self.proc.poll() is not None):
             return False
-        try:
-            return httpx.get(self.root_url + "/health", headers=self._headers(), timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self.client.healthy()
 
     def stop(self, timeout: float = 20.0) -> None:
         if not self._owned or self.proc is None:
@@ -416,20 +386,13 @@ class VLLMServer:
         self.stop()
 
     # ---- API ---------------------------------------------------------------------------------------------
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
-
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            return httpx.request(method, self.root_url + path, headers=self._headers(), timeout=kw.pop("timeout", 120), **kw)
-        except httpx.HTTPError as e:
-            raise ServerError(f"vLLM server at {self.root_url} did not answer {method} {path}: {e!r}"
-                              + ("" if self.alive() else " (the server is down)")) from e
+    @property
+    def client(self) -> VLLMClient:
+        """The REST client of this server (its errors say whether the server is down)."""
+        return VLLMClient(self.base_url, self.config.api_key, alive=self.alive)
 
     def models(self) -> list[str]:
-        r = self._request("GET", "/v1/models")
-        r.raise_for_status()
-        return [m["id"] for m in r.json()["data"]]
+        return self.client.models()
 
     def _check_rank(self, name: str, cfg: dict[str, Any]) -> None:
         r = int(cfg.get("r", 0))
@@ -448,49 +411,36 @@ class VLLMServer:
                 raise AdapterError(f"an adapter named {name!r} is already loaded; load new weights under a new "
                                    "(versioned) name")
             self.unload_adapter(name)
-        r = self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
-        if r.status_code != 200:
-            raise AdapterError(f"vLLM refused adapter {name!r} from {path}: HTTP {r.status_code} {r.text[:500]}")
+        self.client.load_lora(name, path)
         self.adapters[name] = path
         return name
 
     def unload_adapter(self, name: str) -> None:
-        r = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
-        if r.status_code != 200:
-            raise AdapterError(f"vLLM could not unload adapter {name!r}: HTTP {r.status_code} {r.text[:300]}")
+        self.client.unload_lora(name)
         self.adapters.pop(name, None)
 
     def sleep(self, level: int | None = None) -> None:
         """Free the engine's GPU memory until `wake_up` (POST /sleep?level=N). Requests in flight are aborted, so
         call it between a rollout and the update."""
         level = level or self.config.sleep_level
-        r = self._request("POST", "/sleep", params={"level": level}, timeout=600)
-        if r.status_code != 200:
-            raise ServerError(f"vLLM refused to sleep: HTTP {r.status_code} {r.text[:300]} (was it started with "
-                              "--enable-sleep-mode and VLLM_SERVER_DEV_MODE=1?)")
+        self.client.sleep(level)
         self._slept_level = level
 
     def wake_up(self) -> None:
         """Give the engine its weights and KV cache back (POST /wake_up) and check GET /is_sleeping. Release the
         trainer's cached GPU memory first (torch.cuda.empty_cache) or the engine may not get its share back."""
-        r = self._request("POST", "/wake_up", timeout=600)
-        if r.status_code != 200:
-            raise ServerError(f"vLLM could not wake up: HTTP {r.status_code} {r.text[:300]}")
-        if self.is_sleeping():
+        client = self.client
+        client.wake_up()
+        if client.is_sleeping():
             raise ServerError("vLLM still reports is_sleeping after /wake_up")
-        if getattr(self, "_slept_level", 1) == 2:  # level 2 dropped the weights: read them again
-            r = self._request("POST", "/collective_rpc", timeout=600,
-                              json={"method": "reload_weights", "kwargs": {"weights_path": self.model_path}})
-            if r.status_code != 200:
-                raise ServerError(f"reloading the weights after a level-2 sleep failed: HTTP {r.status_code} "
-                                  f"{r.text[:300]}")
+        if self._slept_level == 2:  # level 2 dropped the weights: read them again
+            if self.model_path is None:
+                raise ServerError("the server's model path is unknown: cannot read its weights after a level-2 sleep")
+            client.reload_weights(self.model_path, "the weights after a level-2 sleep", reset_cache=False)
         self._slept_level = None
 
     def is_sleeping(self) -> bool:
-        r = self._request("GET", "/is_sleeping")
-        if r.status_code != 200:
-            raise ServerError(f"GET /is_sleeping failed: HTTP {r.status_code} {r.text[:300]}")
-        return bool(r.json().get("is_sleeping"))
+        return self.client.is_sleeping()
 
     def load_policy_weights(self, adapter_path: str | os.PathLike, version: str) -> dict[str, float]:
         """Sample from a LoRA policy at base-model speed: merge the adapter into the base weights and reload the
@@ -504,12 +454,7 @@ class VLLMServer:
         read_adapter_config(adapter_path)
         merged = cache_dir() / "merged" / f"{self.port}"
         merge_adapter(self.model_path, adapter_path, merged)
-        r = self._request("POST", "/collective_rpc", timeout=600,
-                          json={"method": "reload_weights", "kwargs": {"weights_path": str(merged)}})
-        if r.status_code != 200:
-            raise ServerError(f"reloading merged weights for {version!r} failed: HTTP {r.status_code} {r.text[:300]}")
-        # cached KV blocks were computed with the old weights
-        self._request("POST", "/reset_prefix_cache")
+        self.client.reload_weights(merged, f"merged weights for {version!r}")
         self.policy_version = version
         return self.verify_adapter(BASE_NAME, adapter_path)
 
@@ -517,45 +462,31 @@ class VLLMServer:
         """Serve the unmodified base model as `base` again (undoes load_policy_weights without a restart)."""
         if not self.config.weight_reload or self.model_path is None:
             raise ServerError("this server cannot replace its weights (start it with weight_reload=True)")
-        r = self._request("POST", "/collective_rpc", timeout=600,
-                          json={"method": "reload_weights", "kwargs": {"weights_path": str(self.model_path)}})
-        if r.status_code != 200:
-            raise ServerError(f"reloading the base weights failed: HTTP {r.status_code} {r.text[:300]}")
-        self._request("POST", "/reset_prefix_cache")
+        self.client.reload_weights(self.model_path, "the base weights")
         self.policy_version = None
 
     def greedy_logprobs(self, model: str, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
-        """The tokens `model` generates greedily after `prompt_ids` (exactly max_tokens of them) and their
-        log-probs, as the sampler reports them."""
-        r = self._request("POST", "/v1/completions", json={
-            "model": model, "prompt": prompt_ids, "max_tokens": max_tokens, "temperature": 0.0, "logprobs": 0,
-            "ignore_eos": True, "return_token_ids": True,
-        })
-        if r.status_code != 200:
-            raise ServerError(f"greedy log-probs from {model!r} failed: HTTP {r.status_code} {r.text[:300]}")
-        choice = r.json()["choices"][0]
-        return list(choice["token_ids"]), [float(x) for x in choice["logprobs"]["token_logprobs"]]
+        return self.client.greedy_logprobs(model, prompt_ids, max_tokens)
 
     def verify_adapter(self, name: str, path: str | os.PathLike | None = None, *, tolerance: float | None = None,
                        probe: str | None = None) -> dict[str, float]:
         """Prove that `name` on the server is the adapter at `path` (see stratagem.integrations.adapter_check).
         The default tolerance is tight for an fp32 engine and looser for reduced precision."""
-        from stratagem.integrations.adapter_check import verify_adapter
-
         if tolerance is None:
             tolerance = 1e-3 if self.dtype == "float32" else 0.05
 
         path = path or self.adapters.get(name)
         if path is None:
             raise AdapterError(f"no path known for adapter {name!r}; pass it")
-        return verify_adapter(self, name, path, tolerance=tolerance, probe=probe, merged=name == BASE_NAME)
+        if self.model_path is None:
+            raise AdapterVerificationError("the server's model path is unknown; cannot compute reference log-probs")
+        return verify_adapter(self.client, self.model_path, name, path, tolerance=tolerance, probe=probe,
+                              merged=name == BASE_NAME)
 
 
 def merge_adapter(model_path: str, adapter_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write base + LoRA merged into one fp32 safetensors checkpoint, from the process's in-memory reference copy of
     the base model (adapter_check.ReferenceModel: read from disk once per run, not once per iteration)."""
-    from stratagem.integrations.adapter_check import reference_model
-
     ref = reference_model(str(model_path))
     ref.set_adapter(str(adapter_path))
     return ref.save_merged(out)
