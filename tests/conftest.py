@@ -21,6 +21,19 @@ def model_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A tiny random model of the default model's architecture (Llama): for tests of mechanisms, not of the model."""
+    from training_fakes import tiny_model
+
+    return str(tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_path) -> str:
+    return tiny_model_path
+
+
+@pytest.fixture(scope="session")
 def vllm_server(model_path):
     from stratagem.integrations.vllm_server import VLLMServer
 

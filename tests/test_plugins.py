@@ -66,8 +66,8 @@ def plugin_path(tmp_path, monkeypatch):
     for name in ("plug_kuhn", "bad_game"):
         if name in registry._GAMES:
             registry.unregister_game(name)
-    advantages._REGISTRY.pop("plug_adv", None)
-    objectives._LOSSES.pop("plug_loss", None)
+    advantages.unregister_advantage("plug_adv")
+    objectives.unregister_loss("plug_loss")
     sys.modules.pop("stratplug", None)
 
 

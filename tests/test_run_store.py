@@ -9,18 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_fakes import FakeServer, make_fake_rollout, tiny_model
+from training_fakes import FakeServer, make_fake_rollout
 
 from stratagem.files import AppendLog, Journal, StoreDamage, cut_to
 from stratagem.training.loop import RunConfig, run_training
 from stratagem.training.run_store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 def _cfg(tiny, iterations=3):

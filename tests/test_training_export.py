@@ -2,16 +2,11 @@
 recomputed advantages are the ones the loop trained with (their per-iteration mean is the metrics' adv_mean)."""
 
 import pytest
-from training_fakes import FakeServer, make_fake_rollout, tiny_model
+from training_fakes import FakeServer, make_fake_rollout
 
 from stratagem.training.loop import RunConfig, run_training
 
 datasets = pytest.importorskip("datasets")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 def _run(tiny, out, algo):

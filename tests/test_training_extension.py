@@ -5,9 +5,9 @@ import pytest
 import torch
 from training_fakes import two_games
 
-from stratagem.training.advantages import _REGISTRY, register_advantage
+from stratagem.training.advantages import register_advantage, unregister_advantage
 from stratagem.training.loop import RunConfig, update
-from stratagem.training.objectives import _LOSSES, Objective, register_loss
+from stratagem.training.objectives import Objective, register_loss, unregister_loss
 from stratagem.training.trainer import LoRATrainer, TrainerConfig
 
 
@@ -28,19 +28,17 @@ def registered():
             return loss, {"loss": float(loss.detach()), "scored_tokens": float(sum(len(x) for x in logps))}
 
     yield
-    _REGISTRY.pop("sign_of_return")
-    _LOSSES.pop("reinforce")
+    unregister_advantage("sign_of_return")
+    unregister_loss("reinforce")
 
 
-def test_registered_estimator_and_loss_train(registered, model_path):
-    from transformers import AutoTokenizer
-
+def test_registered_estimator_and_loss_train(registered, tiny_model_path):
     cfg = RunConfig.from_dict({"loop": {"algo": "sign_of_return", "loss": "reinforce"}, "trainer": {"lr": 1e-2}})
     with pytest.raises(ValueError, match="loop.loss"):
         RunConfig.from_dict({"loop": {"loss": "nope"}})
-    trainer = LoRATrainer(model_path, TrainerConfig(lr=1e-2, minibatches=2), seed=0)
+    trainer = LoRATrainer(tiny_model_path, TrainerConfig(lr=1e-2, minibatches=2), seed=0)
     before = {n: p.detach().clone() for n, p in trainer.lora_parameters().items()}
-    stats = update(trainer, cfg, two_games(AutoTokenizer.from_pretrained(model_path)), 1, {})
+    stats = update(trainer, cfg, two_games(), 1, {})
     assert stats["scored_tokens"] == stats["trained_tokens"] > 0  # every trained token scored once per epoch
     assert stats["trained_acts"] == 6.0
     assert stats["adv_mean"] == pytest.approx(0.0)  # three +1 and three -1 acts

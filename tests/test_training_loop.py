@@ -11,16 +11,11 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_fakes import FakeServer, fake_episode, make_fake_rollout, tiny_model
+from training_fakes import FakeServer, fake_episode, make_fake_rollout
 
 from stratagem.training.loop import RunConfig, episode_metrics, episodes_per_game, run_training
 from stratagem.training.run_store import RunStore
 from stratagem.training.trainer import LoRATrainer
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 def _cfg(tiny, algo="mars", iterations=2, n=4, games=("tictactoe",)):

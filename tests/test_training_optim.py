@@ -6,18 +6,13 @@ import math
 
 import pytest
 import torch
-from training_fakes import fake_episode, tiny_model
+from training_fakes import fake_episode
 
 from stratagem.config import ConfigError, from_dict, parse_flags
 from stratagem.training.cli import train_parser
 from stratagem.training.losses import PPOConfig
 from stratagem.training.samples import build_batch
 from stratagem.training.trainer import LoRATrainer, TrainerConfig, scheduled_lr
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture(scope="module")

@@ -111,14 +111,31 @@ class FakeServer:
         return {"max_abs_diff": 0.0}
 
 
-def two_games(tok) -> list[Episode]:
-    """Two short tic-tac-toe-like games; the second seat's second prompt extends its first (a growing chat)."""
+class CharTokenizer:
+    """Ids for the tiny model (VOCAB ids): one per character, 0-2 kept for the chat markers and end of turn."""
+
+    eos_token_id = 2
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [3 + ord(c) % (VOCAB - 3) for c in text]}
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
+                            tokenize: bool = False) -> list[int]:
+        return [0] + self(messages[-1]["content"])["input_ids"] + [1]
+
+
+def two_games(tok=None) -> list[Episode]:
+    """Two short tic-tac-toe-like games; the second seat's second prompt extends its first (a growing chat). `tok`:
+    a real tokenizer (ids of its model), or None for the tiny model's CharTokenizer."""
+    tok = tok or CharTokenizer()
+
     def ids(text):
         return tok(text, add_special_tokens=False)["input_ids"]
 
     def prompt(text):
-        return ids(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                           tokenize=False))
+        chat = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                       tokenize=False)
+        return ids(chat) if isinstance(chat, str) else list(chat)
 
     eps = []
     for g, w in enumerate([0, 1]):

@@ -74,6 +74,11 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
     return deco
 
 
+def unregister_advantage(name: str) -> None:
+    """Remove estimator `name` (tests that register one of their own); an unknown name is a no-op."""
+    _REGISTRY.pop(name, None)
+
+
 def get_advantage(name: str) -> AdvantageFn:
     load_plugins("advantages")
     try:

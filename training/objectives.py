@@ -82,6 +82,11 @@ def register_loss(name: str) -> Callable[[type[Objective]], type[Objective]]:
     return deco
 
 
+def unregister_loss(name: str) -> None:
+    """Remove loss `name` (tests that register one of their own); an unknown name is a no-op."""
+    _LOSSES.pop(name, None)
+
+
 def get_loss(name: str) -> type[Objective]:
     load_plugins("losses")
     try:
