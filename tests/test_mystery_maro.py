@@ -9,7 +9,7 @@ import torch
 
 from stratagem.games.core import Episode, Seat, Turn
 from stratagem.training.losses import MAROConfig, has_mismatched_pair, maro_labels, mismatched_pairs, pairs_in_order
-from stratagem.training.objectives import get_loss
+from stratagem.training.objectives import Targets, get_loss
 from stratagem.training.samples import Act, build_batch, mismatched_samples
 from stratagem.training.trainer import LoRATrainer, TrainerConfig
 
@@ -188,16 +188,16 @@ def test_z0_on_a_two_episode_batch_hand_worked():
     trainer, maro = _Scorer(), get_loss("maro")(MAROConfig())
     assert trainer.mini_batches(4) == [[0, 2], [1, 3]]
     assert maro.mini_batches(trainer, batch) == [[0, 3], [1, 2]]
-    state, stats = _run_minibatches(maro, trainer, batch, (desirable, eps, random.Random(0)))
+    state, stats = _run_minibatches(maro, trainer, batch, Targets(labels=desirable, episodes=eps, rng=random.Random(0)))
     # z0 = max(0, mean of the pairs' log-ratios): (0.70 + 0.10) / 2 = 0.40, then (0.30 + 0.20) / 2 = 0.25
     assert state["z0"].item() == pytest.approx(0.25)
     assert stats["z0"] == pytest.approx((0.40 + 0.25) / 2) and stats["z0_pairs"] == 2.0
     # the precomputed samples of the old call: e0-Ann's prompt with e1-Ben's reply, e1-Ann's with e0-Ben's
     mism = mismatched_samples(eps, batch, [(0, 3), (2, 1)])
-    state, stats = _run_minibatches(maro, trainer, batch, (desirable, mism))
+    state, stats = _run_minibatches(maro, trainer, batch, Targets(labels=desirable, mismatched=mism))
     assert stats["z0"] == pytest.approx((0.70 + 0.20) / 2) and stats["z0_pairs"] == 2.0
     with pytest.raises(ValueError, match="mismatched samples"):
-        maro.prepare(trainer, batch, (desirable, []))
+        maro.prepare(trainer, batch, Targets(labels=desirable, mismatched=[]))
 
 
 def test_z0_is_clamped_at_zero_not_silently_zero():
@@ -207,7 +207,7 @@ def test_z0_is_clamped_at_zero_not_silently_zero():
     trainer, maro = _Scorer(), get_loss("maro")(MAROConfig())
     trainer.score = lambda samples, reference=False, groups=None: [  # noqa: E731
         torch.full((len(s.positions),), 0.0 if reference else -1.0) for s in samples]
-    _, stats = _run_minibatches(maro, trainer, batch, (desirable, eps, random.Random(0)))
+    _, stats = _run_minibatches(maro, trainer, batch, Targets(labels=desirable, episodes=eps, rng=random.Random(0)))
     assert stats["z0"] == 0.0 and stats["z0_pairs"] == 2.0
 
 
@@ -216,7 +216,7 @@ def test_a_one_episode_batch_fails_before_any_scoring():
     batch, desirable = _maro_targets(eps)
     trainer, maro = _Scorer(minibatches=1), get_loss("maro")(MAROConfig())
     with pytest.raises(ValueError, match=r"at least 2 episodes.*loop\.episodes_per_iteration to 2"):
-        maro.prepare(trainer, batch, (desirable, eps, random.Random(0)))
+        maro.prepare(trainer, batch, Targets(labels=desirable, episodes=eps, rng=random.Random(0)))
     assert trainer.calls == 0
 
 
@@ -229,5 +229,5 @@ def test_a_mini_batch_without_pairs_fails_naming_the_settings():
     batch, desirable = _maro_targets(eps)
     trainer, maro = _Scorer(minibatches=1), get_loss("maro")(MAROConfig())
     with pytest.raises(ValueError, match=r"mini-batch 1 of 1 .*trainer\.minibatches.*trainer\.sequences_per_step"):
-        maro.prepare(trainer, batch, (desirable, eps, random.Random(0)))
+        maro.prepare(trainer, batch, Targets(labels=desirable, episodes=eps, rng=random.Random(0)))
     assert trainer.calls == 0

@@ -23,7 +23,7 @@ def registered():
 
         def loss(self, trainer, batch, mb, logps, state, first_step):
             acts = [a for i in mb for a in batch.samples[i].acts]
-            adv = torch.tensor([state["targets"][a] for a in acts])
+            adv = torch.tensor([state["targets"].advantages[a] for a in acts])
             loss = -(adv * torch.cat(logps).float().cpu()).sum() / batch.n_trained_tokens
             return loss, {"loss": float(loss.detach()), "scored_tokens": float(sum(len(x) for x in logps))}
 

@@ -22,7 +22,7 @@ from stratagem.training.losses import (
     token_mean_weights,
     trajectory_mean_weights,
 )
-from stratagem.training.objectives import get_loss
+from stratagem.training.objectives import Targets, get_loss
 from stratagem.training.samples import Act, Batch, Sample
 
 
@@ -74,7 +74,7 @@ def test_clipped_policy_loss_aggregation(mode, expected):
     batch = Batch(acts=acts, samples=samples)
     cfg = PPOConfig(kl_coef=0.0, aggregation=mode)
     objective = get_loss("ppo")(cfg)
-    state = objective.prepare(_Scorer(), batch, [1.0, -2.0, 4.0])
+    state = objective.prepare(_Scorer(), batch, Targets(advantages=[1.0, -2.0, 4.0]))
     loss, _ = objective.loss(_Scorer(), batch, [0, 1, 2], [torch.zeros(a.n_tokens) for a in acts], state, True)
     assert loss.item() == pytest.approx(expected)
 

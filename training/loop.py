@@ -33,10 +33,10 @@ from stratagem.games.metrics import episode_metrics
 from stratagem.games.registry import RolloutJob, get_game_spec
 from stratagem.integrations.servers import Serving, as_serving, open_serving
 from stratagem.models import resolve
-from stratagem.training.advantages import get_advantage
+from stratagem.training.advantages import advantage_names, get_advantage
 from stratagem.training.compare import evaluate_exact, evaluate_policy, print_comparison, print_exact_comparison
 from stratagem.training.distributed import Distributed, init_distributed
-from stratagem.training.losses import maro_labels
+from stratagem.training.objectives import NoReferencePairs, Targets, get_labels, get_loss
 from stratagem.training.run_config import MYSTERY, LoopConfig, RunConfig, known_algos, merged_policy, resumed
 from stratagem.training.run_store import RunStore
 from stratagem.training.samples import build_batch
@@ -139,26 +139,24 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
            adv_state: dict[str, Any]) -> dict[str, float]:
     """Advantages (estimator `algo`, loss `loss`) or per-act labels (a loss without advantages, such as maro) for
     the batch, then one trainer update through the loss's objective. Returns its metrics."""
-    from stratagem.training.advantages import advantage_names
-    from stratagem.training.objectives import NoReferencePairs, get_loss
-
     lc, tc = cfg.loop, cfg.trainer
     learner = learner_for(lc)
     loss_name = lc.loss if lc.algo in advantage_names() else lc.algo
     objective_cls = get_loss(loss_name)
     objective = objective_cls(getattr(cfg, objective_cls.config_section) if objective_cls.config_section else None)
     stats: dict[str, float] = {}
-    if not objective_cls.uses_advantages:
+    if objective.labels is not None:  # per-act labels from the loss's own label producer (maro's)
         rng = random.Random(lc.seed * 1_000_003 + iteration)  # recipients drawn with the run's seed, per iteration
-        labels = maro_labels(episodes, learner, cfg.maro, rng)
+        labels = get_labels(objective.labels)(episodes, learner, objective.config, rng)
         batch = build_batch(episodes, lambda i, j: (i, j) in labels, pack=tc.pack, max_seq_len=tc.max_seq_len)
-        desirable = [labels[(a.episode, a.turn)] for a in batch.acts]
-        targets: Any = (desirable, episodes, rng)  # mismatched pairs are drawn per mini-batch
+        # mismatched pairs are drawn per mini-batch, from these episodes with this rng
+        targets = Targets(labels=[labels[(a.episode, a.turn)] for a in batch.acts], episodes=episodes, rng=rng)
     else:
         adv = get_advantage(lc.algo)(episodes, learner, cfg.advantage, adv_state)
         batch = build_batch(episodes, lambda i, j: adv[i][j] is not None, pack=tc.pack, max_seq_len=tc.max_seq_len)
-        targets = [float(adv[a.episode][a.turn] or 0.0) for a in batch.acts]  # build_batch kept only the non-None
-        stats["adv_mean"], stats["adv_std"] = _mean_std(targets)
+        values = [float(adv[a.episode][a.turn] or 0.0) for a in batch.acts]  # build_batch kept only the non-None
+        targets = Targets(advantages=values)
+        stats["adv_mean"], stats["adv_std"] = _mean_std(values)
     if batch.dropped:  # counted in the metrics too: never a silent loss of training data
         log.warning("iteration %d: %d turn(s) longer than trainer.max_seq_len=%d tokens left out of the update; "
                     "raise trainer.max_seq_len (MARSHAL: 32768) to train them", iteration, batch.dropped,

@@ -4,21 +4,26 @@ log-probs), what it recomputes per mini-batch, and how a micro-batch's loss is s
 
     @register_loss("my_loss")
     class MyLoss(Objective):
-        uses_advantages = True      # fed per-act advantages from an estimator (else per-act labels, as MARO)
+        labels = None               # trains on an estimator's per-act advantages (Targets.advantages)
         def loss(self, trainer, batch, mb, logps, state): ...
 
-A loss with `uses_advantages = True` pairs with any registered advantage estimator (`loop.loss`); one without
-advantages is selected by `loop.algo` directly (as `maro` is).
+A loss declares its inputs: `labels = None` trains on per-act advantages and pairs with any registered advantage
+estimator (`loop.loss`); `labels = "NAME"` trains on the per-act labels of the label producer registered as NAME
+(`register_labels`, as MARO's are) and is selected by `loop.algo` directly. Either way its `prepare` receives one
+`Targets`.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from stratagem.games.core import Episode
 from stratagem.plugins import load_plugins
 from stratagem.training.losses import (
     MAROConfig,
@@ -27,10 +32,50 @@ from stratagem.training.losses import (
     has_mismatched_pair,
     kl_reference_point,
     maro_act_loss,
+    maro_labels,
     mismatched_pairs,
     ppo_token_loss,
 )
-from stratagem.training.samples import Batch, mismatched_samples
+from stratagem.training.samples import Batch, Sample, mismatched_samples
+
+
+@dataclass
+class Targets:
+    """What an update trains toward, per act of the batch (`batch.acts` order): `advantages` (an estimator's), or
+    `labels` (desirable or not) with the `episodes` and `rng` a loss needs to draw pairs from, or fixed `mismatched`
+    samples (tests, benchmarks)."""
+
+    advantages: list[float] | None = None
+    labels: list[bool] | None = None
+    episodes: list[Episode] | None = None
+    rng: random.Random | None = None
+    mismatched: list[Sample] | None = None
+
+
+# label producers by name: (episodes, learner, the loss's config section, rng) -> {(episode, turn): desirable}
+LabelFn = Callable[[list[Episode], Callable[[Episode, int], bool], Any, random.Random], dict[tuple[int, int], bool]]
+_LABELS: dict[str, LabelFn] = {}
+
+
+def register_labels(name: str) -> Callable[[LabelFn], LabelFn]:
+    def deco(fn: LabelFn) -> LabelFn:
+        if name in _LABELS and _LABELS[name] is not fn:
+            raise ValueError(f"label producer {name!r} is already registered")
+        _LABELS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_labels(name: str) -> LabelFn:
+    load_plugins("losses")
+    try:
+        return _LABELS[name]
+    except KeyError:
+        raise ValueError(f"unknown label producer {name!r}; expected one of {sorted(_LABELS)}") from None
+
+
+register_labels("maro")(maro_labels)
 
 
 class Objective:
@@ -39,7 +84,7 @@ class Objective:
     micro-batches give the mini-batch loss), and finally `summary` with the summed statistics."""
 
     name: str  # the name it is registered under (set by register_loss)
-    uses_advantages: bool = True
+    labels: str | None = None  # the label producer this loss trains on; None: an estimator's advantages
     config_section: str | None = None  # the RunConfig section holding this objective's options
 
     @property
@@ -54,7 +99,7 @@ class Objective:
         """The update's mini-batches (sample indices, one optimizer step each); the same on every call."""
         return trainer.mini_batches(len(batch.samples))
 
-    def prepare(self, trainer: Any, batch: Batch, targets: Any) -> dict[str, Any]:
+    def prepare(self, trainer: Any, batch: Batch, targets: Targets) -> dict[str, Any]:
         return {"targets": targets}
 
     def on_minibatch(self, trainer: Any, batch: Batch, group: list[int], state: dict[str, Any]) -> None:
@@ -96,8 +141,9 @@ def get_loss(name: str) -> type[Objective]:
 
 
 def loss_names(uses_advantages: bool | None = None) -> list[str]:
+    """Registered losses; `uses_advantages`: only those that train on advantages (True) or on labels (False)."""
     load_plugins("losses")
-    return sorted(n for n, c in _LOSSES.items() if uses_advantages is None or c.uses_advantages == uses_advantages)
+    return sorted(n for n, c in _LOSSES.items() if uses_advantages is None or (c.labels is None) == uses_advantages)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -111,7 +157,6 @@ class ClippedPolicyLoss(Objective):
     (losses.nested_mean_weights), or as MARSHAL's code does (per trajectory, or per token). `targets` are the per-act
     advantages."""
 
-    uses_advantages = True
     config_section = "ppo"
 
     @property
@@ -127,7 +172,9 @@ class ClippedPolicyLoss(Objective):
         # LoRA's B is still zero)
         groups = trainer.mini_batches(len(samples))
         t0 = time.perf_counter()
-        state: dict[str, Any] = {"adv": list(targets), "w": aggregation_weights(cfg.aggregation, batch.acts),
+        if targets.advantages is None:
+            raise ValueError("the ppo loss trains on per-act advantages: Targets.advantages is None")
+        state: dict[str, Any] = {"adv": list(targets.advantages), "w": aggregation_weights(cfg.aggregation, batch.acts),
                                  "ref": trainer.score(samples, reference=True, groups=groups) if want_ref else None}
         t1 = time.perf_counter()
         state["endpoint"] = [torch.tensor(s.old_logprobs, dtype=torch.float32) for s in samples]
@@ -201,7 +248,7 @@ class MAROLoss(Objective):
     mismatched (prompt, response) pairs re-drawn per mini-batch, and lambda (1 - sigmoid(beta (r - z0)))
     (losses.maro_act_loss), averaged over acts."""
 
-    uses_advantages = False
+    labels = "maro"
     config_section = "maro"
 
     def mini_batches(self, trainer, batch):
@@ -217,15 +264,17 @@ class MAROLoss(Objective):
         return [[order[i] for i in g] for g in trainer.mini_batches(len(order))]
 
     def prepare(self, trainer, batch, targets):
-        """`targets`: (desirable per act, episodes, rng): mismatched pairs are drawn afresh for every mini-batch
-        from its own acts (losses.mismatched_pairs); or (desirable per act, fixed mismatched samples). Refuses,
-        before any model work, a batch whose mini-batches cannot all give z0 a mismatched pair."""
-        desirable, *rest = targets
+        """`targets`: the labels per act with the episodes and rng (mismatched pairs are drawn afresh for every
+        mini-batch from its own acts: losses.mismatched_pairs), or with fixed mismatched samples. Refuses, before
+        any model work, a batch whose mini-batches cannot all give z0 a mismatched pair."""
+        if targets.labels is None:
+            raise ValueError("the maro loss trains on per-act labels: Targets.labels is None")
+        desirable, drawn = targets.labels, targets.episodes is not None and targets.rng is not None
         samples = batch.samples
         groups = self.mini_batches(trainer, batch)
-        if len(rest) == 2:
+        if drawn:
             _check_pairs(batch, groups)
-        elif not rest[0]:
+        elif not targets.mismatched:
             raise ValueError("MARO needs mismatched samples for its reference point z0; got none")
         t0 = time.perf_counter()
         ref = trainer.score(samples, reference=True, groups=groups)
@@ -235,10 +284,10 @@ class MAROLoss(Objective):
             ref_act.index_add_(0, torch.tensor(s.acts, dtype=torch.long), lp.float().cpu())
         state = {"labels": torch.tensor(desirable, dtype=torch.bool), "ref_act": ref_act, "z0": torch.zeros(()),
                  "z0_sum": 0.0, "z0_n": 0, "z0_pairs": 0, "pass_s": {"ref_s": ref_s}}
-        if len(rest) == 2:
-            state["episodes"], state["rng"] = rest
+        if drawn:
+            state["episodes"], state["rng"] = targets.episodes, targets.rng
         else:
-            state["mismatched"] = rest[0]
+            state["mismatched"] = targets.mismatched
         return state
 
     def on_minibatch(self, trainer, batch, group, state):

@@ -15,14 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from stratagem import faults
 from stratagem.training.losses import MAROConfig, PPOConfig, token_entropy
-from stratagem.training.objectives import Objective, get_loss
+from stratagem.training.objectives import Objective, Targets, get_loss
 from stratagem.training.samples import Batch, Sample
 
 if TYPE_CHECKING:
@@ -350,7 +350,7 @@ class LoRATrainer:
         self.optimizer_steps += 1
         return float(norm)
 
-    def update(self, batch: Batch, objective: Objective, targets: Any, *,
+    def update(self, batch: Batch, objective: Objective, targets: Targets, *,
                iteration: int | None = None) -> dict[str, float]:
         """The one update path: `objective.prepare` (reference / old log-probs, no grad), then `epochs` passes over
         the batch split into mini-batches (one optimizer step each), each mini-batch into micro-batches (gradient
@@ -410,12 +410,13 @@ class LoRATrainer:
     def ppo_step(self, batch: Batch, act_advantages: list[float], cfg: PPOConfig, *,
                  iteration: int | None = None) -> dict[str, float]:
         """The clipped policy loss with per-act advantages (shorthand for update with the 'ppo' objective)."""
-        return self.update(batch, get_loss("ppo")(cfg), act_advantages, iteration=iteration)
+        return self.update(batch, get_loss("ppo")(cfg), Targets(advantages=act_advantages), iteration=iteration)
 
     def maro_step(self, batch: Batch, desirable: list[bool], mismatched: list[Sample],
                   cfg: MAROConfig, *, iteration: int | None = None) -> dict[str, float]:
         """The MARO loss (shorthand for update with the 'maro' objective)."""
-        return self.update(batch, get_loss("maro")(cfg), (desirable, mismatched), iteration=iteration)
+        return self.update(batch, get_loss("maro")(cfg), Targets(labels=desirable, mismatched=mismatched),
+                           iteration=iteration)
 
     # ---- persistence ---------------------------------------------------------------------------------------
     def save_adapter(self, path: str | Path) -> Path:
