@@ -276,3 +276,38 @@ async def test_alternate_policy_seat_plays_half_the_games_each_way_and_trains_th
     assert [e.seats[0].agent for e in eps] == ["llm:iter-1"] * 2 and [e.metrics["policy_seat"] for e in eps] == [0, 0]
     with pytest.raises(ValueError, match="loop.policy_seat"):
         RunConfig.from_dict({"loop": {"policy_seat": "alternate"}})  # no opponents to alternate with
+
+
+LIARS_DICE_RULES = ("Liar's dice: each player rolls one six-sided die and sees only their own. Players bid in turn "
+                    "on how many dice of a face are on the table (<Q-F>: at least Q dice show face F; 6 counts as "
+                    "any face); each bid must be higher than the last, or a player calls <Liar> and the bid is "
+                    "checked: the bidder loses if it was false, the caller if it was true.")
+
+
+async def test_any_openspiel_game_by_name_plays_as_a_registered_game(tmp_path):
+    """register_spiel_game: Liar's dice from OpenSpiel with the user's rules passes the conformance check (hidden
+    dice: what a seat sees depends only on its own information) and plays to the end with bots and an LLM-format
+    reply; a simultaneous-move game is refused."""
+    from stratagem.games.strategic.generic import register_spiel_game
+
+    spec = register_spiel_game("liars_dice", rules=LIARS_DICE_RULES)
+    try:
+        assert "liars_dice" in game_names() and get_game_spec("liars_dice") is spec
+        assert check_registered("liars_dice", workdir=tmp_path).episodes > 0
+        game = make_game("liars_dice")
+        game.reset(3)
+        obs = game.observe(game.current_seat())
+        text = "\n".join(m["content"] for m in obs.messages)
+        assert LIARS_DICE_RULES in text and "What you know:" in text and obs.legal_actions[0].startswith("<1-")
+        reply = f"<answer>{obs.legal_actions[0]}</answer>"[len(obs.response_prefix or ""):]  # the prefix is given
+        turn = game.step(game.current_seat(), Reply(text=reply))
+        assert turn.illegal_reason is None and turn.action == obs.legal_actions[0]
+        agents = [make_agent("random", seed=1), make_agent("random", seed=2)]
+        eps = await collect_episodes("liars_dice", agents, 6, seed=10)
+        assert len(eps) == 6 and all(e.end_reason == "terminal" and len(e.winners) == 1 for e in eps)
+        with pytest.raises(ValueError, match="simultaneous"):
+            register_spiel_game("matrix_rps", rules="Rock, paper, scissors.")
+        with pytest.raises(ValueError, match="rules"):
+            register_spiel_game("liars_dice", rules=" ", name="liars_dice_2")
+    finally:
+        unregister_game("liars_dice")
