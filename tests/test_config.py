@@ -286,3 +286,18 @@ async def test_mystery_players_sample_at_the_trainers_temperature(monkeypatch):
     assert seen["player_temperature"] == 0.7 and cfg.mystery.player_temperature is None
     assert seen["rounds"] == 1 and seen["script"] == "lighthouse"  # the run's own section and script, typed
 
+
+
+def test_a_think_answer_budget_that_bytes_can_overrun_is_warned_about(caplog):
+    """constrain think_answer bounds reasoning in characters; max_tokens counts tokens, and a character can be four
+    byte tokens: a budget below 4 x the characters + the tags is said before the run (40 chars in 64 tokens once
+    ended a reply before its answer)."""
+    def warned(max_tokens, chars):
+        caplog.clear()
+        RunConfig.from_dict({"reply": {"think": True}, "sampling": {"constrain": "think_answer", "stop": [],
+                                                                     "max_tokens": max_tokens,
+                                                                     "constrain_think_chars": chars}})
+        return [r.getMessage() for r in caplog.records if "think_answer reply short" in r.getMessage()]
+
+    assert warned(64, 40) and "160 byte tokens" in warned(64, 40)[0]
+    assert warned(128, 16) == [] and warned(4096, 200) == []

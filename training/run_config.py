@@ -5,6 +5,7 @@ starts. The flags of `stratagem train` and the YAML files are generated from the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from stratagem.training.losses import MAROConfig, PPOConfig
 from stratagem.training.trainer import TrainerConfig
 
 MYSTERY = "mystery"
+# tokens of '</think><answer>', the longest built-in action and '</answer>', as the default model tokenizes them
+THINK_ANSWER_TAGS = 32
+log = logging.getLogger(__name__)
 # what a resume may change: the run may be extended, or continue on another server; every other field is the run's
 RESUMABLE = ("loop.iterations", "loop.base_url")
 
@@ -236,6 +240,14 @@ class RunConfig:
                         check_agent_spec(spec, game=g)
                     except ValueError as e:
                         raise ConfigError(f"loop.opponents[{i}]: {e}") from None
+        sp = self.sampling
+        if sp.constrain == "think_answer" and sp.max_tokens < 4 * sp.constrain_think_chars + THINK_ANSWER_TAGS:
+            # the regex bounds characters, the budget counts tokens: a character can be 4 byte tokens, so a reply
+            # that uses its whole reasoning budget can run out of tokens before its answer, a forfeit
+            log.warning("sampling.max_tokens=%d may cut a think_answer reply short: %d reasoning characters can take "
+                        "up to %d byte tokens, plus about %d for the tags and the action; raise max_tokens or lower "
+                        "sampling.constrain_think_chars", sp.max_tokens, sp.constrain_think_chars,
+                        4 * sp.constrain_think_chars, THINK_ANSWER_TAGS)
         if self.reply.think and any(x in ("\n", ">") for x in self.sampling.stop):
             raise ConfigError(f"sampling.stop: reply.think runs each reply to the end of its turn, so a stop string "
                               f"{self.sampling.stop} would cut its thinking short; give sampling.stop: []")
