@@ -26,6 +26,9 @@ def test_play_one_short_game(vllm_server, tmp_path):
     assert saved["metrics"] == result["metrics"] and saved["metrics"]["games"] == 1
 
     [ep] = list(read_jsonl(tmp_path / "game.jsonl"))
+    # every act was on disk as it was played, before the game ended
+    played = [json.loads(x) for x in (tmp_path / "game.acts.jsonl").read_text().splitlines()]
+    assert [(a["seat"], a["phase"], a["response"]) for a in played] == [(t.seat, t.phase, t.response) for t in ep.turns]
     m = ep.metrics
     for k in HEADLINE:  # one game: the aggregate is that game's value
         assert saved["metrics"][k] == pytest.approx(m[k]), k

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -89,6 +90,7 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
     from rich.table import Table
 
     from stratagem.console import console as make_console
+    from stratagem.files import append_line
     from stratagem.games.core import write_jsonl
     from stratagem.games.mystery.game import MysteryConfig
     from stratagem.games.mystery.metrics import HEADLINE, aggregate
@@ -116,6 +118,9 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
     md_path = Path(transcript) if transcript else Path("runs/mystery") / f"{s.name}-{time.strftime('%Y%m%d-%H%M%S')}.md"
     md_path.parent.mkdir(parents=True, exist_ok=True)
     est_acts = episodes * len(s.characters) * (2 + 2 * rounds * len(s.stages))
+    # every act as it is played (one JSON line each): a long game stopped before its end keeps what it played
+    acts_path = md_path.with_suffix(".acts.jsonl")
+    acts_path.write_text("", encoding="utf-8")
 
     server: Any = contextlib.nullcontext()
     if base_url is None:
@@ -128,11 +133,16 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
             acts = progress.add_task(f"mystery {s.name}: acts (estimate)", total=est_acts)
+
+            def played(turn: Any) -> None:
+                append_line(acts_path, json.dumps(dataclasses.asdict(turn), ensure_ascii=False))
+                progress.advance(acts)
+
             games = progress.add_task("games", total=episodes)
             eps = asyncio.run(collect_mystery_episodes(
                 s.path, episodes, base_url=url, player_model=players, judge_model=judge, config=cfg, seed=seed,
                 concurrency=concurrency,
-                on_turn=lambda _t: progress.advance(acts), on_episode=lambda _e: progress.advance(games)))
+                on_turn=played, on_episode=lambda _e: progress.advance(games)))
             progress.update(acts, completed=progress.tasks[acts].total)
         wall_s = time.perf_counter() - t0
 
@@ -145,7 +155,7 @@ def play_mystery(script: str = "lighthouse", players: str = "base", judge: str =
         "wall_s": round(wall_s, 1),
         "metrics": aggregate(per_game),
         "per_game": per_game, "episodes_path": str(jsonl_path), "transcript_path": str(md_path),
-        "metrics_path": str(metrics_path)}
+        "metrics_path": str(metrics_path), "acts_path": str(acts_path)}
     metrics_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     if json_out:
         typer.echo(json.dumps(result))
