@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
+from stratagem.agents import check_agent_spec
 from stratagem.agents.sampling import SamplingConfig
 from stratagem.config import ConfigError
 from stratagem.config import check as check_config
@@ -17,10 +18,18 @@ from stratagem.config import from_dict as config_from_dict
 from stratagem.config import to_dict as config_to_dict
 from stratagem.games.base import ReplyFormat, RewardConfig
 from stratagem.games.mystery.game import MysteryConfig
+from stratagem.games.mystery.library import script_dir
+from stratagem.games.registry import game_names, make_game
+from stratagem.integrations.exact_eval import EXACT_GAMES
+from stratagem.integrations.games_eval import GamesEvalConfig, plan
 from stratagem.integrations.vllm_server import ServerConfig
-from stratagem.training.advantages import AdvantageConfig
+from stratagem.models import REGISTRY
+from stratagem.preset import preset_names
+from stratagem.training.advantages import AdvantageConfig, advantage_names
 from stratagem.training.distributed import DistributedConfig
 from stratagem.training.losses import MAROConfig, PPOConfig
+from stratagem.training.objectives import loss_names
+from stratagem.training.trackers import check_trackers
 from stratagem.training.trainer import TrainerConfig
 
 MYSTERY = "mystery"
@@ -42,9 +51,6 @@ def resumed(saved: RunConfig, given: RunConfig) -> RunConfig:
 def known_algos() -> tuple[str, ...]:
     """The values `loop.algo` takes: every registered advantage estimator (paired with `loop.loss`), and every
     registered loss that needs no advantages (maro)."""
-    from stratagem.training.advantages import advantage_names
-    from stratagem.training.objectives import loss_names
-
     return tuple(advantage_names()) + tuple(loss_names(uses_advantages=False))
 
 
@@ -150,7 +156,6 @@ class RunConfig:
         script) and the combinations. Loads no model and contacts no server."""
         check_config(self)
         lc = self.loop
-        from stratagem.preset import preset_names
 
         if lc.preset not in preset_names():
             raise ConfigError(f"loop.preset: must be one of {', '.join(preset_names())}, got {lc.preset!r}")
@@ -159,13 +164,11 @@ class RunConfig:
             raise ConfigError(f"loop.algo: must be one of {', '.join(algos)}, got {lc.algo!r}")
         if not lc.games:
             raise ConfigError("loop.games: must name at least one game")
-        from stratagem.training.trackers import check_trackers
 
         try:
             check_trackers(lc.trackers)
         except ValueError as e:
             raise ConfigError(f"loop.trackers: {e}") from None
-        from stratagem.training.objectives import loss_names
 
         if lc.loss not in loss_names(uses_advantages=True):
             raise ConfigError(f"loop.loss: must be one of {', '.join(loss_names(uses_advantages=True))}, got "
@@ -174,7 +177,6 @@ class RunConfig:
             raise ConfigError("ppo.old_logprobs: 'endpoint' needs sampling.temperature 1 (the server reports "
                               f"log-probs of the untempered distribution), got {self.sampling.temperature}; use "
                               "'trainer'")
-        from stratagem.games.registry import game_names, make_game
 
         names = tuple(dict.fromkeys(game_names() + (MYSTERY,)))
         for i, g in enumerate(lc.games):
@@ -188,7 +190,6 @@ class RunConfig:
                 raise ConfigError(f"loop.eval_games[{i}]: {g!r} is not a strategic game; expected one of "
                                   f"{', '.join(strategic)}")
         if lc.eval_exact:
-            from stratagem.integrations.exact_eval import EXACT_GAMES
 
             if not any(g in EXACT_GAMES for g in (lc.eval_games or lc.games)):
                 raise ConfigError(f"loop.eval_exact: evaluates {', '.join(EXACT_GAMES)}, and the evaluated games "
@@ -197,7 +198,6 @@ class RunConfig:
                 raise ConfigError("loop.eval_exact: a thinking reply (reply.think) has no table of action "
                                   "probabilities; turn one of them off")
         if lc.eval_episodes > 0:
-            from stratagem.integrations.games_eval import GamesEvalConfig, plan
 
             try:  # the opponents of every evaluated game, before hours of training
                 plan(GamesEvalConfig(games=[g for g in (lc.eval_games or lc.games) if g in strategic],
@@ -216,7 +216,6 @@ class RunConfig:
                               f"sampling.temperature={self.sampling.temperature}, so the players must sample at it "
                               f"too; got {self.mystery.player_temperature} (leave it unset to follow sampling)")
         if MYSTERY in lc.games:
-            from stratagem.games.mystery.library import script_dir
 
             try:
                 script_dir(lc.mystery_script)
@@ -226,7 +225,6 @@ class RunConfig:
             raise ConfigError(f"loop.policy_seat: {lc.policy_seat!r} places the policy among loop.opponents, and "
                               "there are none (self-play trains every seat)")
         if lc.opponents:
-            from stratagem.agents import check_agent_spec
 
             for g in lc.games:
                 if g == MYSTERY:
@@ -269,9 +267,7 @@ class RunConfig:
 def _check_model(model: str) -> None:
     """loop.model is a registered name, a model directory or a hub id ("org/name"); a path that is none of these is
     an error now, not after the server started."""
-    from pathlib import PurePath
 
-    from stratagem.models import REGISTRY
 
     if model == "default" or model in REGISTRY:
         return
