@@ -49,8 +49,8 @@ class RetriesExhausted(RuntimeError):
     """Work (a game, a question) that met a server error on every one of its tries."""
 
 
-def _server_errors() -> tuple[type[BaseException], ...]:
-    return (*SERVER_ERRORS, RetriesExhausted)
+# what a game's failure may mean about its endpoint: probe it, move the game if the endpoint is down
+_RETRIABLE: tuple[type[BaseException], ...] = (*SERVER_ERRORS, RetriesExhausted)
 
 
 def parse_endpoints(spec: str | Sequence[str] | None) -> list[str]:
@@ -169,7 +169,6 @@ class EndpointPool:
         if n < 0 or concurrency < 1:
             raise ValueError(f"EndpointPool.run: need n >= 0 and concurrency >= 1, got n={n}, concurrency={concurrency}")
         sem = asyncio.Semaphore(concurrency)
-        errors = _server_errors()
 
         async def one(i: int) -> T:
             attempts = 0
@@ -186,7 +185,7 @@ class EndpointPool:
                             self.mark_dead(ep, f"{type(e).__name__}: {str(e)[:200]}")
                             self.stats.moved += 1
                             continue  # replay game i from its start elsewhere (pick raises when none is left)
-                        if not isinstance(e, errors) or attempts >= retries:
+                        if not isinstance(e, _RETRIABLE) or attempts >= retries:
                             raise
                         attempts += 1
                         self.stats.retried += 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stratagem.games.core import Episode
-from stratagem.plugins import load_plugins
+from stratagem.registries import Registry
 
 Learner = Callable[[Episode, int], bool]
 Advantages = list[list[float | None]]
@@ -61,35 +61,14 @@ class AdvantageFn(Protocol):
                  state: dict[str, Any]) -> Advantages: ...
 
 
-_REGISTRY: dict[str, AdvantageFn] = {}
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def unregister_advantage(name: str) -> None:
-    """Remove estimator `name` (tests that register one of their own); an unknown name is a no-op."""
-    _REGISTRY.pop(name, None)
-
-
-def get_advantage(name: str) -> AdvantageFn:
-    load_plugins("advantages")
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown advantage estimator {name!r}; expected one of {sorted(_REGISTRY)}") from None
+_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator", plugins="advantages")
+register_advantage = _ESTIMATORS.register
+unregister_advantage = _ESTIMATORS.unregister
+get_advantage = _ESTIMATORS.get
 
 
 def advantage_names() -> list[str]:
-    load_plugins("advantages")
-    return sorted(_REGISTRY)
+    return sorted(_ESTIMATORS.items())
 
 
 def _trained_seats(ep: Episode, learner: Learner) -> list[int]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from stratagem.games.core import Episode
-from stratagem.plugins import load_plugins
+from stratagem.registries import Registry
 from stratagem.training.losses import (
     MAROConfig,
     PPOConfig,
@@ -54,27 +54,9 @@ class Targets:
 
 # label producers by name: (episodes, learner, the loss's config section, rng) -> {(episode, turn): desirable}
 LabelFn = Callable[[list[Episode], Callable[[Episode, int], bool], Any, random.Random], dict[tuple[int, int], bool]]
-_LABELS: dict[str, LabelFn] = {}
-
-
-def register_labels(name: str) -> Callable[[LabelFn], LabelFn]:
-    def deco(fn: LabelFn) -> LabelFn:
-        if name in _LABELS and _LABELS[name] is not fn:
-            raise ValueError(f"label producer {name!r} is already registered")
-        _LABELS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_labels(name: str) -> LabelFn:
-    load_plugins("losses")
-    try:
-        return _LABELS[name]
-    except KeyError:
-        raise ValueError(f"unknown label producer {name!r}; expected one of {sorted(_LABELS)}") from None
-
-
+_LABELS: Registry[LabelFn] = Registry("label producer", plugins="losses")
+register_labels = _LABELS.register
+get_labels = _LABELS.get
 register_labels("maro")(maro_labels)
 
 
@@ -113,37 +95,24 @@ class Objective:
         return dict(sums)
 
 
-_LOSSES: dict[str, type[Objective]] = {}
+_LOSSES: Registry[type[Objective]] = Registry("loss", plugins="losses")
+unregister_loss = _LOSSES.unregister
+get_loss = _LOSSES.get
 
 
 def register_loss(name: str) -> Callable[[type[Objective]], type[Objective]]:
     def deco(cls: type[Objective]) -> type[Objective]:
-        if name in _LOSSES and _LOSSES[name] is not cls:
-            raise ValueError(f"loss {name!r} is already registered")
-        _LOSSES[name] = cls
+        _LOSSES.register(name)(cls)
         cls.name = name
         return cls
 
     return deco
 
 
-def unregister_loss(name: str) -> None:
-    """Remove loss `name` (tests that register one of their own); an unknown name is a no-op."""
-    _LOSSES.pop(name, None)
-
-
-def get_loss(name: str) -> type[Objective]:
-    load_plugins("losses")
-    try:
-        return _LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(_LOSSES)}") from None
-
-
 def loss_names(uses_advantages: bool | None = None) -> list[str]:
     """Registered losses; `uses_advantages`: only those that train on advantages (True) or on labels (False)."""
-    load_plugins("losses")
-    return sorted(n for n, c in _LOSSES.items() if uses_advantages is None or (c.labels is None) == uses_advantages)
+    return sorted(n for n, c in _LOSSES.items().items()
+                  if uses_advantages is None or (c.labels is None) == uses_advantages)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
