@@ -10,13 +10,18 @@ penalty); it is game data, never an exception. `episode(seats)` packs the finish
 from __future__ import annotations
 
 import os
+import random
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
+
+if TYPE_CHECKING:
+    from stratagem.agents.base import Agent
 
 
 @dataclass
@@ -237,11 +242,27 @@ def chat_template(name: str) -> str:
     return CHAT_TEMPLATES[name].read_text(encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class ReaskRule:
+    """How a game that does not forfeit treats a failed act: the seat is asked again `reasks` times, each failed
+    attempt a Turn rewarded `penalty`, then its turn passes (the mystery's rule, MIRAGE's re-asks bounded)."""
+
+    reasks: int
+    penalty: float
+
+
 class Game(ABC):
-    """One game being played; `reset(seed)` starts a fresh one."""
+    """One game being played; `reset(seed)` starts a fresh one.
+
+    Besides its seats, a game may have a referee: helper models of the game itself (the mystery's judges, which
+    score the statements that decide the vote's outcome, and its history summariser). Their work is due when
+    `referee_task()` names it (no seat acts meanwhile: `current_seat()` is None and the game is not over); whoever
+    plays the game (the graph, `check_game`) runs `await referee(task, referees)` and hands the record it returns to
+    `apply_referee`. The record is game data like a reply, so replaying the replies and records rebuilds the game
+    without asking a model again."""
 
     info: GameInfo
-    config: GameConfig
+    config: Any  # the game's settings: a GameConfig for the strategic games, the mystery's MysteryConfig
     params: dict[str, Any]
 
     @abstractmethod
@@ -282,3 +303,44 @@ class Game(ABC):
     @abstractmethod
     def episode(self, seats: list[Seat]) -> Episode:
         """The finished game as an Episode; its returns are the sums of each seat's turn rewards."""
+
+    def referee_task(self) -> str | None:
+        """The referee's work due now, before any seat acts again or the game ends; None: none (a game without a
+        referee never has any)."""
+        return None
+
+    async def referee(self, task: str, referees: Mapping[str, Agent]) -> dict[str, Any]:
+        """Do `task` with the referee agents (by the role names the game documents); returns the JSON-able record
+        that `apply_referee` applies."""
+        raise NotImplementedError(f"{self.info.name} has no referee task {task!r}")
+
+    def apply_referee(self, task: str, record: dict[str, Any]) -> None:
+        """Apply the record of a referee task (deterministic: a replay applies the same record)."""
+        raise NotImplementedError(f"{self.info.name} has no referee task {task!r}")
+
+    def reask_rule(self) -> ReaskRule | None:
+        """None: an illegal reply ends the game (the forfeit of the strategic games); else the re-ask rule."""
+        return None
+
+    def legal_act_reward(self) -> float:
+        """What each legal act earns besides the game's outcome (the strategic games' format bonus)."""
+        return float(self.config.rewards.format_bonus)
+
+    def random_reply(self, seat: int, observation: Observation, rng: random.Random) -> Reply:
+        """A legal reply of `seat` chosen at random (what `check_game` plays): one legal action in the reply
+        protocol, after the forced prefix."""
+        full = f"<answer>{rng.choice(observation.legal_actions)}</answer>"
+        prefix = observation.response_prefix
+        return Reply(text=full[len(prefix):] if full.startswith(prefix) else full)
+
+    def bad_replies(self) -> dict[str, Reply]:
+        """Replies the first act must reject (`check_game`), by what is wrong with them."""
+        return dict(BAD_REPLIES)
+
+
+BAD_REPLIES = {
+    "illegal string": Reply(text="<answer><NOT A MOVE></answer>"),
+    "empty reply": Reply(text=""),
+    "two answers": Reply(text="<answer>a</answer><answer>b</answer>"),
+    "over-long reply": Reply(text="<answer>", finish_reason="length"),
+}

@@ -1,7 +1,9 @@
 """Any Stratagem game as a compiled LangGraph StateGraph: a referee node routes, by conditional edges, to the node of
 the seat to act; each seat node asks its agent and hands the reply to the game.
 
-All of a game's state is in the graph state: the seed, the seat specs and every reply the game was given (`acts`).
+All of a game's state is in the graph state: the seed, the seat specs and every reply the game was given (`acts`),
+with the record of each referee task between them (a game's judges and helpers, games/base.py: the referee node
+does a task when the game names one, before routing to the next seat).
 A game is a deterministic function of those (its chance events come from the seed), so any node rebuilds the game
 object by replaying the acts onto a fresh one; a checkpointer therefore persists a game and any graph built for the
 same game resumes it (the human agent pauses with a LangGraph interrupt). Rebuilding is skipped while a game object
@@ -14,7 +16,7 @@ a new game from the run's LangGraph context (`context_schema`) and makes the age
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
@@ -24,7 +26,7 @@ from langgraph.runtime import Runtime
 
 from stratagem.agents.base import Agent
 from stratagem.games.base import Game
-from stratagem.games.core import Episode, Reply, Seat
+from stratagem.games.core import Episode, Reply, Seat, Turn
 
 
 @dataclass
@@ -41,7 +43,8 @@ class GraphConfig:
 class PlayState(TypedDict, total=False):
     seed: int  # the game's seed (input; GraphConfig.seed when absent)
     players: list[str]  # the agent spec of each seat (recorded when the game starts)
-    acts: list[dict[str, Any]]  # every reply given to the game, in order: {"seat": i, **Reply fields}
+    acts: list[dict[str, Any]]  # every reply given to the game, in order: {"seat": i, **Reply fields}, and each
+    # referee task's outcome where it fell: {"referee": task, "record": {...}}
     seat: int | None  # the seat to act next; None once the game is over
     returns: list[float]  # per-seat returns, once the game is over
     episode: dict[str, Any]  # the finished Episode (GraphConfig.episode_in_state)
@@ -70,11 +73,19 @@ def reply_of(record: dict[str, Any]) -> Reply:
     return Reply(**{k: v for k, v in record.items() if k != "seat"})
 
 
+def apply_act(game: Game, record: dict[str, Any]) -> None:
+    """Give `game` one record of the state again: a seat's reply, or a referee task's outcome."""
+    if "referee" in record:
+        game.apply_referee(record["referee"], record["record"])
+    else:
+        game.step(record["seat"], reply_of(record))
+
+
 def replay(game: Game, seed: int, acts: Sequence[dict[str, Any]]) -> Game:
     """`game` reset with `seed` and given every act of `acts` again: the state the acts led to."""
     game.reset(seed)
     for a in acts:
-        game.step(a["seat"], reply_of(a))
+        apply_act(game, a)
     return game
 
 
@@ -96,7 +107,7 @@ class _Copy:
             self.game.reset(seed)
             self.seed, self.applied = seed, []
         for a in acts[len(self.applied):]:
-            self.game.step(a["seat"], reply_of(a))
+            apply_act(self.game, a)
             self.applied.append(a)
         return self.game
 
@@ -129,12 +140,15 @@ class _Games:
 
 
 def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent] | Seating,
-                config: GraphConfig | None = None, checkpointer: Any = None):
+                config: GraphConfig | None = None, checkpointer: Any = None, *,
+                referees: Mapping[str, Agent] | None = None, on_turn: Callable[[Turn], Any] | None = None):
     """A compiled graph that plays one game with `agents[i]` in seat i, or with the seats a `Seating` picks from
     each run's context. Invoke it with `initial_state(seed)`. Given a game object, that object follows the run
     (afterwards `episode_of(game, agents)` packs the result; one run at a time); given a factory
-    (`lambda: make_game("tictactoe")`), any number of threads can run at once."""
+    (`lambda: make_game("tictactoe")`), any number of threads can run at once. `referees` (role -> agent) do the
+    game's referee tasks; `on_turn(turn)` is called after every act (progress bars)."""
     settings = config or GraphConfig()
+    helpers: Mapping[str, Agent] = referees or {}
     games = _Games(game)
     if games.single is not None:
         proto = games.single
@@ -173,6 +187,14 @@ def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent] | Seati
         copy = games.take(seed_of(state), acts)
         try:
             g = copy.sync(seed_of(state), acts)
+            done: list[dict[str, Any]] = []
+            while (task := g.referee_task()) is not None:
+                record = {"referee": task, "record": await g.referee(task, helpers)}
+                g.apply_referee(task, record["record"])
+                copy.applied.append(record)
+                done.append(record)
+            if done:
+                out["acts"] = [*acts, *done]
             seat = g.current_seat()
             if seat is not None:
                 return {**out, "seat": seat}
@@ -199,8 +221,10 @@ def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent] | Seati
                     # the seat's chat outgrew the model's context: an over-long turn (game data, not a crash)
                     reply = Reply(text="", finish_reason="length")
                 record = act_record(seat, reply)
-                copy.game.step(seat, reply)
+                turn = copy.game.step(seat, reply)
                 copy.applied.append(record)
+                if on_turn is not None:
+                    on_turn(turn)
                 return {"acts": [*acts, record]}
             finally:
                 games.give(copy)
@@ -236,8 +260,9 @@ def episode_of(game: Game, agents: Sequence[Agent]) -> Episode:
     return game.episode(seats)
 
 
-async def play(game: Game, agents: Sequence[Agent], seed: int = 0) -> Episode:
+async def play(game: Game, agents: Sequence[Agent], seed: int = 0, *, referees: Mapping[str, Agent] | None = None,
+               on_turn: Callable[[Turn], Any] | None = None) -> Episode:
     """Play one game through its graph and return the Episode."""
-    graph = build_graph(game, agents, GraphConfig(seed=seed))
+    graph = build_graph(game, agents, GraphConfig(seed=seed), referees=referees, on_turn=on_turn)
     await graph.ainvoke(initial_state())
     return episode_of(game, agents)

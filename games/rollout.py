@@ -2,21 +2,22 @@
 
 Games run as asyncio tasks, at most `concurrency` in flight, so the server's continuous batching sees many requests
 at once. A server error mid-game retries that game from the start with the same seed; a partial game is never
-returned or saved. `rollout_strategic` is the registered rollout of every strategic game (what the training loop
-calls through `get_game_spec(game).rollout`).
+returned or saved. Every game, the mystery included, is played this way (its own rollout seats its agents and
+referees); `rollout_strategic` is the registered rollout of every strategic game (what the training loop calls
+through `get_game_spec(game).rollout`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from stratagem.agents import close_agents, make_agent
 from stratagem.agents.base import Agent
 from stratagem.concurrency import map_concurrent
 from stratagem.endpoints import SERVER_ERRORS, RetriesExhausted
-from stratagem.games.base import GameConfig
-from stratagem.games.core import Episode
+from stratagem.games.core import Episode, Turn
 from stratagem.games.graph import play
 from stratagem.games.registry import RolloutJob, make_game
 
@@ -25,12 +26,16 @@ class RolloutError(RetriesExhausted):
     """A game that met a server error on every one of its tries."""
 
 
-async def play_with_retries(game: str, agents: Sequence[Agent], seed: int, config: GameConfig | None = None,
-                            retries: int = 2, params: dict[str, Any] | None = None) -> Episode:
-    """One complete game; on a server error the whole game is replayed (up to `retries` times)."""
+async def play_with_retries(game: str, agents: Sequence[Agent], seed: int, config: Any = None,
+                            retries: int = 2, params: dict[str, Any] | None = None, *,
+                            referees: Mapping[str, Agent] | None = None,
+                            on_turn: Callable[[Turn], Any] | None = None) -> Episode:
+    """One complete game; on a server error the whole game is replayed (up to `retries` times). `config` is the
+    game's settings (a GameConfig, the mystery's MysteryConfig), `referees` do its referee tasks (games/base.py)."""
     for attempt in range(retries + 1):
         try:
-            return await play(make_game(game, config, **(params or {})), agents, seed=seed)
+            return await play(make_game(game, config, **(params or {})), agents, seed=seed, referees=referees,
+                              on_turn=on_turn)
         except SERVER_ERRORS as e:
             if attempt == retries:
                 raise RolloutError(f"{game} seed {seed}: server error on every one of {retries + 1} tries: {e}") from e
@@ -39,9 +44,10 @@ async def play_with_retries(game: str, agents: Sequence[Agent], seed: int, confi
 
 
 async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: int = 8, *, seed: int = 0,
-                           config: GameConfig | None = None, on_episode: Callable[[Episode], Any] | None = None,
+                           config: Any = None, on_episode: Callable[[Episode], Any] | None = None,
                            retries: int = 2, params: dict[str, Any] | None = None,
-                           only: list[int] | None = None) -> list[Episode]:
+                           only: list[int] | None = None, referees: Mapping[str, Agent] | None = None,
+                           on_turn: Callable[[Turn], Any] | None = None) -> list[Episode]:
     """Play `n` games of `game` (game i with seed `seed + i`; with `only`, just games i in it: the rest of a resumed
     evaluation), at most `concurrency` at once; returns them in seed order. `on_episode(ep)` is called as each finishes (in finishing order), e.g. to append it to a JSONL file.
     Every turn of an LLM seat carries prompt / completion token ids, log-probs, its reward and `adapter` (the served
@@ -50,7 +56,8 @@ async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: 
         raise ValueError(f"collect_episodes: need n >= 0 and concurrency >= 1, got n={n}, concurrency={concurrency}")
 
     async def one(i: int) -> Episode:
-        ep = await play_with_retries(game, agents, seed + i, config, retries, params)
+        ep = await play_with_retries(game, agents, seed + i, config, retries, params, referees=referees,
+                                     on_turn=on_turn)
         ep.id = ep.id or f"{game}-{seed + i}"
         return ep
 
@@ -61,8 +68,6 @@ async def rollout_strategic(job: RolloutJob) -> list[Episode]:
     """The training rollout of a strategic game: self-play with the policy in every seat, or the policy against the
     run's opponents: in seat 0, or (`loop.policy_seat: alternate`) first in even games and last in odd ones. Each
     game against opponents records the policy's seat in `metrics["policy_seat"]`."""
-    from stratagem.agents import close_agents, make_agent
-
     # a server started with --api-key refuses requests without it
     llm, game_cfg, opponents = job.sampling.agent_kwargs(job.api_key), job.game_config, job.opponents
 

@@ -8,14 +8,17 @@ import stratagem.games.strategic  # noqa: F401  the strategic games register fir
 from stratagem.games.registry import GameSpec, RolloutJob, register_game
 
 
-def make_mystery(config: Any = None, script: str = "lighthouse", seed: int = 0, **params: Any):
-    """A fresh game of `script` (a shipped name or a folder) dealt with `seed`; `config` a MysteryConfig."""
-    from stratagem.games.mystery.game import MysteryConfig, MysteryGame
-    from stratagem.games.mystery.library import load_script
+def make_mystery(config: Any = None, script: str = "lighthouse", seed: int = 0,
+                 summaries: dict[str, list[str]] | None = None, count_tokens: Any = None, **params: Any):
+    """A fresh `Mystery` (the `Game` of mystery.py) of `script` (a shipped name or a folder) dealt with `seed`;
+    `config` a MysteryConfig, `summaries` the characters' prepared summaries, `count_tokens` the history's token
+    counter (default: the tokenizer of config.tokenizer)."""
+    from stratagem.games.mystery.mystery import Mystery
 
     if params:
-        raise ValueError(f"unknown mystery parameters {sorted(params)}; expected script, seed")
-    return MysteryGame.new(load_script(script), seed, config or MysteryConfig())
+        raise ValueError(f"unknown mystery parameters {sorted(params)}; expected script, seed, summaries, "
+                         "count_tokens")
+    return Mystery.deal(script, seed, config, summaries, count_tokens)
 
 
 def build_graph(*args: Any, **kwargs: Any):

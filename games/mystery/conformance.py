@@ -1,6 +1,7 @@
-"""`check_mystery`: the murder mystery's conformance check, the counterpart of games.testing.check_game for the
-strategic games. Full games of every shipped script (or the given ones) with seeded random agents (random legal
-moves, some malformed replies) and a fixed judge; it checks:
+"""`check_mystery`: the murder mystery's conformance check. Every shipped script (or the given ones) first passes
+`games.testing.check_game`, the check every game passes (random legal games, the returns, the re-ask rule, the JSONL
+round trip), with a fixed judge as its referee; then full games with seeded random agents (random legal moves,
+some malformed replies) check what only the mystery has:
 
 - termination within the turn bound (`MysteryGame.max_acts`);
 - each seat's return equals the sum of its turn rewards;
@@ -20,7 +21,9 @@ from pathlib import Path
 from stratagem.games.core import Episode, Observation, Reply, read_jsonl, write_jsonl
 from stratagem.games.mystery.game import CIVILIAN, CONVERSE, SELECT, VOTE, MysteryConfig, MysteryGame
 from stratagem.games.mystery.library import load_script, shipped_scripts
-from stratagem.games.testing import CheckReport, ConformanceError
+from stratagem.games.mystery.mystery import Mystery
+from stratagem.games.mystery.rollout import play_episode
+from stratagem.games.testing import CheckReport, ConformanceError, check_game
 
 
 class RandomPlayer:
@@ -67,10 +70,15 @@ def _hidden_texts(script) -> list[str]:
 
 def check_mystery(workdir: str | Path | None = None, scripts: Iterable[str] | None = None, games: int = 2,
                   seed: int = 0, config: MysteryConfig | None = None) -> CheckReport:
-    from stratagem.games.mystery.rollout import play_episode
 
     cfg = config or MysteryConfig(rounds=2)
     failures: list[str] = []
+    for name in list(scripts or shipped_scripts()):
+        try:
+            check_game(Mystery.deal(name, seed, cfg), episodes=games, seed=seed, workdir=workdir,
+                       referees={"judge": FixedJudge(), "evaluator": FixedJudge(), "summariser": FixedJudge()})
+        except ConformanceError as e:
+            failures.append(f"{name}: {e}")
     eps: list[Episode] = []
     max_turns = 0
     names = list(scripts or shipped_scripts())

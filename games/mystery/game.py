@@ -308,6 +308,8 @@ class MysteryState:
     history_summaries: list[list[Any]] = field(default_factory=list)  # [public entries it covers, summary text]
     summary_failures: int = 0  # history summaries that came back empty (the history then stays whole)
     acts_done: list[dict[str, int]] = field(default_factory=list)  # {stage, seen} after each completed act
+    history_checked: int = 0  # public entries when the history was last summarised (or a summary came back empty)
+    verdict: dict[str, Any] | None = None  # the judges' scores once the game is judged (mystery.py): it is over
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -399,6 +401,7 @@ class MysteryGame:
             self.state.history_summaries.append([len(self.state.public), text.strip()])
         else:
             self.state.summary_failures += 1
+        self.state.history_checked = len(self.state.public)
 
     def suspects(self, voter: str) -> list[str]:
         return [c for c in self.script.suspects if c != voter]

@@ -1,4 +1,7 @@
-"""The murder mystery as a LangGraph graph.
+"""The murder mystery's LangGraph app: one graph for any script, the script and the human seats named in each
+run's input. (Training, evaluation and `play_episode` play the mystery as a `Game` through the one graph builder of
+games/graph.py; this graph exists for what that one cannot do: choose the script per thread and pause a human
+character with a free-text reply. Its nodes call the same `Mystery` for the rules and the referee.)
 
     START -> setup -> introduction* -> (converse -> answer?)* -> select* -> vote* -> judge -> END
 
@@ -22,7 +25,6 @@ and `$STRATAGEM_JUDGE_MODEL` (default `base`).
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
@@ -30,13 +32,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
 from stratagem.agents.base import Agent
-from stratagem.games.core import Episode, Observation, Reply, Seat, Turn
+from stratagem.games.core import Observation, Reply, Seat, Turn
 from stratagem.games.mystery.game import (
     ANSWER,
-    CIVILIAN,
     CONVERSE,
-    CULPRIT,
-    GAME,
     INTRODUCTION,
     JUDGE,
     SELECT,
@@ -45,11 +44,10 @@ from stratagem.games.mystery.game import (
     MysteryGame,
     MysteryState,
 )
-from stratagem.games.mystery.judge import judge_game
 from stratagem.games.mystery.library import load_script
+from stratagem.games.mystery.mystery import HUMAN, Mystery
 
 DEFAULT_SCRIPT = "lighthouse"
-HUMAN = "human"
 PHASE_NODES = {INTRODUCTION: "introduction", CONVERSE: "converse", ANSWER: "answer", SELECT: "select", VOTE: "vote",
                JUDGE: "judge"}
 
@@ -66,7 +64,7 @@ class MysteryGraphState(TypedDict, total=False):
 Players = Agent | Mapping[str, Agent]
 
 
-def _agent_for(players: Players, name: str) -> Agent:
+def agent_for(players: Players, name: str) -> Agent:
     if isinstance(players, Mapping):
         if name not in players:
             raise KeyError(f"no agent for character {name!r}; given: {', '.join(players)}")
@@ -80,33 +78,6 @@ def human_reply(value: Any) -> Reply:
     return Reply(text=text, model=HUMAN)
 
 
-def build_episode(game: MysteryGame, verdict_metrics: dict[str, Any], utterance_scores: list[dict[str, Any]],
-                  players: Players, config: MysteryConfig, humans: list[str]) -> Episode:
-    script, st = game.script, game.state
-    turns = [Turn(**t) for t in st.turns]
-    for u in utterance_scores:
-        turns[u["turn"]].info["judge"] = {k: u[k] for k in ("suspicion", "trust", "ok", "raw")}
-    civilians_win = verdict_metrics["civilians_win"]
-    winner = CIVILIAN if civilians_win else CULPRIT
-    seats = [Seat(index=i, role=n, agent=HUMAN if n in humans else getattr(_agent_for(players, n), "name", "agent"),
-                  faction=game.faction(n), name=n) for i, n in enumerate(script.characters)]
-    outcome = [config.win_return if s.faction == winner else -config.win_return for s in seats]
-    # as in every game: the outcome is credited to each seat's last turn, on top of its failed-action penalties;
-    # a seat's return is the sum of its turn rewards
-    for seat, i in {t.seat: i for i, t in enumerate(turns)}.items():
-        turns[i].reward += outcome[seat]
-    returns = [sum(t.reward for t in turns if t.seat == s.index) for s in seats]
-    return Episode(
-        game=GAME, seed=st.seed, seats=seats, turns=turns, returns=returns,
-        winners=[s.index for s in seats if s.faction == winner], end_reason="vote", winning_faction=winner,
-        id=f"mystery-{script.name}-{st.seed}-{uuid.uuid4().hex[:8]}", metrics=verdict_metrics,
-        params={"script": script.name, "script_path": script.path, "title": script.title, "stages": len(script.stages),
-                "rounds": config.rounds, "order": st.order, "culprits": script.culprits,
-                "max_reasks": config.max_reasks, "revealed": st.revealed, "human_seats": humans,
-                "protocol": config.protocol},
-    )
-
-
 def build_graph(players: Players, judge: Agent | Mapping[str, Agent], config: MysteryConfig | None = None, *,
                 checkpointer: Any = None, on_turn: Callable[[Turn], None] | None = None,
                 evaluator: Agent | None = None, summariser: Agent | None = None,
@@ -118,31 +89,8 @@ def build_graph(players: Players, judge: Agent | Mapping[str, Agent], config: My
     (mirage; default: the evaluator), counted by `count_tokens` (default: the tokenizer of `config.tokenizer`);
     `on_turn` is called after every act (progress bars)."""
     cfg = config or MysteryConfig()
-    mirage = cfg.protocol == "mirage"
-    judge_of = (lambda side: judge[side]) if isinstance(judge, Mapping) else (lambda side: judge)
-    counter: list[Callable[[str], int]] = [count_tokens] if count_tokens else []
-
-    def count(text: str) -> int:
-        if not counter:
-            from stratagem.games.mystery.summary import hf_token_counter
-            from stratagem.models import resolve
-
-            counter.append(hf_token_counter(resolve(cfg.tokenizer)))
-        return counter[0](text)
-
-    async def summarise_history(game: MysteryGame) -> None:
-        """mirage: MIRAGE's token check on the history: past history_tokens, the summary model rewrites it."""
-        text = game.history_text()
-        if count(text) <= cfg.history_tokens:
-            return
-        P = game.prompts
-        obs = Observation(game=GAME, seat=-1, role="summariser", phase="summarise_history", legal_actions=[],
-                          messages=[{"role": "user", "content": P["history_summary"].format(text=text) + "\n\n" +
-                                     P["reply_format"].format(response=P["history_summary_response"])}])
-        from stratagem.games.mystery.prompting import split_thought
-
-        reply = await (summariser or evaluator or judge_of(CIVILIAN)).act(obs)
-        game.add_history_summary(split_thought(reply.text or "")[1])
+    referees: dict[str, Agent] = dict(judge) if isinstance(judge, Mapping) else {"judge": judge}
+    referees.update({k: v for k, v in (("evaluator", evaluator), ("summariser", summariser)) if v is not None})
 
     def setup(state: MysteryGraphState) -> dict[str, Any]:
         script = load_script(state.get("script") or DEFAULT_SCRIPT)
@@ -151,45 +99,38 @@ def build_graph(players: Players, judge: Agent | Mapping[str, Agent], config: My
         if unknown:
             raise ValueError(f"human_seats {unknown} are not characters of {script.name} "
                              f"({', '.join(script.characters)})")
-        game = MysteryGame.new(script, int(state.get("seed", 0)), cfg, state.get("summaries"))
+        game = Mystery.deal(script, int(state.get("seed", 0)), cfg, state.get("summaries"))
         return {"game": game.state.to_dict(), "human_seats": humans}
 
-    def restore(state: MysteryGraphState) -> MysteryGame:
-        st = MysteryState.from_dict(state["game"])
-        return MysteryGame(load_script(st.script_path), st, cfg)
+    def restore(state: MysteryGraphState) -> Mystery:
+        return Mystery.restore(MysteryState.from_dict(state["game"]), cfg, count_tokens)
 
     async def act(state: MysteryGraphState) -> dict[str, Any]:
         game = restore(state)
-        if mirage:
-            await summarise_history(game)
+        while (task := game.referee_task()) is not None:  # the history summary, due before an act
+            game.apply_referee(task, await game.referee(task, referees))
         name = game.acting()
         obs: Observation = game.observation(game.retry_reason())
         if name in state.get("human_seats", []):
             reply = human_reply(interrupt({"character": name, "phase": obs.phase, "messages": obs.messages,
                                            "legal_actions": obs.legal_actions}))
-            adapter: str | None = HUMAN
         else:
-            agent = _agent_for(players, name)
-            reply = await agent.act(obs)
-            adapter = reply.model or getattr(agent, "name", None)
-        turn = game.apply(obs, reply, adapter)
+            reply = await agent_for(players, name).act(obs)
+        turn = game.apply(obs, reply, reply.model)
         if on_turn is not None:
             on_turn(turn)
         return {"game": game.state.to_dict()}
 
     async def judge_node(state: MysteryGraphState) -> dict[str, Any]:
         game = restore(state)
-        if mirage:
-            from stratagem.games.mystery.mirage_judge import judge_game_mirage
-
-            verdict = await judge_game_mirage(judge, evaluator or judge_of(CIVILIAN), game.script, game.state, cfg)
-        else:
-            if isinstance(judge, Mapping):
-                raise TypeError(f"the {cfg.protocol} protocol takes one judge agent, not faction -> agent")
-            verdict = await judge_game(judge, game.script, game.state, cfg)
-        ep = build_episode(game, verdict.metrics, verdict.utterance_scores, players, cfg,
-                           state.get("human_seats", []))
-        return {"episode": ep.to_dict()}
+        if cfg.protocol != "mirage" and isinstance(judge, Mapping):
+            raise TypeError(f"the {cfg.protocol} protocol takes one judge agent, not faction -> agent")
+        while (task := game.referee_task()) is not None:
+            game.apply_referee(task, await game.referee(task, referees))
+        humans = state.get("human_seats", [])
+        seats = [Seat(index=i, role=n, agent=HUMAN if n in humans else getattr(agent_for(players, n), "name", "agent"))
+                 for i, n in enumerate(game.script.characters)]
+        return {"episode": game.episode(seats).to_dict()}
 
     def route(state: MysteryGraphState) -> str:
         return PHASE_NODES[state["game"]["phase"]]

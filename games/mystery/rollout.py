@@ -1,18 +1,21 @@
 """Playing murder-mystery episodes: one game with any agents (`play_episode`), or many games with language-model
-players and judge over an OpenAI-compatible endpoint (`collect_mystery_episodes`, what the training loop calls)."""
+players and judge over an OpenAI-compatible endpoint (`collect_mystery_episodes`, what the training loop calls).
+Both play the mystery as a `Game` (mystery.py) through the games' one graph and rollout."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from stratagem.agents import Agent, close_agents
-from stratagem.concurrency import map_concurrent
 from stratagem.games.core import Episode, Turn
-from stratagem.games.mystery.game import MysteryConfig
-from stratagem.games.mystery.graph import Players, build_graph, recursion_limit
+from stratagem.games.graph import play
+from stratagem.games.mystery.game import GAME, MysteryConfig
+from stratagem.games.mystery.graph import Players, agent_for
 from stratagem.games.mystery.library import load_script, shipped_scripts
+from stratagem.games.mystery.mystery import Mystery
+from stratagem.games.rollout import collect_episodes
 
 __all__ = ["collect_mystery_episodes", "load_script", "make_llm_agent", "play_episode", "shipped_scripts"]
 
@@ -88,15 +91,28 @@ async def play_episode(script: str, players: Players, judge: Agent | dict[str, A
                        on_turn: Callable[[Turn], None] | None = None,
                        summaries: dict[str, list[str]] | None = None, evaluator: Agent | None = None,
                        summariser: Agent | None = None, count_tokens: Callable[[str], int] | None = None) -> Episode:
-    """Play one game to the end (no human seats: those need a checkpointer, see graph.py)."""
+    """Play one game to the end through the games' one graph (no human seats: those need the mystery app and a
+    checkpointer, see graph.py). `players`: one agent for every seat or character -> agent; `judge`: the judge, or
+    under the mirage protocol side -> agent; `evaluator`, `summariser`: mirage's other referees (mystery.py)."""
     cfg = config or MysteryConfig()
     if cfg.human_seats:
         raise ValueError("play_episode cannot seat humans; build the graph with a checkpointer instead")
-    graph = build_graph(players, judge, cfg, on_turn=on_turn, evaluator=evaluator, summariser=summariser,
-                        count_tokens=count_tokens)
-    out = await graph.ainvoke({"script": str(script), "seed": seed, "summaries": summaries or {}},
-                              config={"recursion_limit": recursion_limit(str(script), cfg)})
-    return Episode.from_dict(out["episode"])
+    game = Mystery.deal(script, seed, cfg, summaries, count_tokens)
+    return await play(game, seat_agents(game.script, players), seed, referees=referees_of(judge, evaluator, summariser),
+                      on_turn=on_turn)
+
+
+def seat_agents(script: Any, players: Players) -> list[Agent]:
+    """The agent of each seat (in the script's character order)."""
+    return [agent_for(players, n) for n in script.characters]
+
+
+def referees_of(judge: Agent | Mapping[str, Agent], evaluator: Agent | None = None,
+                summariser: Agent | None = None) -> dict[str, Agent]:
+    """The mystery's referees by role (mystery.py): the judge or the sides' judges, the evaluator, the summariser."""
+    out: dict[str, Agent] = dict(judge) if isinstance(judge, Mapping) else {"judge": judge}
+    out.update({k: v for k, v in (("evaluator", evaluator), ("summariser", summariser)) if v is not None})
+    return out
 
 
 async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player_model: str = "base",
@@ -105,10 +121,11 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
                                    on_turn: Callable[[Turn], None] | None = None,
                                    on_episode: Callable[[Episode], None] | None = None,
                                    eval_model: str | None = None, eval_base_url: str | None = None,
-                                   eval_api_key: str | None = None) -> list[Episode]:
+                                   eval_api_key: str | None = None, retries: int = 2) -> list[Episode]:
     """Play `n` games of `script` (a shipped name or a folder) with every seat played by `player_model` and the
     judge `judge_model`, both served at `base_url`; game i uses seed `seed + i`. At most `concurrency` games run
-    at once (the server batches their requests). Returns the episodes in seed order.
+    at once (the server batches their requests); a game that meets a server error is replayed from its start
+    (`retries` times; games/rollout.py, as every game). Returns the episodes in seed order.
 
     Under the mirage protocol, suspicion and trust are judged by the model of the speaker's side (here every seat
     is `player_model`, so it judges itself, as MIRAGE's self-play runs do), ICI and SCI by `eval_model` at
@@ -124,7 +141,7 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
     judge = make_llm_agent(base_url, judge_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
                            structured=cfg.structured_outputs)
     agents = [players, judge]
-    extra: dict[str, Any] = {}
+    referees: dict[str, Agent] = {"judge": judge}
     if cfg.protocol == "mirage":
         side = make_llm_agent(base_url, player_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
                               structured=cfg.structured_outputs)
@@ -135,15 +152,11 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
         summariser = make_llm_agent(base_url, judge_model, max(64, cfg.history_tokens // 2), api_key,
                                     cfg.judge_temperature, structured=False)
         agents += [side, evaluator, summariser]
-        extra = {"evaluator": evaluator, "summariser": summariser}
-        judges: Agent | dict[str, Agent] = {"culprit": side, "civilian": side}
-    else:
-        judges = judge
-
-    async def one(i: int) -> Episode:
-        return await play_episode(script, players, judges, cfg, seed + i, on_turn, summaries, **extra)
-
+        referees = {"culprit": side, "civilian": side, "evaluator": evaluator, "summariser": summariser}
     try:
-        return await map_concurrent(one, range(n), max(1, concurrency), on_result=on_episode)
+        return await collect_episodes(GAME, [players] * len(s.characters), n, max(1, concurrency), seed=seed,
+                                      config=cfg, on_episode=on_episode, retries=retries,
+                                      params={"script": script, "summaries": summaries or {}},
+                                      referees=referees, on_turn=on_turn)
     finally:
         await close_agents(agents)
