@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from stratagem.agents.bots import CFR_GAMES, CFRAgent, policy_exploitability
+from stratagem.files import Journal, StoreDamage
 from stratagem.settings import cache_dir
 
 NASH_GAMES = CFR_GAMES
@@ -17,7 +18,6 @@ NASH_GAMES = CFR_GAMES
 def nash_policy(game: str) -> dict[str, dict[int, float]]:
     """A Nash equilibrium of `game` (information-state string -> action id -> probability), both seats in one
     table, from the sequence-form LP; cached as a committed Journal record under the user cache dir."""
-    from stratagem.files import Journal, StoreDamage
 
     if game not in NASH_GAMES:
         raise ValueError(f"nash needs one of {sorted(NASH_GAMES)}, got {game!r}")

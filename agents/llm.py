@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import openai
 
+from stratagem.endpoints import RoutedClient, parse_endpoints
+from stratagem.games.base import think_answer_regex
 from stratagem.games.core import Observation, Reply
 
 if TYPE_CHECKING:
@@ -77,7 +79,6 @@ class LLMAgent:
         self.chatml: bool | None = None
         self._client: RoutedClient | openai.AsyncOpenAI
         if "," in self.config.base_url:  # several endpoints: each request to the least-loaded live one
-            from stratagem.endpoints import RoutedClient, parse_endpoints
 
             self._client = RoutedClient(parse_endpoints(self.config.base_url), api_key=self.config.api_key,
                                         timeout=self.config.timeout, max_retries=self.config.retries)
@@ -97,8 +98,6 @@ class LLMAgent:
         if cfg.chat_template and (self.chatml or not cfg.chat_template_only_for_chatml):
             extra["chat_template"] = cfg.chat_template
         if cfg.constrain == "think_answer":
-            from stratagem.games.base import think_answer_regex
-
             extra["structured_outputs"] = {"regex": think_answer_regex(observation.legal_actions,
                                                                        cfg.constrain_think_chars)}
         if cfg.logprobs:
@@ -135,8 +134,6 @@ async def served_template_is_chatml(base_url: str, model: str, api_key: str | No
     transient failure is not remembered."""
     url = base_url.strip().rstrip("/")
     if "," in url:
-        from stratagem.endpoints import parse_endpoints
-
         url = parse_endpoints(url)[0]
     root = url[: -len("/v1")] if url.endswith("/v1") else url
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

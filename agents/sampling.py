@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from stratagem.games.base import chat_template
+
 
 @dataclass
 class SamplingConfig:
@@ -56,8 +58,6 @@ class SamplingConfig:
             if self.stop:
                 extra["include_stop_str_in_output"] = True
             if self.chat_template != "model":
-                from stratagem.games.base import chat_template
-
                 kw.update(chat_template=chat_template(self.chat_template), chat_template_only_for_chatml=True)
             if self.constrain != "none":
                 kw.update(constrain=self.constrain, constrain_think_chars=self.constrain_think_chars)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stratagem.files import read_json_lines
+
 
 @dataclass
 class Observation:
@@ -157,7 +159,6 @@ def read_jsonl(path: str | os.PathLike, limit_bytes: int | None = None) -> Itera
     """Read episodes (from the first `limit_bytes` bytes only, when given). A training run's commit markers
     (`is_commit_marker`) and a torn last line (a write cut by a kill) are skipped; any other line that is not an
     episode record is an error naming the file and line."""
-    from stratagem.files import read_json_lines
 
     for i, rec in read_json_lines(path, limit_bytes):
         if is_commit_marker(rec):

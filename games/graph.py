@@ -189,8 +189,9 @@ def build_graph(game: Game | Callable[[], Game], agents: Sequence[Agent] | Seati
             g = copy.sync(seed_of(state), acts)
             done: list[dict[str, Any]] = []
             while (task := g.referee_task()) is not None:
-                record = {"referee": task, "record": await g.referee(task, helpers)}
-                g.apply_referee(task, record["record"])
+                outcome = await g.referee(task, helpers)
+                g.apply_referee(task, outcome)
+                record: dict[str, Any] = {"referee": task, "record": outcome}
                 copy.applied.append(record)
                 done.append(record)
             if done:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stratagem.games.core import Episode, Turn
+from stratagem.games.registry import get_game_spec, make_game
 
 Z95 = 1.959964  # the standard normal's 97.5% quantile
 
@@ -107,7 +108,6 @@ def normalized_return(ep: Episode, seat: int, min_utility: float, max_utility: f
 def is_cooperative(game: str) -> bool:
     """Whether the registered strategic game `game` is cooperative (False for the mystery, whose factions compete,
     and for a name the registry does not know)."""
-    from stratagem.games.registry import get_game_spec, make_game
 
     try:
         if get_game_spec(game).kind != "strategic":
@@ -119,7 +119,6 @@ def is_cooperative(game: str) -> bool:
 
 def utility_range(game: str) -> tuple[float, float, bool]:
     """(min utility, max utility, cooperative) of a registered strategic game, from its rules engine."""
-    from stratagem.games.registry import make_game
 
     g = make_game(game)
     return float(g.spiel.min_utility()), float(g.spiel.max_utility()), bool(g.info.cooperative)

@@ -12,7 +12,7 @@ from typing import Any
 
 from stratagem.games.base import BAD_REPLIES, Game
 from stratagem.games.core import Episode, Seat, read_jsonl, write_jsonl
-from stratagem.games.registry import make_game
+from stratagem.games.registry import get_game_spec, make_game
 
 __all__ = ["BAD_REPLIES", "CheckReport", "ConformanceError", "check_game", "check_registered", "run_referee"]
 
@@ -185,7 +185,6 @@ def check_game(game: str | Game, episodes: int = 200, seed: int = 0, workdir: st
 
 def check_registered(name: str, workdir: str | Path | None = None):
     """The conformance check of registered game `name`: its spec's own `check`, else `check_game`."""
-    from stratagem.games.registry import get_game_spec
 
     spec = get_game_spec(name)
     if spec.check is not None:

@@ -20,7 +20,10 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from stratagem.agents.llm import LLMAgent, LLMAgentConfig
 from stratagem.games.core import Observation
@@ -182,9 +185,7 @@ def parse_verdict(text: str) -> Verdict:
 def _mad_prompts() -> dict[str, str]:
     """The MAD prompts, in the project's own words: the file the maslab protocol uses (integrations/prompts/
     maslab.yaml), shared so that the two protocols differ in structure only."""
-    from pathlib import Path
 
-    import yaml
 
     return yaml.safe_load((Path(__file__).resolve().parent / "prompts" / "maslab.yaml").read_text())
 

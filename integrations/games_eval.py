@@ -32,12 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stratagem.agents import close_agents
+from stratagem.agents.bots import CFR_GAMES, cfr_policy, policy_exploitability
+from stratagem.agents.equilibrium import nash_exploitability
 from stratagem.agents.sampling import SamplingConfig
+from stratagem.config import ConfigError, from_dict
 from stratagem.files import Journal, atomic_write
 from stratagem.games.base import GameConfig, ReplyFormat
 from stratagem.games.core import Episode
 from stratagem.games.metrics import seat_summary
+from stratagem.games.registry import game_names, get_game_spec, make_game
 
 PAPER_OPPONENTS: dict[str, str] = {"tictactoe": "mcts:100", "connect_four": "mcts:100", "kuhn_poker": "cfr",
                                    "leduc_poker": "nash", "mini_hanabi": "self", "simple_hanabi": "self"}
@@ -49,8 +55,6 @@ BOT_KINDS = ("random", "mcts", "cfr", "nash")
 
 
 def _all_games() -> list[str]:
-    from stratagem.games.registry import game_names
-
     return list(game_names("strategic"))
 
 
@@ -94,9 +98,7 @@ def run_protocol(run_dir: str | Path) -> tuple[SamplingConfig, ReplyFormat]:
     """The sampling and reply format a training run used, from RUN_DIR/config.yaml: its `sampling` and `reply`
     sections (fields of SamplingConfig / ReplyFormat), or the same fields in an older run's `loop` section; what the
     file does not say keeps the default. A field of the wrong type or out of range is an error naming it."""
-    import yaml
 
-    from stratagem.config import ConfigError, from_dict
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -163,8 +165,6 @@ def _check_opponent(config: GamesEvalConfig, game: str, spec: str, perfect_infor
     if kind == "mcts" and not perfect_information:
         raise ValueError(f"opponent {spec!r} cannot play {game}: MCTS needs perfect information (use cfr or auto)")
     if kind in ("cfr", "nash"):
-        from stratagem.agents.bots import CFR_GAMES
-
         if game not in CFR_GAMES:
             raise ValueError(f"opponent {kind!r} cannot play {game}: {kind} policies exist for "
                              f"{', '.join(CFR_GAMES)}")
@@ -175,12 +175,8 @@ def opponent_exploitability(game: str, spec: str) -> float | None:
     """OpenSpiel's exploitability of a tabular poker bot (cfr, nash; cached tables), None for any other."""
     kind = spec.partition(":")[0]
     if kind == "nash":
-        from stratagem.agents.equilibrium import nash_exploitability
-
         return nash_exploitability(game)
     if kind == "cfr":
-        from stratagem.agents.bots import cfr_policy, policy_exploitability
-
         return policy_exploitability(game, cfr_policy(game))
     return None
 
@@ -222,7 +218,6 @@ class Matchup:
 
 def plan(config: GamesEvalConfig) -> list[Matchup]:
     """Every matchup of the evaluation, checked before anything is played."""
-    from stratagem.games.registry import get_game_spec, make_game
 
     if config.episodes < 1:
         raise ValueError(f"GamesEvalConfig.episodes must be >= 1, got {config.episodes}")

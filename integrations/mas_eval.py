@@ -21,8 +21,10 @@ from stratagem.concurrency import map_concurrent
 from stratagem.files import Journal
 from stratagem.games.core import Observation
 from stratagem.games.metrics import wilson_interval
+from stratagem.integrations.autogen_teams import AutoGenConfig, AutoGenSystem
 from stratagem.integrations.benchmarks import Question, extract_answer, is_correct, task_text
 from stratagem.integrations.debate import ChatConfig, DuConfig, DuDebate, MADConfig, MADDebate, Solution, make_llm
+from stratagem.integrations.maslab import MASLabAutoGen, MASLabMAD, load_prompts
 
 SYSTEMS = ("single", "autogen", "mad", "debate")
 CI_METHODS = ("wilson", "bootstrap")
@@ -84,8 +86,6 @@ def make_system(config: EvalConfig, model: str, repeat: int = 0) -> Any:
     if config.system == "single":
         return SingleAgent(chat)
     if config.protocol == "maslab" and config.system in ("mad", "autogen"):
-        from stratagem.integrations.maslab import MASLabAutoGen, MASLabMAD, load_prompts
-
         prompts = load_prompts(config.prompts)
         if config.system == "mad":
             return MASLabMAD(chat, rounds=config.rounds or 3, prompts=prompts)
@@ -95,8 +95,6 @@ def make_system(config: EvalConfig, model: str, repeat: int = 0) -> Any:
     if config.system == "debate":
         return DuDebate(DuConfig(chat=chat, agents=config.agents, rounds=2 if config.rounds is None else config.rounds))
     if config.system == "autogen":
-        from stratagem.integrations.autogen_teams import AutoGenConfig, AutoGenSystem
-
         return AutoGenSystem(AutoGenConfig(chat=chat, team=config.team, solvers=config.agents,
                                            rounds=config.rounds or 1))
     raise ValueError(f"unknown system {config.system!r}; expected one of {', '.join(SYSTEMS)}")

@@ -17,6 +17,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stratagem.files import atomic_write
 from stratagem.integrations.benchmarks import Question
 from stratagem.integrations.mas_eval import EvalConfig, load_done, per_question, results_path, run_eval
@@ -30,7 +32,6 @@ REFERENCES = {"marshal": Path(__file__).parent / "references" / "marshal.yaml"}
 def load_reference(name_or_path: str) -> dict[str, Any]:
     """A published table to print beside ours: `marshal` (the cells of MARSHAL's Table 1 its public sources state)
     or a YAML file of the same shape (`source`, `rows`, `systems: {system: {row: {benchmark: % or null}}}`)."""
-    import yaml
 
     path = REFERENCES.get(name_or_path, Path(name_or_path))
     if not path.is_file():

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from stratagem.games.core import Observation
+from stratagem.integrations import autogen_teams
 from stratagem.integrations.benchmarks import Question, extract_answer
 from stratagem.integrations.debate import ChatConfig, Solution, Verdict, make_llm, parse_verdict
 
@@ -173,8 +174,6 @@ class MASLabAutoGen:
         return RoundRobinGroupChat([assistant, proxy], termination_condition=stop)
 
     async def solve(self, q: Question) -> Solution:
-        from stratagem.integrations import autogen_teams
-
         c = self.chat
         client = autogen_teams.model_client(c.base_url, c.model, api_key=c.api_key, temperature=c.temperature,
                                             max_tokens=c.max_tokens, seed=c.seed, timeout=c.timeout)

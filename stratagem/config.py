@@ -25,6 +25,8 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, Union
 
+import yaml
+
 __all__ = ["ConfigError", "check", "flag_parser", "from_dict", "leaf_fields", "merge", "missing_help",
            "parse_flags", "to_dict"]
 
@@ -317,7 +319,6 @@ def parse_text(tp: Any, text: str) -> Any:
         if origin in (list, tuple) or tp in (list, tuple):
             item = args[0] if args else str
             if text.strip().startswith("["):  # a YAML / JSON list, for items with commas or escapes
-                import yaml
 
                 value = yaml.safe_load(text)
                 if not isinstance(value, list):
@@ -325,8 +326,6 @@ def parse_text(tp: Any, text: str) -> Any:
                 return value
             return [parse_text(item, v.strip()) for v in text.split(",") if v.strip()]
         if origin is dict or tp is dict or tp is Any:
-            import yaml
-
             value = yaml.safe_load(text)
             if (origin is dict or tp is dict) and not isinstance(value, dict):
                 raise ValueError

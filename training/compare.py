@@ -9,6 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stratagem.console import console
+from stratagem.games.metrics import pooled_seats
+from stratagem.games.registry import get_game_spec
+from stratagem.integrations.exact_eval import EXACT_GAMES, ExactEvalConfig, TrainerScorer, run_exact_eval
+
 
 def evaluate_policy(cfg: Any, base_url: str, served: str, label: str, out_dir: Path | None = None) -> dict[str, Any]:
     """Play `cfg.loop.eval_episodes` games per seat order of each strategic game of `cfg.loop.eval_games` (default:
@@ -16,7 +21,6 @@ def evaluate_policy(cfg: Any, base_url: str, served: str, label: str, out_dir: P
     model `served` against `cfg.loop.eval_opponent`, in the run's sampling and reply format. Returns the eval
     summary of integrations.games_eval (per game and seat: illegal rate, win rate, normalized return, intervals),
     also written to out_dir/LABEL.json."""
-    from stratagem.games.registry import get_game_spec
     from stratagem.integrations.games_eval import GamesEvalConfig, run_games_eval
 
     lc = cfg.loop
@@ -47,7 +51,6 @@ def _cell(entry: dict[str, Any], key: str) -> str:
 def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, str]]:
     """One row per game and seat order, then one per game with the seat orders pooled ("both": twice the games, so
     the narrower interval), each with before and after cells."""
-    from stratagem.games.metrics import pooled_seats
 
     def with_pooled(seats: dict[str, Any]) -> dict[str, Any]:
         return {**seats, "both": {**pooled_seats(seats), "opponent": next(iter(seats.values())).get("opponent", "")}} \
@@ -67,7 +70,6 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[
 def print_comparison(before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str) -> None:
     from rich.table import Table
 
-    from stratagem.console import console
 
     rows = comparison_rows(before, after)
     if not rows:
@@ -89,7 +91,6 @@ def evaluate_exact(cfg: Any, trainer: Any, name: str, label: str, out_dir: Path)
     it."""
     from transformers import AutoTokenizer
 
-    from stratagem.integrations.exact_eval import EXACT_GAMES, ExactEvalConfig, TrainerScorer, run_exact_eval
 
     lc = cfg.loop
     games = [g for g in (lc.eval_games or lc.games) if g in EXACT_GAMES]
@@ -106,7 +107,6 @@ def evaluate_exact(cfg: Any, trainer: Any, name: str, label: str, out_dir: Path)
 def print_exact_comparison(before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str) -> None:
     from rich.table import Table
 
-    from stratagem.console import console
 
     t = Table(title=f"{before_name} (before) vs {after_name} (after), exact: no sampling noise")
     for col in ("game", "exploitability", "vs cfr (mean of seats)", "vs nash (mean of seats)", "illegal prob"):

@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stratagem.training.advantages import advantage_names, get_advantage
+from stratagem.training.loop import RunConfig, learner_for
+from stratagem.training.losses import maro_labels
+from stratagem.training.run_store import RunStore
 from stratagem.training.samples import has_tokens
 
 
 def trained_rows(run_dir: str | Path) -> Iterator[dict[str, Any]]:
-    from stratagem.training.advantages import advantage_names, get_advantage
-    from stratagem.training.loop import RunConfig, learner_for
-    from stratagem.training.losses import maro_labels
-    from stratagem.training.run_store import RunStore
-
     store = RunStore(run_dir)
     store.verify()  # a damaged store is reported, never half-exported
     cfg = RunConfig.from_dict(store.read_config())

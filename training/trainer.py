@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from stratagem import faults
+from stratagem.files import atomic_directory
+from stratagem.training.distributed import current
 from stratagem.training.losses import MAROConfig, PPOConfig, token_entropy
 from stratagem.training.objectives import Objective, Targets, get_loss
 from stratagem.training.samples import Batch, Sample
@@ -181,7 +183,6 @@ class LoRATrainer:
             raise ValueError("lr_schedule 'cosine' needs total_iterations: it decays over the run's iterations")
         self.total_iterations = total_iterations
         self.optimizer_steps = 0  # over the whole run: the warmup's clock, saved in state_dict
-        from stratagem.training.distributed import current
 
         self.dist = current()  # under torchrun / accelerate launch: this rank's GPU, sharded samples, summed grads
         self.device = torch.device(device or self.dist.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -422,7 +423,6 @@ class LoRATrainer:
     def save_adapter(self, path: str | Path) -> Path:
         """Write the adapter (peft format, float32 LoRA weights) atomically: a kill leaves either the old
         directory or the complete new one."""
-        from stratagem.files import atomic_directory
 
         with atomic_directory(path) as tmp:
             self.model.save_pretrained(str(tmp))

@@ -13,6 +13,7 @@ def make_mystery(config: Any = None, script: str = "lighthouse", seed: int = 0,
     """A fresh `Mystery` (the `Game` of mystery.py) of `script` (a shipped name or a folder) dealt with `seed`;
     `config` a MysteryConfig, `summaries` the characters' prepared summaries, `count_tokens` the history's token
     counter (default: the tokenizer of config.tokenizer)."""
+    # deferred: the registry imports this package to list the games; playing one needs more
     from stratagem.games.mystery.mystery import Mystery
 
     if params:
@@ -23,6 +24,7 @@ def make_mystery(config: Any = None, script: str = "lighthouse", seed: int = 0,
 
 def build_graph(*args: Any, **kwargs: Any):
     """`stratagem.games.mystery.graph.build_graph` (imported on use)."""
+    # deferred: the registry imports this package to list the games; playing one needs more
     from stratagem.games.mystery.graph import build_graph as build
 
     return build(*args, **kwargs)
@@ -32,6 +34,7 @@ async def rollout(job: RolloutJob):
     """Mystery episodes for training: every seat the learner's policy, the judge the base model; the game's options
     from the run's `mystery` section (`job.section`), the script from `job.params["script"]`. The players sample at
     the policy's sampling temperature unless the section sets its own (the trainer scores their turns at it)."""
+    # deferred: the registry imports this package to list the games; playing one needs more
     import dataclasses
 
     from stratagem.games.mystery.game import MysteryConfig
@@ -48,6 +51,7 @@ async def rollout(job: RolloutJob):
 
 def check(workdir: Any = None):
     """The mystery's conformance check (conformance.check_mystery)."""
+    # deferred: the registry imports this package to list the games; playing one needs more
     from stratagem.games.mystery.conformance import check_mystery
 
     return check_mystery(workdir)

@@ -24,6 +24,7 @@ from stratagem.games.mystery.game import MysteryConfig
 from stratagem.games.mystery.library import load_script, script_dir
 from stratagem.games.mystery.metrics import HEADLINE
 from stratagem.games.mystery.schema import is_script_dir
+from stratagem.games.mystery.transcript import transcript_markdown
 
 LABELS = {"victory": "Victory", "tii": "TII", "cic": "CIC", "ici": "ICI", "sci": "SCI", "overall": "Overall"}
 
@@ -61,7 +62,6 @@ def _slug(s: str) -> str:
 async def run_mystery_eval(cfg: MysteryEvalConfig, base_url: str,
                            on_game: Callable[[], Any] | None = None) -> dict[str, Any]:
     from stratagem.games.mystery.rollout import collect_mystery_episodes
-    from stratagem.games.mystery.transcript import transcript_markdown
 
     folders = expand_scripts(cfg.scripts)
     for f in folders:

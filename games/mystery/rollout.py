@@ -9,13 +9,25 @@ from pathlib import Path
 from typing import Any
 
 from stratagem.agents import Agent, close_agents
+from stratagem.agents.llm import LLMAgent, LLMAgentConfig
 from stratagem.games.core import Episode, Turn
 from stratagem.games.graph import play
-from stratagem.games.mystery.game import GAME, MysteryConfig
+from stratagem.games.mystery.game import GAME, MysteryConfig, MysteryGame
 from stratagem.games.mystery.graph import Players, agent_for
 from stratagem.games.mystery.library import load_script, shipped_scripts
 from stratagem.games.mystery.mystery import Mystery
+from stratagem.games.mystery.structured import StructuredLLMAgent
+from stratagem.games.mystery.summary import (
+    ContextBudgetError,
+    check_budget,
+    context_length,
+    endpoint_context,
+    hf_token_counter,
+    llm_ask,
+    prepare_summaries,
+)
 from stratagem.games.rollout import collect_episodes
+from stratagem.models import resolve
 
 __all__ = ["collect_mystery_episodes", "load_script", "make_llm_agent", "play_episode", "shipped_scripts"]
 
@@ -24,8 +36,6 @@ def make_llm_agent(base_url: str, model: str, max_tokens: int, api_key: str | No
                    temperature: float | None = None, structured: bool = True) -> Agent:
     """An LLM agent for mystery seats or the judge; with `structured`, acts with a closed set of choices are
     requested with their JSON schema (see structured.py)."""
-    from stratagem.agents.llm import LLMAgent, LLMAgentConfig
-    from stratagem.games.mystery.structured import StructuredLLMAgent
 
     kw: dict[str, Any] = {"base_url": base_url, "model": model, "max_tokens": max_tokens}
     if api_key is not None:
@@ -42,16 +52,6 @@ async def script_summaries(script: Any, cfg: MysteryConfig, base_url: str, model
     endpoint grants `model`; summary.check_budget)."""
     if cfg.summary_tokens is None and cfg.protocol != "mirage":
         return None
-    from stratagem.games.mystery.summary import (
-        ContextBudgetError,
-        check_budget,
-        context_length,
-        endpoint_context,
-        hf_token_counter,
-        llm_ask,
-        prepare_summaries,
-    )
-    from stratagem.models import resolve
 
     model_dir = resolve(cfg.tokenizer)
     served = await endpoint_context(base_url, model, api_key)  # a server may grant less than the model's own
@@ -79,7 +79,6 @@ async def script_summaries(script: Any, cfg: MysteryConfig, base_url: str, model
 
 def mirage_long_characters(script: Any, cfg: MysteryConfig, count) -> set[str]:
     """The characters whose whole script (every stage, as the sheet shows it) passes cfg.full_script_tokens."""
-    from stratagem.games.mystery.game import MysteryGame
 
     game = MysteryGame.new(script, 0, cfg)
     last = len(script.stages) - 1

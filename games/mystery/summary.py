@@ -27,6 +27,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from stratagem.agents.llm import LLMAgent, LLMAgentConfig
+from stratagem.concurrency import map_concurrent
+from stratagem.files import Journal, StoreDamage
 from stratagem.games.core import Observation
 from stratagem.games.mystery.game import GAME, STAGE_SHARE, SUMMARY_SHARES, MysteryConfig
 from stratagem.games.mystery.schema import Script
@@ -129,7 +132,6 @@ Ask = Callable[[Observation, int], Awaitable[str]]  # (request, max_tokens) -> r
 
 def llm_ask(base_url: str, model: str, api_key: str | None = None) -> tuple[Ask, Callable[[], Awaitable[None]]]:
     """An `Ask` over the served model at temperature 0, and the coroutine function that closes its client."""
-    from stratagem.agents.llm import LLMAgent, LLMAgentConfig
 
     key: dict[str, Any] = {"api_key": api_key} if api_key else {}
     agent = LLMAgent(LLMAgentConfig(base_url=base_url, model=model, temperature=0.0, logprobs=False, **key))
@@ -209,7 +211,6 @@ async def prepare_summaries(script: Script, ask: Ask, model: str, budget: int, c
                             on_character: Callable[[str], Any] | None = None,
                             concurrency: int = 8) -> dict[str, list[str]]:
     """character -> per-stage summary within `budget` tokens, from the cache when there (see summary_path)."""
-    from stratagem.files import Journal, StoreDamage
 
     path = summary_path(script, model, budget)
     cache = Journal(path)
@@ -225,7 +226,6 @@ async def prepare_summaries(script: Script, ask: Ask, model: str, budget: int, c
             cache.sidecar.unlink(missing_ok=True)
             cache = Journal(path)
     s = Summariser(ask, count, context)
-    from stratagem.concurrency import map_concurrent
 
     async def one(name: str) -> list[str]:
         summary = await s.character(script, name, budget)

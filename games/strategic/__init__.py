@@ -13,6 +13,7 @@ from stratagem.games.strategic.poker import KuhnPoker, LeducPoker
 
 def build_graph(*args: Any, **kwargs: Any):
     """`stratagem.games.graph.build_graph` (imported on use: LangGraph is not needed to make a game)."""
+    # deferred: the registry imports this package to list the games; playing one needs more
     from stratagem.games.graph import build_graph as build
 
     return build(*args, **kwargs)
@@ -20,6 +21,7 @@ def build_graph(*args: Any, **kwargs: Any):
 
 async def rollout(job: RolloutJob):
     """`stratagem.games.rollout.rollout_strategic` (imported on use)."""
+    # deferred: the registry imports this package to list the games; playing one needs more
     from stratagem.games.rollout import rollout_strategic
 
     return await rollout_strategic(job)
