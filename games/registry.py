@@ -34,7 +34,8 @@ class RolloutJob:
     the learner's seats sampled from the served model `policy` at `base_url` with `sampling` (and `api_key`, when
     the server wants one), at most `concurrency` games at once, `on_episode(ep)` called as each one finishes. The
     run's settings arrive typed: a strategic game reads `game_config` (reply format, rewards), `opponents` and
-    `policy_seat`; a game with its own section of the run config (GameSpec.config_section) gets it as `section`,
+    `policy_seat` (or, in league play, `opponents_for(seed)`: the opponents of the game with that seed); a game
+    with its own section of the run config (GameSpec.config_section) gets it as `section`,
     and its parameters (the mystery's `script`) as `params`."""
 
     game: str
@@ -48,6 +49,7 @@ class RolloutJob:
     api_key: str | None = None
     game_config: GameConfig = field(default_factory=GameConfig)
     opponents: list[str] = field(default_factory=list)
+    opponents_for: Callable[[int], list[str]] | None = None
     policy_seat: str = "first"
     section: Any = None
     params: dict[str, Any] = field(default_factory=dict)

@@ -66,8 +66,9 @@ async def collect_episodes(game: str, agents: list[Agent], n: int, concurrency: 
 
 async def rollout_strategic(job: RolloutJob) -> list[Episode]:
     """The training rollout of a strategic game: self-play with the policy in every seat, or the policy against the
-    run's opponents: in seat 0, or (`loop.policy_seat: alternate`) first in even games and last in odd ones. Each
-    game against opponents records the policy's seat in `metrics["policy_seat"]`."""
+    run's opponents (`job.opponents`, or per game `job.opponents_for(seed)`: league play): in seat 0, or
+    (`loop.policy_seat: alternate`) first in even-seeded games and last in odd ones. Each game against opponents
+    records the policy's seat in `metrics["policy_seat"]`."""
     # a server started with --api-key refuses requests without it
     llm, game_cfg, opponents = job.sampling.agent_kwargs(job.api_key), job.game_config, job.opponents
 
@@ -77,19 +78,22 @@ async def rollout_strategic(job: RolloutJob) -> list[Episode]:
                           **(llm if spec.startswith("llm:") else {}))
 
     policy = agent(f"llm:{job.policy}", job.seed)
-    if not opponents:
+    if not opponents and job.opponents_for is None:
         seats = [policy] * make_game(job.game).info.num_players
         try:
             return await collect_episodes(job.game, seats, job.n, concurrency=job.concurrency, seed=job.seed,
                                           config=game_cfg, on_episode=job.on_episode)
         finally:
             await close_agents(seats)
-    others = [agent(spec, job.seed + 1 + i) for i, spec in enumerate(opponents)]
-    alternate = job.policy_seat == "alternate"
-    # game i: the policy first when i is even or seats do not alternate, else last
-    orders = [(0, [policy, *others], [i for i in range(job.n) if not alternate or i % 2 == 0])]
-    if alternate:
-        orders.append((len(others), [*others, policy], [i for i in range(job.n) if i % 2 == 1]))
+    # games grouped by their opponents and the policy's place: first, or (alternating) last in odd-seeded games
+    plans: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+    for i in range(job.n):
+        specs = tuple(job.opponents_for(job.seed + i) if job.opponents_for else opponents)
+        plans.setdefault((specs, job.policy_seat == "alternate" and (job.seed + i) % 2 == 1), []).append(i)
+    groups = []
+    for (specs, last), games in plans.items():
+        others = [agent(spec, job.seed + 1 + i) for i, spec in enumerate(specs)]
+        groups.append((len(others), [*others, policy], games) if last else (0, [policy, *others], games))
 
     def marked(seat: int) -> Callable[[Episode], Any]:
         def mark(ep: Episode) -> Any:  # before the episode is saved: the learner reads it back from the store
@@ -97,11 +101,11 @@ async def rollout_strategic(job: RolloutJob) -> list[Episode]:
             return job.on_episode(ep) if job.on_episode else None
         return mark
 
-    share = max(1, job.concurrency // len(orders))
+    share = max(1, job.concurrency // len(groups))
     try:
         parts = await asyncio.gather(*(collect_episodes(job.game, seats, job.n, concurrency=share, seed=job.seed,
                                                         config=game_cfg, on_episode=marked(seat), only=games)
-                                       for seat, seats, games in orders if games))
+                                       for seat, seats, games in groups))
     finally:
-        await close_agents([policy, *others])
+        await close_agents([a for _, seats, _ in groups for a in seats])
     return sorted((ep for part in parts for ep in part), key=lambda ep: ep.seed)

@@ -518,5 +518,38 @@ def eval_exact(
         console().print(results_table(result))
 
 
+@eval_app.command("league")
+def eval_league(
+    run: str = typer.Argument(..., help="A training run directory (its adapters RUN/adapters/iter-K)."),
+    games: str = typer.Option("kuhn_poker", help="Comma-separated games: kuhn_poker, leduc_poker."),
+    bots: str = typer.Option("random,cfr,nash", help="Comma-separated bots of the pool: random, cfr, nash; the "
+                             "first is the anchor (Elo 0)."),
+    every: int = typer.Option(1, help="Rate base, every N-th adapter and the last."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+) -> None:
+    """Rate a run's policies (base, iter-1, ...) against each other and the bots, exactly: every pair's exact score
+    (win probability + half the tie probability, both seat orders) from the policies' tables (the run's base model
+    with each adapter, loaded here, no server), an Elo fit anchored at the first bot, and each one's
+    exploitability."""
+    from stratagem.console import console
+    from stratagem.training.league import rate_run, rating_rich_table
+
+    try:
+        with _progress() as progress:
+            def bar(what: str, total: int) -> Any:
+                task = progress.add_task(what, total=total)
+                return lambda: progress.advance(task)
+
+            result = rate_run(run, _split(games, "--games"), _split(bots, "--bots"), every=every, progress=bar)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        for game in result["games"]:
+            console().print(rating_rich_table(result, game))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")

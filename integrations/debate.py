@@ -186,7 +186,6 @@ def _mad_prompts() -> dict[str, str]:
     """The MAD prompts, in the project's own words: the file the maslab protocol uses (integrations/prompts/
     maslab.yaml), shared so that the two protocols differ in structure only."""
 
-
     return yaml.safe_load((Path(__file__).resolve().parent / "prompts" / "maslab.yaml").read_text())
 
 

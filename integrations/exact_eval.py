@@ -421,19 +421,24 @@ def bot_table(game: str, name: str) -> PolicyTable:
 
 # ---- exact numbers ----------------------------------------------------------------------------------------------
 
-def expected_returns(game: str, policies: list[PolicyTable], forfeit_illegal: bool = False) -> list[float]:
+def expected_returns(game: str, policies: list[PolicyTable], forfeit_illegal: bool = False,
+                     utility: Callable[[list[float]], list[float]] | None = None) -> list[float]:
     """Exact expected returns of both seats when seat s plays `policies[s]`: a walk of the whole tree weighting
     chance and both policies. With `forfeit_illegal`, a seat's illegal-move mass (1 - legal_mass) ends the game
-    there as its forfeit (it loses its chips in the pot, the other seat wins them)."""
+    there as its forfeit (it loses its chips in the pot, the other seat wins them). `utility` maps a terminal's
+    returns to what is averaged instead (e.g. win indicators: the exact win probabilities)."""
     import pyspiel
 
     from stratagem.games.registry import make_game
 
+    if forfeit_illegal and utility is not None:
+        raise ValueError("expected_returns: a utility of the returns and forfeited chips do not combine")
     scorer_game = make_game(game) if forfeit_illegal else None
 
     def value(state: Any) -> list[float]:
         if state.is_terminal():
-            return [float(r) for r in state.returns()]
+            returns = [float(r) for r in state.returns()]
+            return utility(returns) if utility else returns
         if state.is_chance_node():
             out = [0.0, 0.0]
             for a, p in state.chance_outcomes():
@@ -483,13 +488,25 @@ def exact_metrics(game: str, policy: PolicyTable) -> dict[str, Any]:
     return out
 
 
-def protocol_key(model: str, game: str, sampling: SamplingConfig, fmt: ReplyFormat, source: str = "vllm") -> str:
-    """What a cached table depends on: the model's name, the game and every protocol field that shapes a prompt or
-    a reply."""
+def protocol_key(model: str, game: str, sampling: SamplingConfig, fmt: ReplyFormat, source: str = "vllm",
+                 weights: str = "") -> str:
+    """What a cached table depends on: the model's name (and `weights`, a digest of its adapter file where it is
+    known: a run rolled back and trained again writes other weights under the same name), the game and every
+    protocol field that shapes a prompt or a reply."""
     blob = json.dumps({"model": model, "game": game, "source": source, "reply": asdict(fmt),
                        "stop": list(sampling.stop),
-                       "chat_template": sampling.chat_template}, sort_keys=True)
+                       "chat_template": sampling.chat_template, **({"weights": weights} if weights else {})},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def adapter_digest(config: ExactEvalConfig, model: str) -> str:
+    """sha256 of the adapter weights a trainer-source name refers to (run/adapters/NAME); '' for base, a served
+    name or a bot."""
+    if config.source != "trainer" or not config.run or model == "base" or model in BOT_POLICIES:
+        return ""
+    path = Path(config.run) / "adapters" / model / "adapter_model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
 def trainer_scorer(config: ExactEvalConfig, model: str) -> TrainerScorer:
@@ -510,11 +527,12 @@ def trainer_scorer(config: ExactEvalConfig, model: str) -> TrainerScorer:
 
 
 async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int], Callable[[], Any]] | None = None,
-                         scorer_for: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                         scorer_for: Callable[[str], Any] | None = None,
+                         tables: dict[str, dict[str, PolicyTable]] | None = None) -> dict[str, Any]:
     """Every (model, game) of `config`: the policy table (a bot's, or scored by `scorer_for(model)`, by default
     the source config.source names; read back from `config.out` when a rerun finds it), then exact_metrics.
     Returns {"models": {model: {game: metrics}}}, each with the seconds it took and the scoring requests (server
-    requests, or forward passes) it made."""
+    requests, or forward passes) it made; `tables`, when given, receives every table ({model: {game: table}})."""
     from stratagem.files import atomic_write
 
     for g in config.games:
@@ -533,12 +551,13 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
 
     for model in config.models:
         scorer: Any = None  # one per model, kept over its games (a loaded model, a client)
+        digest = adapter_digest(config, model)
         try:
             for game in config.games:
                 t0 = time.perf_counter()
                 requests = 0
                 path = Path(config.out) / f"policy-{model.replace('/', '_')}-{game}-" \
-                    f"{protocol_key(model, game, config.sampling, config.reply, config.source)}.json" \
+                    f"{protocol_key(model, game, config.sampling, config.reply, config.source, digest)}.json" \
                     if config.out and model not in BOT_POLICIES else None
                 if model in BOT_POLICIES:
                     pol = bot_table(game, model)
@@ -559,6 +578,8 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
                         path.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write(path, json.dumps({"model": model, "game": game, "table": pol.table,
                                                        "legal_mass": pol.legal_mass}))
+                if tables is not None:
+                    tables.setdefault(model, {})[game] = pol
                 metrics = exact_metrics(game, pol)
                 metrics.update(seconds=time.perf_counter() - t0, requests=requests)
                 result["models"].setdefault(model, {})[game] = metrics

@@ -99,7 +99,6 @@ def run_protocol(run_dir: str | Path) -> tuple[SamplingConfig, ReplyFormat]:
     sections (fields of SamplingConfig / ReplyFormat), or the same fields in an older run's `loop` section; what the
     file does not say keeps the default. A field of the wrong type or out of range is an error naming it."""
 
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ValueError(f"--run {run_dir}: no config.yaml there (expected a run directory of `stratagem train`)")

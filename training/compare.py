@@ -70,7 +70,6 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[
 def print_comparison(before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str) -> None:
     from rich.table import Table
 
-
     rows = comparison_rows(before, after)
     if not rows:
         return
@@ -91,9 +90,10 @@ def evaluate_exact(cfg: Any, trainer: Any, name: str, label: str, out_dir: Path)
     it."""
     from transformers import AutoTokenizer
 
-
     lc = cfg.loop
     games = [g for g in (lc.eval_games or lc.games) if g in EXACT_GAMES]
+    for stale in (out_dir / "exact").glob(f"policy-{name}-*.json"):
+        stale.unlink()  # a table cached under this name is of the weights it had then (before a rollback)
     ec = ExactEvalConfig(models=[name], games=games, out=str(out_dir / "exact"), sampling=cfg.sampling,
                          reply=cfg.reply, source="trainer")
     tok = AutoTokenizer.from_pretrained(trainer.model_path)
@@ -106,7 +106,6 @@ def evaluate_exact(cfg: Any, trainer: Any, name: str, label: str, out_dir: Path)
 
 def print_exact_comparison(before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str) -> None:
     from rich.table import Table
-
 
     t = Table(title=f"{before_name} (before) vs {after_name} (after), exact: no sampling noise")
     for col in ("game", "exploitability", "vs cfr (mean of seats)", "vs nash (mean of seats)", "illegal prob"):

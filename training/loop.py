@@ -30,12 +30,13 @@ from stratagem.endpoints import EndpointPool, PoolStats
 from stratagem.games.base import GameConfig
 from stratagem.games.core import Episode
 from stratagem.games.metrics import episode_metrics
-from stratagem.games.registry import RolloutJob, get_game_spec
+from stratagem.games.registry import RolloutJob, get_game_spec, make_game
 from stratagem.integrations.servers import Serving, as_serving, open_serving
 from stratagem.models import resolve
 from stratagem.training.advantages import advantage_names, get_advantage
 from stratagem.training.compare import evaluate_exact, evaluate_policy, print_comparison, print_exact_comparison
 from stratagem.training.distributed import Distributed, init_distributed
+from stratagem.training.league import draw_opponents, league_metrics, policies_in_play
 from stratagem.training.objectives import NoReferencePairs, Targets, get_labels, get_loss
 from stratagem.training.run_config import MYSTERY, LoopConfig, RunConfig, known_algos, merged_policy, resumed
 from stratagem.training.run_store import RunStore
@@ -58,13 +59,27 @@ class PolicyServer:
 
     def __init__(self, serving: Serving, store: RunStore, merged: bool):
         self.serving, self.store, self.merged = serving, store, merged
+        self.installed: set[int] = set()  # adapters on the servers now (LoRA serving); a restart empties it
 
     def served(self, k: int) -> str:
         return "base" if self.merged else adapter_name(k)
 
     def install(self, k: int) -> dict[str, Any]:
         faults.point("install")
-        return self.serving.install(adapter_name(k), self.store.adapter_dir(k), merged=self.merged)
+        check = self.serving.install(adapter_name(k), self.store.adapter_dir(k), merged=self.merged)
+        self.installed = {k} if self.merged else self.installed | {k}
+        return check
+
+    def ensure(self, iterations: list[int]) -> None:
+        """Put the adapters of these past iterations on the servers where they are not (league opponents, after a
+        resume or a restart)."""
+        for j in iterations:
+            if j not in self.installed:
+                self.install(j)
+
+    def restart(self) -> None:
+        self.serving.restart()  # back to the base weights, no adapters
+        self.installed = set()
 
 
 def episodes_per_game(cfg: LoopConfig) -> dict[str, int]:
@@ -103,10 +118,17 @@ def rollout_job(cfg: RunConfig, game: str, policy: str, n: int, seed: int, base_
     """The run's settings for one game's rollout, typed: the policy's sampling and the server's key, the reply
     format and rewards, the opponents and the policy's seat, and the game's own section of the config."""
     spec, lc = get_game_spec(game), cfg.loop
+    opponents_for = None
+    if lc.league.pool:  # the learner is adapter iter-(k-1) (league play serves LoRA adapters: never merged)
+        k = 1 + (0 if policy == "base" else int(policy.removeprefix("iter-")))
+        seats = make_game(game).info.num_players - 1
+
+        def opponents_for(s: int) -> list[str]:
+            return draw_opponents(lc.league, k, s, seats, policy)
     return RolloutJob(game=game, policy=policy, n=n, seed=seed, base_url=base_url, concurrency=lc.concurrency,
                       on_episode=on_episode, sampling=cfg.sampling, api_key=cfg.server.api_key,
                       game_config=GameConfig(rewards=cfg.rewards, reply=cfg.reply), opponents=list(lc.opponents),
-                      policy_seat=lc.policy_seat,
+                      opponents_for=opponents_for, policy_seat=lc.policy_seat,
                       section=getattr(cfg, spec.config_section) if spec.config_section else None,
                       params={"script": lc.mystery_script} if game == MYSTERY else {})
 
@@ -117,9 +139,9 @@ def policy_seat_of(ep: Episode) -> int:
 
 
 def learner_for(cfg: LoopConfig) -> Callable[[Episode, int], bool]:
-    """Self-play trains every seat; against opponents only the policy's seat. The mystery is always full
-    self-play."""
-    if not cfg.opponents:
+    """Self-play trains every seat; against opponents (or in league play) only the policy's seat. The mystery is
+    always full self-play."""
+    if not cfg.opponents and not cfg.league.pool:
         return lambda ep, seat: True
     return lambda ep, seat: ep.game == MYSTERY or seat == policy_seat_of(ep)
 
@@ -211,6 +233,8 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
             t1 = time.perf_counter()
             stats = update(trainer, cfg, episodes, k, adv_state)  # metrics already summed over the ranks
             stats.update(rollout_s=rollout_s, update_s=time.perf_counter() - t1)
+            if dist.is_main and lc.eval_exact_every and k % lc.eval_exact_every == 0:
+                stats.update(track_exact(cfg, store, trainer, k))
 
             # 4-5. save iter-k, put it on the server and verify it there, log and commit
             if policies is not None and runlog is not None:
@@ -295,13 +319,25 @@ def evaluate(cfg: RunConfig, store: RunStore, trainer: LoRATrainer, policies: Po
             print_comparison(json.loads((root / "before.json").read_text()), sampled, "start", adapter_name(k))
 
 
+def track_exact(cfg: RunConfig, store: RunStore, trainer: LoRATrainer, k: int) -> dict[str, float]:
+    """loop.eval_exact_every: policy iter-k (the trainer's weights after the update) evaluated exactly, into
+    RUN/eval/exact-iter-K.json and, as exact/GAME/METRIC, into the iteration's metrics."""
+    t0 = time.perf_counter()
+    result = evaluate_exact(cfg, trainer, adapter_name(k), adapter_name(k), store.root / "eval")
+    out = {"exact_s": time.perf_counter() - t0}
+    for game, m in result["per_game"].items():
+        out.update({f"exact/{game}/exploitability": m["exploitability"], f"exact/{game}/vs_cfr": m["vs_cfr"]["mean"],
+                    f"exact/{game}/vs_nash": m["vs_nash"]["mean"], f"exact/{game}/illegal_prob": m["illegal_prob_mean"]})
+    return out
+
+
 def iteration_metrics(k: int, episodes: list[Episode], trainer: LoRATrainer, stats: dict[str, float],
                       check: dict[str, Any] | None, pool: EndpointPool | None) -> dict[str, Any]:
     """What iteration k commits: its episodes' metrics, the update's, the timings, the verification's gaps and,
     over several endpoints, the games each played."""
     metrics: dict[str, Any] = {"iteration": k, "policy": adapter_name(k - 1), "episodes": len(episodes),
                                "trainer_dtype": str(trainer.dtype).removeprefix("torch."),
-                               **episode_metrics(episodes), **stats}
+                               **episode_metrics(episodes), **league_metrics(episodes), **stats}
     metrics.update({f"verify/{a}": float(b) for a, b in (check or {}).items() if isinstance(b, (int, float))})
     if pool is not None:
         metrics.update({f"endpoint_games/{u}": float(c) for u, c in pool.stats.per_endpoint.items()})
@@ -345,6 +381,7 @@ def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, store: RunStore, pol
         serving.pool.stats = PoolStats()  # games per endpoint, this iteration
     for attempt in range(lc.rollout_retries + 1):
         try:
+            policies.ensure(policies_in_play(lc.league, k))
             return asyncio.run(_rollout_all(rollout, lc, store, policies.served(k - 1), adapter_name(k - 1), k,
                                             progress))
         except Exception as e:  # noqa: BLE001  only a dead server is retried; anything else is re-raised below
@@ -355,7 +392,7 @@ def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, store: RunStore, pol
                                    "run did not start it; restart it and pass --resume") from e
             log.warning("vLLM server died during iteration %d (%r); restarting and retrying the iteration", k, e)
             store.rollback()
-            serving.restart()  # back to the base weights, no adapters
+            policies.restart()
             if k > 1:
                 policies.install(k - 1)
     raise AssertionError("unreachable")

@@ -27,6 +27,7 @@ from stratagem.models import REGISTRY
 from stratagem.preset import preset_names
 from stratagem.training.advantages import AdvantageConfig, advantage_names
 from stratagem.training.distributed import DistributedConfig
+from stratagem.training.league import LeagueConfig
 from stratagem.training.losses import MAROConfig, PPOConfig
 from stratagem.training.objectives import loss_names
 from stratagem.training.trackers import check_trackers
@@ -102,6 +103,13 @@ class LoopConfig:
                              "also evaluate the starting and the final policy exactly on the evaluated poker games "
                              "(stratagem eval exact: the policy's table, exploitability, exact returns against CFR and "
                              "Nash); saved in RUN/eval/exact-*.json. Needs a protocol without thinking."})
+    eval_exact_every: int = field(default=0, metadata={"help": "Every N iterations, also evaluate the new policy "
+                                  "iter-k exactly (as eval_exact does, by the trainer's own model, no server) and "
+                                  "commit its numbers with the iteration's metrics (exact/GAME/exploitability, "
+                                  "exact/GAME/vs_cfr, ...): the learner's exploitability over the run. 0: off.",
+                                  "min": 0})
+    league: LeagueConfig = field(default_factory=LeagueConfig, metadata={"help": "League play: each game's "
+                                 "opponents drawn from the run's past policies and bots (training/league.py)."})
     eval_games: list[str] = field(default_factory=list, metadata={"help": "Strategic games of that evaluation "
                                   "(empty: the run's training games; MARSHAL evaluates the held-out ones too)."})
     policy_weights: str = field(default="auto", metadata={"help": "How the server samples the current policy iter-k: "
@@ -189,16 +197,14 @@ class RunConfig:
             if g not in strategic:
                 raise ConfigError(f"loop.eval_games[{i}]: {g!r} is not a strategic game; expected one of "
                                   f"{', '.join(strategic)}")
-        if lc.eval_exact:
-
+        if lc.eval_exact or lc.eval_exact_every:
             if not any(g in EXACT_GAMES for g in (lc.eval_games or lc.games)):
-                raise ConfigError(f"loop.eval_exact: evaluates {', '.join(EXACT_GAMES)}, and the evaluated games "
+                raise ConfigError(f"loop.eval_exact(_every): evaluates {', '.join(EXACT_GAMES)}, and the evaluated games "
                                   f"({', '.join(lc.eval_games or lc.games)}) have none; add one to loop.eval_games")
             if self.reply.think:
-                raise ConfigError("loop.eval_exact: a thinking reply (reply.think) has no table of action "
+                raise ConfigError("loop.eval_exact(_every): a thinking reply (reply.think) has no table of action "
                                   "probabilities; turn one of them off")
         if lc.eval_episodes > 0:
-
             try:  # the opponents of every evaluated game, before hours of training
                 plan(GamesEvalConfig(games=[g for g in (lc.eval_games or lc.games) if g in strategic],
                                      opponent=lc.eval_opponent))
@@ -216,16 +222,30 @@ class RunConfig:
                               f"sampling.temperature={self.sampling.temperature}, so the players must sample at it "
                               f"too; got {self.mystery.player_temperature} (leave it unset to follow sampling)")
         if MYSTERY in lc.games:
-
             try:
                 script_dir(lc.mystery_script)
             except FileNotFoundError as e:
                 raise ConfigError(f"loop.mystery_script: {e}") from None
-        if lc.policy_seat != "first" and not lc.opponents:
+        if lc.league.pool:
+            if lc.opponents:
+                raise ConfigError("loop.league.pool: league play draws every game's opponents from the pool, so "
+                                  f"loop.opponents must be empty; got {lc.opponents}")
+            if MYSTERY in lc.games:
+                raise ConfigError("loop.league.pool: league play seats past policies in the strategic games; the "
+                                  "mystery is full self-play (train it in a run of its own)")
+            for g in lc.games:
+                for i, spec in enumerate(lc.league.bots):
+                    try:
+                        check_agent_spec(spec, game=g)
+                    except ValueError as e:
+                        raise ConfigError(f"loop.league.bots[{i}]: {e}") from None
+        elif lc.league.bots:
+            raise ConfigError("loop.league.bots: bots join the league's pool, and league play is off "
+                              "(loop.league.pool is 0)")
+        if lc.policy_seat != "first" and not (lc.opponents or lc.league.pool):
             raise ConfigError(f"loop.policy_seat: {lc.policy_seat!r} places the policy among loop.opponents, and "
                               "there are none (self-play trains every seat)")
         if lc.opponents:
-
             for g in lc.games:
                 if g == MYSTERY:
                     continue
@@ -268,7 +288,6 @@ def _check_model(model: str) -> None:
     """loop.model is a registered name, a model directory or a hub id ("org/name"); a path that is none of these is
     an error now, not after the server started."""
 
-
     if model == "default" or model in REGISTRY:
         return
     p = Path(model).expanduser()
@@ -287,7 +306,8 @@ def merged_policy(cfg: LoopConfig, can_reload: bool, on_cpu: bool) -> bool:
     server is one this run manages and may replace its weights."""
     blockers = ([] if can_reload else ["the server cannot reload its weights (let the run start it)"]) \
         + (["the mystery's judge is the base model"] if MYSTERY in cfg.games else []) \
-        + (["an opponent is a served adapter"] if any(o.startswith("llm:") for o in cfg.opponents) else [])
+        + (["an opponent is a served adapter"] if any(o.startswith("llm:") for o in cfg.opponents) else []) \
+        + (["league opponents are served adapters"] if cfg.league.pool else [])
     if cfg.policy_weights == "merged" and blockers:
         raise ValueError("policy_weights=merged is not possible here: " + "; ".join(blockers))
     return cfg.policy_weights == "merged" or (cfg.policy_weights == "auto" and not blockers and on_cpu)
