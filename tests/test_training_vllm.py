@@ -180,3 +180,39 @@ def test_kuhn_with_exact_evaluation_before_and_after(vllm_server, model_path, tm
     assert set(tables) == {"base", "iter"}  # policy-base-..., policy-iter-1-...
     diff = max(abs(tables["base"][k][a] - tables["iter"][k][a]) for k in tables["base"] for a in tables["base"][k])
     assert diff > 1e-4
+
+
+def test_league_kuhn_three_iterations_with_exact_tracking_and_ratings(vllm_server, model_path, tmp_path):
+    """loop.league on the real server: iteration 3's learner (iter-2) meets base, iter-1 and the random bot, as drawn
+    from each game's seed; the server samples each opponent's own adapter (loaded from this run's store, whatever
+    the shared server held under that name before); the learner's exact numbers are committed every iteration;
+    `rate_run` rates the run's policies among the bots."""
+    from stratagem.training.league import draw_opponents, rate_run
+
+    cfg = _cfg(LENGTH_PENALTY, algo="mars", games=["kuhn_poker"], model=model_path, iterations=3,
+               episodes_per_iteration=6, policy_seat="alternate", eval_exact_every=1,
+               league={"pool": 2, "latest": 1, "bots": ["random"]})
+    store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
+    eps = [e for e in store.episodes() if e.iteration == 3]
+    drawn = [draw_opponents(cfg.loop.league, 3, e.seed, 1, "iter-2")[0] for e in eps]
+    assert set(drawn) == {"llm:iter-1", "llm:base", "random"}  # the premise: seeds 30000-30005 draw all three
+    for e, opponent in zip(eps, drawn):
+        seat = e.metrics["policy_seat"]
+        assert e.seats[seat].agent == "llm:iter-2" and e.seats[1 - seat].agent == opponent
+        sampled_by = {t.adapter for t in e.turns if t.seat == 1 - seat}
+        assert sampled_by == ({opponent.removeprefix("llm:")} if opponent.startswith("llm:") else {None})
+        assert {t.adapter for t in e.turns if t.seat == seat} == {"iter-2"}
+    metrics = store.metrics()
+    assert [m["iteration"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert 0 < m["exact/kuhn_poker/exploitability"] <= 2 and "exact/kuhn_poker/vs_cfr" in m
+    assert metrics[2]["league/games_vs/llm:iter-1"] == 2.0
+    for k in (1, 2, 3):
+        assert (store.root / "eval" / f"exact-iter-{k}.json").is_file()
+
+    rated = rate_run(store.root, ["kuhn_poker"], ["random", "cfr"])
+    g = rated["games"]["kuhn_poker"]
+    assert set(g["elo"]) == {"random", "cfr", "base", "iter-1", "iter-2", "iter-3"} and g["elo"]["random"] == 0.0
+    assert g["elo"]["cfr"] > 0
+    # the table rated as iter-3 is the run's last adapter, scored afresh: the same exploitability as tracked
+    assert g["exploitability"]["iter-3"] == pytest.approx(metrics[2]["exact/kuhn_poker/exploitability"], abs=1e-3)
