@@ -462,7 +462,8 @@ def eval_mystery(
 def eval_exact(
     models: str = typer.Option("base", help="Comma-separated served model / adapter names, or the bots random, "
                                "cfr, nash (no server needed)."),
-    games: str = typer.Option("kuhn_poker", help="Comma-separated games: kuhn_poker, leduc_poker."),
+    games: str = typer.Option("kuhn_poker", help="Comma-separated games: kuhn_poker, leduc_poker (the whole game), "
+                              "tictactoe (below the fixed openings of integrations/exact_eval.py: OPENINGS)."),
     run: str | None = typer.Option(None, help="A training run directory: its reply protocol (what the model was "
                                       "trained with)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
@@ -482,15 +483,16 @@ def eval_exact(
     from stratagem.agents.sampling import SamplingConfig
     from stratagem.console import console
     from stratagem.games.base import ReplyFormat
-    from stratagem.integrations.exact_eval import BOT_POLICIES, EXACT_GAMES, ExactEvalConfig, results_table
+    from stratagem.integrations.exact_eval import BOT_POLICIES, EXACT_GAMES, TREE_GAMES, ExactEvalConfig, results_table
     from stratagem.integrations.exact_eval import run as run_exact
     from stratagem.integrations.games_eval import run_protocol
 
     try:
         names, game_list = _split(models, "--models"), _split(games, "--games")
-        bad = [g for g in game_list if g not in EXACT_GAMES]
+        bad = [g for g in game_list if g not in EXACT_GAMES + TREE_GAMES]
         if bad:
-            raise ValueError(f"--games: exact evaluation covers {', '.join(EXACT_GAMES)}, got {', '.join(bad)}")
+            raise ValueError(f"--games: exact evaluation covers {', '.join(EXACT_GAMES + TREE_GAMES)}, got "
+                             f"{', '.join(bad)}")
         sampling, reply = run_protocol(run) if run else (SamplingConfig(), ReplyFormat())
         if reply.think:
             raise ValueError("the run's protocol thinks before it answers (reply.think): a thinking reply has no "

@@ -45,6 +45,15 @@ from stratagem.games.base import GameConfig, ReplyFormat, parse_answer, response
 from stratagem.games.core import Reply
 
 EXACT_GAMES = ("kuhn_poker", "leduc_poker")
+# perfect-information games evaluated exactly below fixed openings: there a prompt carries the move history, so the
+# policy is one per history, and the whole of tic-tac-toe has 294,778 decision points (FULL_TREE_POINTS)
+TREE_GAMES = ("tictactoe",)
+# the documented subtrees: four plies each (X, O, X, O; cells 0-8 row by row), X to move, covering the three kinds of
+# first move (centre, corner, edge) and the usual replies; each leaves at most 5 empty cells (about 200 decision
+# points below it)
+OPENINGS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "tictactoe": ((4, 0, 8, 2), (4, 1, 0, 8), (0, 4, 8, 1), (0, 1, 4, 8), (1, 4, 7, 0), (0, 8, 2, 4))}
+FULL_TREE_POINTS = {"tictactoe": 294_778}
 TOP = 20  # candidates per position read at a reply's last token (vLLM's default max_logprobs)
 BOT_POLICIES = ("random", "cfr", "nash")
 Table = dict[str, dict[int, float]]
@@ -55,7 +64,7 @@ class ExactEvalConfig:
     models: list[str] = field(default_factory=lambda: ["base"], metadata={"help": "Policies to evaluate: served "
                               "model / adapter names, or the bots random, cfr, nash (no server needed)."})
     games: list[str] = field(default_factory=lambda: ["kuhn_poker"], metadata={"help": "Games: kuhn_poker, "
-                             "leduc_poker."})
+                             "leduc_poker (whole), tictactoe (below OPENINGS)."})
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible vLLM endpoint "
                           "(needs /tokenize and prompt_logprobs: vLLM's own server)."})
     api_key: str | None = field(default=None, metadata={"help": "Bearer token for the endpoint."})
@@ -109,14 +118,14 @@ def canonical_reply(fmt: ReplyFormat, stop: list[str], legal: list[str], action:
 
 
 def decision_points(game: str, fmt: ReplyFormat, stop: list[str]) -> dict[str, DecisionPoint]:
-    """Every information state of `game` where a seat acts, with the prompt the real game renders there: a
-    depth-first walk of OpenSpiel's tree, the `SpielGame` replayed along each history (chance outcomes applied as
+    """Every information state of `game` where a seat acts (in a tree game: every history below its openings), with
+    the prompt the real game renders there: a depth-first walk of OpenSpiel's tree, the `SpielGame` replayed along each history (chance outcomes applied as
     the history says, each earlier move as its canonical reply). Two histories of one information state must give
     the same prompt (the game shows a seat only its information); a difference is an error."""
     from stratagem.games.registry import make_game
 
-    if game not in EXACT_GAMES:
-        raise ValueError(f"exact evaluation covers {', '.join(EXACT_GAMES)}, got {game!r}")
+    if game not in EXACT_GAMES + TREE_GAMES:
+        raise ValueError(f"exact evaluation covers {', '.join(EXACT_GAMES + TREE_GAMES)}, got {game!r}")
     out: dict[str, DecisionPoint] = {}
 
     def replay(history: list[int]) -> Any:
@@ -154,10 +163,28 @@ def decision_points(game: str, fmt: ReplyFormat, stop: list[str]) -> dict[str, D
         for a in state.legal_actions():
             walk(state.child(a), history + [a])
 
-    import pyspiel
-
-    walk(pyspiel.load_game(game).new_initial_state(), [])
+    for root in roots(game):
+        walk(_play(game, root), list(root))
     return out
+
+
+def spiel_game(game: str) -> Any:
+    """The OpenSpiel game behind a registered game name (tictactoe is OpenSpiel's tic_tac_toe)."""
+    from stratagem.games.registry import make_game
+
+    return make_game(game).spiel
+
+
+def roots(game: str) -> tuple[tuple[int, ...], ...]:
+    """Where the exact evaluation of `game` starts: the whole game (the empty history), or a tree game's openings."""
+    return OPENINGS.get(game, ((),))
+
+
+def _play(game: str, history: tuple[int, ...] | list[int]) -> Any:
+    state = spiel_game(game).new_initial_state()
+    for a in history:
+        state.apply_action(a)
+    return state
 
 
 # ---- scoring ----------------------------------------------------------------------------------------------------
@@ -373,6 +400,9 @@ async def policy_table(game: str, points: dict[str, DecisionPoint], scorer: Scor
     async def one(point: DecisionPoint) -> tuple[str, dict[int, float], float]:
         labels = list(point.legal)
         comps = {lab: canonical_reply(fmt, stop, labels, lab) for lab in labels}
+        if len(labels) == 1:
+            # the forced prefix already holds the one legal reply: the model has nothing left to choose
+            return point.key, {point.legal[labels[0]]: 1.0}, 1.0
         lps = await scorer.logprobs(point, comps)
         probs = {point.legal[lab]: math.exp(lp) for lab, lp in lps.items()}
         mass = sum(probs.values())
@@ -390,9 +420,10 @@ async def policy_table(game: str, points: dict[str, DecisionPoint], scorer: Scor
 
 
 def bot_table(game: str, name: str) -> PolicyTable:
-    """A bot's policy as a table: uniform random, the CFR average policy, or the exact Nash equilibrium."""
-    import pyspiel
-
+    """A bot's policy as a table: uniform random, the CFR average policy, or the exact Nash equilibrium (a tree
+    game: uniform random only, below its openings)."""
+    if game in TREE_GAMES and name != "random":
+        raise ValueError(f"{game}: the tabular bots there are random only (cfr and nash are poker's), got {name!r}")
     if name == "cfr":
         from stratagem.agents.bots import cfr_policy
 
@@ -413,7 +444,8 @@ def bot_table(game: str, name: str) -> PolicyTable:
             for a in (state.legal_actions() if not state.is_chance_node() else [a for a, _ in state.chance_outcomes()]):
                 walk(state.child(a))
 
-        walk(pyspiel.load_game(game).new_initial_state())
+        for root in roots(game):
+            walk(_play(game, root))
     else:
         raise ValueError(f"unknown bot policy {name!r}; expected one of {', '.join(BOT_POLICIES)}")
     return PolicyTable(game, table, {k: 1.0 for k in table})
@@ -488,6 +520,45 @@ def exact_metrics(game: str, policy: PolicyTable) -> dict[str, Any]:
     return out
 
 
+def tree_metrics(game: str, policy: PolicyTable) -> dict[str, Any]:
+    """A tree game's exact numbers below its openings (`OPENINGS`, each weighted equally), the policy in seat 0 (X,
+    `first`) and in seat 1 (`second`): its expected return against the uniform random opponent and against a best
+    response (the opponent that minimises it, by backward induction), both renormalised over the legal actions and
+    `_as_played` (the mass outside them loses the game); `optimal`, what perfect play guarantees there (minimax), and
+    `best_response_gap` = optimal - vs_best_response, mean of the seats: 0 exactly when the policy plays perfectly
+    below the openings (the subtree's exploitability)."""
+    lo = float(spiel_game(game).min_utility())
+
+    def value(state: Any, seat: int, opponent: str, played: bool) -> float:
+        if state.is_terminal():
+            return float(state.returns()[seat])
+        mover = state.current_player()
+        if opponent == "minimax" or mover != seat:
+            vals = [value(state.child(a), seat, opponent, played) for a in state.legal_actions()]
+            if opponent == "random":
+                return sum(vals) / len(vals)
+            return max(vals) if mover == seat else min(vals)
+        key = state.information_state_string(mover)
+        mass = policy.legal_mass.get(key, 1.0) if played else 1.0
+        return mass * sum(p * value(state.child(a), seat, opponent, played) for a, p in policy.table[key].items()) \
+            + (1.0 - mass) * lo
+
+    starts = [_play(game, r) for r in roots(game)]
+    out: dict[str, Any] = {"scope": f"below {len(starts)} openings (OPENINGS), not the whole game",
+                           "openings": [list(r) for r in roots(game)], "information_states": len(policy.table),
+                           "full_tree_points": FULL_TREE_POINTS.get(game)}
+    for name, opponent, played in (("vs_random", "random", False), ("vs_random_as_played", "random", True),
+                                   ("vs_best_response", "best", False),
+                                   ("vs_best_response_as_played", "best", True), ("optimal", "minimax", False)):
+        first, second = (sum(value(s, seat, opponent, played) for s in starts) / len(starts) for seat in (0, 1))
+        out[name] = {"first": first, "second": second, "mean": (first + second) / 2}
+    out["best_response_gap"] = out["optimal"]["mean"] - out["vs_best_response"]["mean"]
+    illegal = [1.0 - m for m in policy.legal_mass.values()]
+    out.update(illegal_prob_mean=sum(illegal) / len(illegal) if illegal else 0.0,
+               illegal_prob_max=max(illegal, default=0.0))
+    return out
+
+
 def protocol_key(model: str, game: str, sampling: SamplingConfig, fmt: ReplyFormat, source: str = "vllm",
                  weights: str = "") -> str:
     """What a cached table depends on: the model's name (and `weights`, a digest of its adapter file where it is
@@ -536,8 +607,8 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
     from stratagem.files import atomic_write
 
     for g in config.games:
-        if g not in EXACT_GAMES:
-            raise ValueError(f"exact evaluation covers {', '.join(EXACT_GAMES)}, got {g!r}")
+        if g not in EXACT_GAMES + TREE_GAMES:
+            raise ValueError(f"exact evaluation covers {', '.join(EXACT_GAMES + TREE_GAMES)}, got {g!r}")
     stop = list(config.sampling.stop)
     result: dict[str, Any] = {"reply": asdict(config.reply), "stop": stop, "source": config.source, "models": {}}
     points_cache: dict[str, dict[str, DecisionPoint]] = {}
@@ -580,7 +651,7 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
                                                        "legal_mass": pol.legal_mass}))
                 if tables is not None:
                     tables.setdefault(model, {})[game] = pol
-                metrics = exact_metrics(game, pol)
+                metrics = tree_metrics(game, pol) if game in TREE_GAMES else exact_metrics(game, pol)
                 metrics.update(seconds=time.perf_counter() - t0, requests=requests)
                 result["models"].setdefault(model, {})[game] = metrics
         finally:
@@ -593,19 +664,30 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
 
 
 def results_table(result: dict[str, Any]) -> Any:
+    """The poker games' rows, and a second table for the tree games (their numbers are below openings)."""
+    from rich.console import Group
     from rich.table import Table
 
     t = Table(title="exact evaluation (no sampling: the policy's table; returns in chips per game)")
     for col in ("model", "game", "exploitability", "vs cfr first / second", "vs nash first / second",
                 "illegal prob mean (max)", "seconds"):
         t.add_column(col)
+    tree = Table(title="exact evaluation below fixed openings (OPENINGS: not the whole game; returns per game)")
+    for col in ("model", "game", "best-response gap", "vs best response first / second", "vs random first / second",
+                "illegal prob mean (max)", "seconds"):
+        tree.add_column(col)
     for model, games in result["models"].items():
         for game, m in games.items():
+            illegal, secs = f"{m['illegal_prob_mean']:.3f} ({m['illegal_prob_max']:.3f})", f"{m['seconds']:.1f}"
+            if "best_response_gap" in m:
+                tree.add_row(model, game, f"{m['best_response_gap']:.4f}",
+                             f"{m['vs_best_response']['first']:+.4f} / {m['vs_best_response']['second']:+.4f}",
+                             f"{m['vs_random']['first']:+.4f} / {m['vs_random']['second']:+.4f}", illegal, secs)
+                continue
             t.add_row(model, game, f"{m['exploitability']:.4f}",
                       f"{m['vs_cfr']['first']:+.4f} / {m['vs_cfr']['second']:+.4f}",
-                      f"{m['vs_nash']['first']:+.4f} / {m['vs_nash']['second']:+.4f}",
-                      f"{m['illegal_prob_mean']:.3f} ({m['illegal_prob_max']:.3f})", f"{m['seconds']:.1f}")
-    return t
+                      f"{m['vs_nash']['first']:+.4f} / {m['vs_nash']['second']:+.4f}", illegal, secs)
+    return Group(*(x for x in (t, tree) if x.row_count))
 
 
 def run(config: ExactEvalConfig, progress: Callable[[str, int], Callable[[], Any]] | None = None) -> dict[str, Any]:

@@ -149,8 +149,92 @@ def test_cli_eval_exact_on_bots_needs_no_server():
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["models"]["random"]["kuhn_poker"]["exploitability"] == pytest.approx(0.4583, abs=1e-4)
-    r = CliRunner().invoke(app, ["eval", "exact", "--models", "random", "--games", "tictactoe"])
-    assert r.exit_code == 1 and "exact evaluation covers kuhn_poker, leduc_poker" in r.output
+    r = CliRunner().invoke(app, ["eval", "exact", "--models", "random", "--games", "connect_four"])
+    assert r.exit_code == 1 and "exact evaluation covers kuhn_poker, leduc_poker, tictactoe" in r.output
+    r = CliRunner().invoke(app, ["eval", "exact", "--models", "random", "--games", "tictactoe", "--json"])
+    assert r.exit_code == 0, r.output
+    ttt = json.loads(r.stdout.strip().splitlines()[-1])["models"]["random"]["tictactoe"]
+    assert ttt["information_states"] == 647 and ttt["scope"].startswith("below 6 openings")
+
+
+# ---- tic-tac-toe below openings ----------------------------------------------------------------------------------
+
+# X0 O4 X8 O1 X7 O6 X2: O to move with cells 3 and 5 left. O at 3 lets X complete the column 2-5-8 (X wins); O at 5
+# blocks it and X's forced 3 fills the board (a draw). X's moves there are forced (one legal cell).
+LATE = (0, 4, 8, 1, 7, 6, 2)
+
+
+def test_the_whole_tic_tac_toe_tree_has_the_decision_points_the_module_says():
+    from stratagem.integrations.exact_eval import FULL_TREE_POINTS
+
+    memo: dict[str, int] = {}
+
+    def points(state) -> int:  # non-terminal histories from here on: a function of the board alone
+        key = str(state)
+        if key not in memo:
+            memo[key] = 0 if state.is_terminal() else 1 + sum(points(state.child(a)) for a in state.legal_actions())
+        return memo[key]
+
+    assert points(pyspiel.load_game("tic_tac_toe").new_initial_state()) == FULL_TREE_POINTS["tictactoe"]
+
+
+def test_tree_metrics_hand_example(monkeypatch):
+    """Below LATE, the policy as O plays 3 (the losing cell) with probability 0.25 and has 0.8 of its mass on the
+    legal replies. As X (first) its moves are forced: +0.5 against random O, 0 against the best response (O at 5).
+    As O (second): -0.25 against anyone (X is forced), -0.8 * 0.25 - 0.2 = -0.4 as played. Perfect play draws
+    both ways, so the best-response gap is 0 - (0 - 0.25) / 2 = 0.125."""
+    import stratagem.integrations.exact_eval as ee
+
+    monkeypatch.setitem(ee.OPENINGS, "tictactoe", (LATE,))
+    o_node = ", ".join(map(str, LATE))
+    table = {o_node: {3: 0.25, 5: 0.75}, o_node + ", 3": {5: 1.0}, o_node + ", 5": {3: 1.0}}
+    policy = PolicyTable("tictactoe", table, {o_node: 0.8, o_node + ", 3": 1.0, o_node + ", 5": 1.0})
+    assert set(ee.decision_points("tictactoe", ReplyFormat(), STOP)) == set(table)
+    m = ee.tree_metrics("tictactoe", policy)
+    assert m["vs_random"]["first"] == pytest.approx(0.5) and m["vs_best_response"]["first"] == pytest.approx(0.0)
+    assert m["vs_random"]["second"] == pytest.approx(-0.25) and m["vs_best_response"]["second"] == pytest.approx(-0.25)
+    assert m["vs_random_as_played"]["second"] == pytest.approx(-0.4)
+    assert m["optimal"] == {"first": 0.0, "second": 0.0, "mean": 0.0}
+    assert m["best_response_gap"] == pytest.approx(0.125)
+    assert m["illegal_prob_max"] == pytest.approx(0.2)
+
+
+def test_tic_tac_toe_points_below_the_openings_are_the_games_own_prompts():
+    from stratagem.integrations.exact_eval import OPENINGS, tree_metrics
+
+    points = decision_points("tictactoe", ReplyFormat(), STOP)
+    assert len(points) == 647 and all(p.key.count(",") >= 3 for p in points.values())
+    for opening in OPENINGS["tictactoe"]:
+        root = points[", ".join(map(str, opening))]
+        assert root.seat == 0 and len(root.legal) == 5  # X to move, five empty cells
+        # the board the seat is shown: four marks of the opening, X's and O's where they were played
+        board = root.messages[-1]["content"].split("Board")[1].splitlines()[1:4]
+        marks = {3 * r + c: ch.upper() for r, row in enumerate(board) for c, ch in enumerate(row)}
+        assert {i for i, ch in marks.items() if ch == "X"} == set(opening[0::2])
+        assert {i for i, ch in marks.items() if ch == "O"} == set(opening[1::2])
+    # perfect play against perfect play below the openings: what minimax says; random: the policy's own mean is 0
+    m = tree_metrics("tictactoe", bot_table("tictactoe", "random"))
+    assert m["optimal"]["first"] == -m["optimal"]["second"] and m["best_response_gap"] > 0
+    assert m["vs_random"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="random only"):
+        bot_table("tictactoe", "cfr")
+
+
+async def test_the_default_models_tic_tac_toe_table_below_a_late_opening(model_path, monkeypatch):
+    """The real model scores the three decision points below LATE: its table is a distribution over the legal cells
+    at each; at a forced point the forced reply prefix already holds the one legal cell, so it is played for sure."""
+    import stratagem.integrations.exact_eval as ee
+
+    monkeypatch.setitem(ee.OPENINGS, "tictactoe", (LATE,))
+    points = ee.decision_points("tictactoe", ReplyFormat(), STOP)
+    scorer = ee.TrainerScorer.from_pretrained(model_path, None, SamplingConfig())
+    table = await policy_table("tictactoe", points, scorer, ReplyFormat(), STOP)
+    o_node = ", ".join(map(str, LATE))
+    assert set(table.table[o_node]) == {3, 5} and sum(table.table[o_node].values()) == pytest.approx(1.0)
+    assert table.table[o_node + ", 3"] == {5: 1.0} and table.legal_mass[o_node + ", 3"] == 1.0
+    assert 0 < table.legal_mass[o_node] <= 1
+    m = ee.tree_metrics("tictactoe", table)
+    assert m["vs_best_response"]["first"] == 0.0 and -1 <= m["vs_random_as_played"]["second"] <= 0
 
 
 @pytest.mark.vllm
