@@ -8,6 +8,11 @@ it shares with the one before: that is the prefix reuse the tree allows. `--vllm
 tic-tac-toe points (and Kuhn) through a vLLM server started here, one request per legal action as
 `eval exact --source vllm` sends them.
 
+Mini Hanabi's tree is estimated, not walked (`--hanabi-paths`: Knuth's estimator, `estimate_tree_points`): its
+decision histories, chance draws included, and from them a lower bound on its prompts. A seat's prompt shows all but
+its own hand, and every card that leaves a hand is shown, so histories with one prompt differ only in the identities
+of the seat's own held cards: at most (colors x ranks) ** hand_size of them (4 ** 3 = 64).
+
     python benchmarks/exact_tree.py [--vllm-points 40]
 """
 
@@ -26,6 +31,7 @@ from stratagem.integrations.exact_eval import (
     TrainerScorer,
     VLLMScorer,
     decision_points,
+    estimate_tree_points,
     policy_table,
     tree_metrics,
 )
@@ -44,6 +50,7 @@ def main() -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--vllm-points", type=int, default=0, help="Also score this many tic-tac-toe points (and Kuhn) "
                    "through a vLLM server started here; 0: trainer only.")
+    p.add_argument("--hanabi-paths", type=int, default=20000, help="Random paths for mini Hanabi's tree estimate.")
     args = p.parse_args()
     sampling, fmt = SamplingConfig(), ReplyFormat()
     stop = list(sampling.stop)
@@ -67,6 +74,17 @@ def main() -> None:
         "whole_tree_hours_extrapolated": round(per_point * FULL_TREE_POINTS["tictactoe"] / 3600, 1)}
     table.game = "tictactoe"
     out["metrics_below_openings"] = tree_metrics("tictactoe", table)
+
+    if args.hanabi_paths:
+        from stratagem.games.strategic.hanabi import MiniHanabi
+
+        est = estimate_tree_points("mini_hanabi", args.hanabi_paths)
+        hp = MiniHanabi.default_params
+        fiber = (hp["colors"] * hp["ranks"]) ** hp["hand_size"]
+        out["mini_hanabi"] = {"decision_histories": round(est["mean"]), "stderr": round(est["stderr"]),
+                              "paths": est["paths"], "histories_per_prompt_at_most": fiber,
+                              "prompts_at_least": round(est["mean"] / fiber),
+                              "trainer_hours_at_least": round(est["mean"] / fiber * per_point / 3600, 1)}
 
     if args.vllm_points:
         from stratagem.integrations.vllm_server import VLLMServer

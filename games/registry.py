@@ -50,9 +50,17 @@ class RolloutJob:
     game_config: GameConfig = field(default_factory=GameConfig)
     opponents: list[str] = field(default_factory=list)
     opponents_for: Callable[[int], list[str]] | None = None
+    # per-role adapters: the served model of each role's seats (role_model); empty: `policy` in every seat
+    role_policies: dict[str, str] = field(default_factory=dict)
     policy_seat: str = "first"
     section: Any = None
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def role_model(policy: str, role: str) -> str:
+    """The served name of role `role`'s adapter of policy `policy` under per-role adapters (iter-3-X); the base
+    model is every role's before the first update."""
+    return policy if policy == "base" else f"{policy}-{role}"
 
 
 @dataclass(frozen=True)

@@ -77,14 +77,17 @@ async def rollout_strategic(job: RolloutJob) -> list[Episode]:
         return make_agent(spec, base_url=job.base_url, seed=seat_seed, game=job.game,
                           **(llm if spec.startswith("llm:") else {}))
 
-    policy = agent(f"llm:{job.policy}", job.seed)
     if not opponents and job.opponents_for is None:
-        seats = [policy] * make_game(job.game).info.num_players
+        roles = make_game(job.game).info.roles
+        # per-role adapters: each seat samples its role's adapter
+        seats = [agent(f"llm:{job.role_policies[r]}", job.seed) for r in roles] if job.role_policies \
+            else [agent(f"llm:{job.policy}", job.seed)] * len(roles)
         try:
             return await collect_episodes(job.game, seats, job.n, concurrency=job.concurrency, seed=job.seed,
                                           config=game_cfg, on_episode=job.on_episode)
         finally:
             await close_agents(seats)
+    policy = agent(f"llm:{job.policy}", job.seed)
     # games grouped by their opponents and the policy's place: first, or (alternating) last in odd-seeded games
     plans: dict[tuple[tuple[str, ...], bool], list[int]] = {}
     for i in range(job.n):

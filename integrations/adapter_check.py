@@ -29,6 +29,16 @@ class AdapterVerificationError(ServerError):
     """The server does not sample from the adapter it claims to serve."""
 
 
+def run_adapter(run: str | os.PathLike, name: str) -> Path:
+    """Where a run keeps the adapter served as `name`: RUN/adapters/NAME (iter-3), or, for a role's adapter of a
+    run with per-role adapters (iter-3-X), RUN/adapters/iter-3/X. The path may not exist."""
+    adapters = Path(run) / "adapters"
+    head, _, role = name.rpartition("-")
+    if head.startswith("iter-") and head.removeprefix("iter-").isdigit() and (adapters / head / role).is_dir():
+        return adapters / head / role
+    return adapters / name
+
+
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     """Check that `path` is a peft LoRA adapter directory and return its config; a clear AdapterError if not."""
     p = Path(path)

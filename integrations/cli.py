@@ -97,9 +97,11 @@ def merged_endpoint(adapters: dict[str, str], model: str = "default") -> Iterato
 def run_adapters(run: str | None, names: list[str], adapters: list[str]) -> list[str]:
     """The --adapter list plus, for each model name not given there, the run's adapter of that name
     (RUN/adapters/NAME) where it exists."""
+    from stratagem.integrations.adapter_check import run_adapter  # deferred, as every import of the CLI
+
     given = {a.split("=", 1)[0] for a in adapters}
-    found = [f"{n}={Path(run) / 'adapters' / n}" for n in names
-             if run and n not in given and (Path(run) / "adapters" / n / "adapter_config.json").is_file()]
+    found = [f"{n}={run_adapter(run, n)}" for n in names
+             if run and n not in given and (run_adapter(run, n) / "adapter_config.json").is_file()]
     return [*adapters, *found]
 
 
@@ -343,6 +345,9 @@ def eval_games(
                                           "with --api-key)."),
     concurrency: int = typer.Option(8, help="Games in flight at once."),
     seed: int = typer.Option(0, help="Seed of the first game."),
+    per_role: bool = typer.Option(False, "--per-role", help="The models are per-role policies (a run trained with "
+                                  "trainer.adapters per_role): MODEL plays each seat with its role's adapter, "
+                                  "MODEL-ROLE (with --run, RUN/adapters/MODEL/ROLE); served as LoRA adapters."),
 ) -> None:
     """Strategic games as MARS evaluates them: normalized return of the model's seat, moving first and second, with
     95% intervals, in the training reply protocol."""
@@ -352,6 +357,7 @@ def eval_games(
     from stratagem.config import check
     from stratagem.console import console
     from stratagem.games.base import ReplyFormat
+    from stratagem.games.registry import make_game, role_model
     from stratagem.integrations.games_eval import (
         GamesEvalConfig,
         parse_stop,
@@ -373,19 +379,23 @@ def eval_games(
         games_given: dict[str, Any] = {"games": _split(games, "--games")} if games else {}
         cfg = GamesEvalConfig(models=_split(models, "--models"), opponent=opponent, mcts_simulations=mcts_simulations,
                               episodes=episodes, out=out, concurrency=concurrency, seed=seed, sampling=sampling,
-                              reply=reply, api_key=api_key, **games_given)
+                              reply=reply, api_key=api_key, per_role=per_role, **games_given)
         check(sampling, "sampling")
+        if per_role and adapter_weights == "merged":
+            raise ValueError("--per-role serves each role's adapter beside the others: --adapter-weights lora")
         total = len(plan(cfg)) * episodes
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
     from stratagem.cli import _parse_adapters
 
-    adapter = run_adapters(run, cfg.models, adapter) if not base_url else adapter
+    served = [role_model(m, r) for m in cfg.models for g in cfg.games for r in make_game(g).info.roles] \
+        if per_role else cfg.models
+    adapter = run_adapters(run, list(dict.fromkeys(served)), adapter) if not base_url else adapter
     parsed = _parse_adapters(adapter)
     with contextlib.ExitStack() as stack:
         switch = None
-        if merged_serving(adapter_weights, base_url, parsed):
+        if not per_role and merged_serving(adapter_weights, base_url, parsed):
             cfg.base_url, switch = stack.enter_context(merged_endpoint(parsed))
         else:
             cfg.base_url = stack.enter_context(endpoint(base_url, adapter))

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 from stratagem.agents.sampling import SamplingConfig
 from stratagem.games.base import GameConfig, ReplyFormat, parse_answer, response_prefix
 from stratagem.games.core import Reply
+from stratagem.integrations.adapter_check import run_adapter
 
 EXACT_GAMES = ("kuhn_poker", "leduc_poker")
 # perfect-information games evaluated exactly below fixed openings: there a prompt carries the move history, so the
@@ -187,6 +188,31 @@ def _play(game: str, history: tuple[int, ...] | list[int]) -> Any:
     return state
 
 
+def estimate_tree_points(game: str, paths: int, seed: int = 0) -> dict[str, float]:
+    """Knuth's estimate of the number of decision histories below `game`'s roots (a prompt per history where the
+    prompt carries the history, as in tic-tac-toe and Hanabi): along a path taking uniform random children, chance
+    outcomes included, each decision node counts the product of the branching factors above it; the mean over
+    `paths` paths is unbiased. Returns the mean and its standard error."""
+    import random
+    import statistics
+
+    rng = random.Random(f"tree:{seed}")
+    estimates = []
+    for i in range(paths):
+        root = roots(game)[i % len(roots(game))]
+        state, weight, total = _play(game, root), float(len(roots(game))), 0.0
+        while not state.is_terminal():
+            children = [a for a, _ in state.chance_outcomes()] if state.is_chance_node() else state.legal_actions()
+            if not state.is_chance_node():
+                total += weight
+            weight *= len(children)
+            state.apply_action(rng.choice(children))
+        estimates.append(total)
+    mean = statistics.fmean(estimates)
+    return {"mean": mean, "stderr": statistics.stdev(estimates) / math.sqrt(paths) if paths > 1 else math.inf,
+            "paths": paths}
+
+
 # ---- scoring ----------------------------------------------------------------------------------------------------
 
 class Scorer(Protocol):
@@ -285,8 +311,11 @@ class TrainerScorer:
     each continuing from the keys and values of the start it shares with the one before (the system line and the
     rules; a seat's earlier prompt, which its later one extends), each action from the prompt's."""
 
-    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig):
-        self.model, self.tok = model, tokenizer
+    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig,
+                 activate: Callable[[], Any] | None = None):
+        """`activate`: called before each scoring, to put the adapter this scorer stands for in place (one of a
+        trainer's per-role adapters)."""
+        self.model, self.tok, self.activate = model, tokenizer, activate
         self.stop = [x for x in sampling.stop if x]
         self.chat_template = None
         if sampling.chat_template != "model" and "<|im_start|>" in str(getattr(tokenizer, "chat_template", "")):
@@ -351,6 +380,8 @@ class TrainerScorer:
     async def logprobs(self, point: DecisionPoint, completions: dict[str, str]) -> dict[str, float]:
         import torch
 
+        if self.activate is not None:
+            self.activate()
         prompt = self._rendered.get(point.key) or self.render(point)
         # reuse the cached start this prompt shares with the last one, always running at least its last token
         n = min(len(os.path.commonprefix([self._cached, prompt])), len(prompt) - 1)
@@ -387,6 +418,36 @@ class PolicyTable:
     game: str
     table: Table
     legal_mass: dict[str, float] = field(default_factory=dict)
+
+
+class SeatScorer:
+    """One policy whose seats are played by different models (per-role adapters): each seat's decision points
+    scored by that seat's scorer, one seat after the other (a trainer scorer keeps one adapter's keys and values)."""
+
+    def __init__(self, scorers: dict[int, Any]):
+        self.scorers = scorers
+
+    @property
+    def requests(self) -> int:
+        return sum(s.requests for s in self.scorers.values())
+
+    def prepare(self, points: list[DecisionPoint]) -> list[DecisionPoint]:
+        out: list[DecisionPoint] = []
+        for seat, sc in sorted(self.scorers.items()):
+            mine = [p for p in points if p.seat == seat]
+            out += sc.prepare(mine) if hasattr(sc, "prepare") else mine
+        if len(out) != len(points):
+            raise ValueError(f"SeatScorer: points of seats {sorted({p.seat for p in points} - set(self.scorers))} "
+                             "have no scorer")
+        return out
+
+    async def logprobs(self, point: DecisionPoint, completions: dict[str, str]) -> dict[str, float]:
+        return await self.scorers[point.seat].logprobs(point, completions)
+
+    async def aclose(self) -> None:
+        for sc in {id(s): s for s in self.scorers.values()}.values():
+            if hasattr(sc, "aclose"):
+                await sc.aclose()
 
 
 async def policy_table(game: str, points: dict[str, DecisionPoint], scorer: Scorer, fmt: ReplyFormat,
@@ -576,7 +637,7 @@ def adapter_digest(config: ExactEvalConfig, model: str) -> str:
     name or a bot."""
     if config.source != "trainer" or not config.run or model == "base" or model in BOT_POLICIES:
         return ""
-    path = Path(config.run) / "adapters" / model / "adapter_model.safetensors"
+    path = run_adapter(config.run, model) / "adapter_model.safetensors"
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
@@ -590,7 +651,7 @@ def trainer_scorer(config: ExactEvalConfig, model: str) -> TrainerScorer:
         if not config.run:
             raise ValueError(f"--models {model}: with --source trainer, a name other than base is an adapter of "
                              "a run; give --run RUN")
-        adapter = Path(config.run) / "adapters" / model
+        adapter = run_adapter(config.run, model)
         if not (adapter / "adapter_config.json").is_file():
             raise ValueError(f"--models {model}: no adapter at {adapter}")
     return TrainerScorer.from_pretrained(resolve(config.model_path), str(adapter) if adapter else None,
@@ -598,9 +659,9 @@ def trainer_scorer(config: ExactEvalConfig, model: str) -> TrainerScorer:
 
 
 async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int], Callable[[], Any]] | None = None,
-                         scorer_for: Callable[[str], Any] | None = None,
+                         scorer_for: Callable[[str, str], Any] | None = None,
                          tables: dict[str, dict[str, PolicyTable]] | None = None) -> dict[str, Any]:
-    """Every (model, game) of `config`: the policy table (a bot's, or scored by `scorer_for(model)`, by default
+    """Every (model, game) of `config`: the policy table (a bot's, or scored by `scorer_for(model, game)`, by default
     the source config.source names; read back from `config.out` when a rerun finds it), then exact_metrics.
     Returns {"models": {model: {game: metrics}}}, each with the seconds it took and the scoring requests (server
     requests, or forward passes) it made; `tables`, when given, receives every table ({model: {game: table}})."""
@@ -613,9 +674,9 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
     result: dict[str, Any] = {"reply": asdict(config.reply), "stop": stop, "source": config.source, "models": {}}
     points_cache: dict[str, dict[str, DecisionPoint]] = {}
 
-    def new_scorer(model: str) -> Any:
+    def new_scorer(model: str, game: str) -> Any:
         if scorer_for is not None:
-            return scorer_for(model)
+            return scorer_for(model, game)
         if config.source == "trainer":
             return trainer_scorer(config, model)
         return VLLMScorer(config.base_url, model, config.sampling, config.api_key)
@@ -640,7 +701,10 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
                     if game not in points_cache:
                         points_cache[game] = decision_points(game, config.reply, stop)
                     points = points_cache[game]
-                    scorer = scorer or new_scorer(model)
+                    if scorer is not None and scorer_for is not None:
+                        await scorer.aclose()  # the caller's scorers are per game (a seat's adapter is its role's)
+                        scorer = None
+                    scorer = scorer or new_scorer(model, game)
                     tick = progress(f"{model} {game}", len(points)) if progress else None
                     before = scorer.requests
                     pol = await policy_table(game, points, scorer, config.reply, stop, config.concurrency, tick)

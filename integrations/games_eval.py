@@ -43,7 +43,7 @@ from stratagem.files import Journal, atomic_write
 from stratagem.games.base import GameConfig, ReplyFormat
 from stratagem.games.core import Episode
 from stratagem.games.metrics import seat_summary
-from stratagem.games.registry import game_names, get_game_spec, make_game
+from stratagem.games.registry import game_names, get_game_spec, make_game, role_model
 
 PAPER_OPPONENTS: dict[str, str] = {"tictactoe": "mcts:100", "connect_four": "mcts:100", "kuhn_poker": "cfr",
                                    "leduc_poker": "nash", "mini_hanabi": "self", "simple_hanabi": "self"}
@@ -85,6 +85,9 @@ class GamesEvalConfig:
                                      "replies (the training protocol's by default)."})
     reply: ReplyFormat = field(default_factory=ReplyFormat, metadata={"help": "Reply format (the training "
                                "protocol's by default)."})
+    per_role: bool = field(default=False, metadata={"help": "The models are per-role policies (a run trained with "
+                           "trainer.adapters per_role): model M plays each seat with its role's adapter, served as "
+                           "M-ROLE (iter-3-X, iter-3-O); base stays base."})
 
 
 # ---- the reply protocol of a run ----------------------------------------------------------------------------
@@ -266,9 +269,16 @@ async def run_games_eval(config: GamesEvalConfig, on_episode: Any = None,
     result["opponent_exploitability"] = {k: v for k, v in bots.items() if v is not None}
     game_cfg = GameConfig(reply=config.reply)
     for mu in matchups:
-        model = model_agent(mu.model, config)
-        agents = [model if s == f"llm:{mu.model}" else _agent(s, config, mu.game, config.seed + i)
-                  for i, s in enumerate(mu.specs)]
+        roles, served = make_game(mu.game).info.roles, {}  # one client per served name (self-play shares one)
+        agents = []
+        for i, s in enumerate(mu.specs):
+            if s != f"llm:{mu.model}":
+                agents.append(_agent(s, config, mu.game, config.seed + i))
+                continue
+            name = role_model(mu.model, roles[i]) if config.per_role else mu.model
+            if name not in served:
+                served[name] = model_agent(name, config)
+            agents.append(served[name])
         label = "-".join(mu.seats)
         journal = Journal(results_path(config.out, mu.model, mu.key, label)) if config.out else None
         done = _played(journal, config.seed, config.episodes)

@@ -2,6 +2,7 @@
 on the real default model only where the test is about that model's numerics (the measured bf16 tolerance, the
 tempered distribution of a model whose logits are not near-uniform)."""
 
+import dataclasses
 import random
 
 import pytest
@@ -178,3 +179,66 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model_path):
     assert loss1 == pytest.approx(loss0, abs=1e-6)
     assert max(float((w0[n] - w1[n]).abs().max()) for n in w0) < 1e-6
     assert any(float(w1[n].abs().max()) > 0 for n in w1 if "lora_B" in n)  # the update did move B
+
+
+def _roles_changed(before, after):
+    """The per-role adapters (by role name) with at least one LoRA matrix changed, and those with every one changed."""
+    def role(n):
+        return n.split("lora_")[1].split(".")[1].removeprefix("role_")
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    roles = {role(n) for n in before}
+    return ({r for r in roles if any(role(n) == r for n in changed)},
+            {r for r in roles if all(n in changed for n in before if role(n) == r)})
+
+
+def test_per_role_adapters_change_only_from_their_own_roles_turns(tiny_model_path, tmp_path):
+    eps = two_games()
+    cfg = TrainerConfig(lr=1e-3, adapters="per_role")
+    trainer = LoRATrainer(tiny_model_path, cfg, seed=0, roles=["x", "o"])
+    before = _snapshot(trainer)
+    assert len(before) == 2 * (2 * 4 * 2)  # two adapters, each 2 layers x q,k,v,o x (A, B)
+    only_o = build_batch(eps, lambda i, j: eps[i].turns[j].role == "o")
+    assert {s.role for s in only_o.samples} == {"o"}
+    trainer.ppo_step(only_o, [1.0, -1.0, -1.0, 1.0], PPOConfig())
+    some, every = _roles_changed(before, _snapshot(trainer))
+    assert some == every == {"o"}  # the X adapter has seen no X turn: not one weight moved, Adam's state untouched
+    assert trainer.role_optimizer("x").state == {} and trainer.role_optimizer("o").state != {}
+
+    mid = _snapshot(trainer)
+    both = build_batch(eps, lambda i, j: True)
+    trainer.config.sequences_per_step = 1  # X's two sequences in two steps: its A moves once its B has (see above)
+    stats = trainer.ppo_step(both, [1.0 if eps[a.episode].turns[a.turn].reward > 0 else -1.0 for a in both.acts],
+                             PPOConfig())
+    some, every = _roles_changed(mid, _snapshot(trainer))
+    assert every == {"x", "o"} and stats["trained_tokens"] == both.n_trained_tokens
+    # a micro-batch is one role's: one adapter per forward
+    assert all(len({both.samples[i].role for i in mb}) == 1 for mb in trainer.micro_batches(both.samples))
+
+    # saved as one peft adapter per role, loaded back into the same log-probs, optimizer state per role
+    trainer.save_adapter(tmp_path / "iter-1")
+    assert {p.name for p in (tmp_path / "iter-1").iterdir() if p.is_dir()} == {"x", "o"}
+    assert all((tmp_path / "iter-1" / r / "adapter_config.json").is_file() for r in ("x", "o"))
+    again = LoRATrainer(tiny_model_path, cfg, seed=1, roles=["x", "o"], adapter_path=tmp_path / "iter-1")
+    again.load_state_dict(trainer.state_dict())
+    for a, b in zip(trainer.score(both.samples), again.score(both.samples)):
+        assert torch.allclose(a, b, atol=1e-6)
+    # each role's adapter scores its own turns: the two adapters' log-probs of the same X sequence differ
+    x = [s for s in both.samples if s.role == "x"][0]
+    as_o = LoRATrainer(tiny_model_path, cfg, seed=1, roles=["o", "x"], adapter_path=tmp_path / "iter-1")
+    assert not torch.allclose(trainer.score([x])[0], trainer.score([dataclasses.replace(x, role="o")])[0])
+    assert torch.allclose(as_o.score([x])[0], trainer.score([x])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="trainer.adapters changed"):
+        LoRATrainer(tiny_model_path, TrainerConfig(), seed=0).load_state_dict(trainer.state_dict())
+
+
+def test_per_role_adapters_refuse_unknown_roles_and_bad_names(tiny_model_path):
+    eps = two_games()
+    with pytest.raises(ValueError, match="needs the run's roles"):
+        LoRATrainer(tiny_model_path, TrainerConfig(adapters="per_role"), seed=0)
+    with pytest.raises(ValueError, match="cannot name an adapter"):
+        LoRATrainer(tiny_model_path, TrainerConfig(adapters="per_role"), seed=0, roles=["x", "a.b"])
+    trainer = LoRATrainer(tiny_model_path, TrainerConfig(adapters="per_role"), seed=0, roles=["x"])
+    before = _snapshot(trainer)
+    with pytest.raises(ValueError, match=r"roles \['o'\]"):
+        trainer.ppo_step(build_batch(eps, lambda i, j: True), [1.0] * 6, PPOConfig())
+    assert not _roles_changed(before, _snapshot(trainer))[0]  # refused before any step

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from stratagem.console import console
 from stratagem.games.metrics import pooled_seats
-from stratagem.games.registry import get_game_spec
-from stratagem.integrations.exact_eval import EXACT_GAMES, ExactEvalConfig, TrainerScorer, run_exact_eval
+from stratagem.games.registry import get_game_spec, make_game
+from stratagem.integrations.exact_eval import EXACT_GAMES, ExactEvalConfig, SeatScorer, TrainerScorer, run_exact_eval
 
 
 def evaluate_policy(cfg: Any, base_url: str, served: str, label: str, out_dir: Path | None = None) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def evaluate_policy(cfg: Any, base_url: str, served: str, label: str, out_dir: P
     ec = GamesEvalConfig(models=[served], games=games, opponent=lc.eval_opponent, episodes=lc.eval_episodes,
                          base_url=base_url, api_key=cfg.server.api_key, concurrency=lc.concurrency,
                          seed=10_000_000 + lc.seed,
-                         sampling=cfg.sampling, reply=cfg.reply)
+                         sampling=cfg.sampling, reply=cfg.reply, per_role=cfg.trainer.adapters == "per_role")
     result = asyncio.run(run_games_eval(ec))
     result["label"] = label
     result["per_game"] = result["models"].pop(served)
@@ -97,7 +98,15 @@ def evaluate_exact(cfg: Any, trainer: Any, name: str, label: str, out_dir: Path)
     ec = ExactEvalConfig(models=[name], games=games, out=str(out_dir / "exact"), sampling=cfg.sampling,
                          reply=cfg.reply, source="trainer")
     tok = AutoTokenizer.from_pretrained(trainer.model_path)
-    result = asyncio.run(run_exact_eval(ec, scorer_for=lambda _: TrainerScorer(trainer.model, tok, cfg.sampling)))
+
+    def scorer_for(model: str, game: str) -> Any:
+        if not trainer.roles:
+            return TrainerScorer(trainer.model, tok, cfg.sampling)
+        # per-role adapters: each seat's points scored by its role's adapter
+        return SeatScorer({seat: TrainerScorer(trainer.model, tok, cfg.sampling, activate=partial(trainer.use_role, r))
+                           for seat, r in enumerate(make_game(game).info.roles)})
+
+    result = asyncio.run(run_exact_eval(ec, scorer_for=scorer_for))
     result = {"label": label, "model": name, "per_game": result["models"][name]}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"exact-{label}.json").write_text(json.dumps(result, indent=2))

@@ -30,7 +30,7 @@ from stratagem.endpoints import EndpointPool, PoolStats
 from stratagem.games.base import GameConfig
 from stratagem.games.core import Episode
 from stratagem.games.metrics import episode_metrics
-from stratagem.games.registry import RolloutJob, get_game_spec, make_game
+from stratagem.games.registry import RolloutJob, get_game_spec, make_game, role_model
 from stratagem.integrations.servers import Serving, as_serving, open_serving
 from stratagem.models import resolve
 from stratagem.training.advantages import advantage_names, get_advantage
@@ -38,7 +38,16 @@ from stratagem.training.compare import evaluate_exact, evaluate_policy, print_co
 from stratagem.training.distributed import Distributed, init_distributed
 from stratagem.training.league import draw_opponents, league_metrics, policies_in_play
 from stratagem.training.objectives import NoReferencePairs, Targets, get_labels, get_loss
-from stratagem.training.run_config import MYSTERY, LoopConfig, RunConfig, known_algos, merged_policy, resumed
+from stratagem.training.run_config import (
+    MYSTERY,
+    LoopConfig,
+    RunConfig,
+    game_roles,
+    known_algos,
+    merged_policy,
+    resumed,
+    run_roles,
+)
 from stratagem.training.run_store import RunStore
 from stratagem.training.samples import build_batch
 from stratagem.training.trackers import Trackers
@@ -55,10 +64,11 @@ def adapter_name(iteration: int) -> str:
 
 class PolicyServer:
     """Puts policy iter-k on the run's servers and verifies it there: as a LoRA adapter named iter-k, or merged into
-    the weights served as `base`. `served(k)` is the model name that samples iter-k."""
+    the weights served as `base`; with per-role adapters (`roles`), each role's as iter-k-ROLE, each verified.
+    `served(k)` is the model name that samples iter-k (per role: the prefix of its roles' names)."""
 
-    def __init__(self, serving: Serving, store: RunStore, merged: bool):
-        self.serving, self.store, self.merged = serving, store, merged
+    def __init__(self, serving: Serving, store: RunStore, merged: bool, roles: list[str] | None = None):
+        self.serving, self.store, self.merged, self.roles = serving, store, merged, list(roles or [])
         self.installed: set[int] = set()  # adapters on the servers now (LoRA serving); a restart empties it
 
     def served(self, k: int) -> str:
@@ -66,7 +76,16 @@ class PolicyServer:
 
     def install(self, k: int) -> dict[str, Any]:
         faults.point("install")
-        check = self.serving.install(adapter_name(k), self.store.adapter_dir(k), merged=self.merged)
+        if self.roles:
+            checks = {r: self.serving.install(role_model(adapter_name(k), r), self.store.adapter_dir(k) / r,
+                                              merged=False) for r in self.roles}
+            check = {f"{r}/{key}": v for r, c in checks.items() for key, v in c.items()}
+            for key in ("mean_abs_diff", "max_abs_diff"):  # the worst role's gap, under the shared names
+                vals = [c[key] for c in checks.values() if isinstance(c.get(key), (int, float))]
+                if vals:
+                    check[key] = max(vals)
+        else:
+            check = self.serving.install(adapter_name(k), self.store.adapter_dir(k), merged=self.merged)
         self.installed = {k} if self.merged else self.installed | {k}
         return check
 
@@ -125,7 +144,10 @@ def rollout_job(cfg: RunConfig, game: str, policy: str, n: int, seed: int, base_
 
         def opponents_for(s: int) -> list[str]:
             return draw_opponents(lc.league, k, s, seats, policy)
+    # per-role adapters: the learner's seats sample their role's adapter (the base model before the first update)
+    role_policies = {r: role_model(policy, r) for r in game_roles(game)} if cfg.trainer.adapters == "per_role" else {}
     return RolloutJob(game=game, policy=policy, n=n, seed=seed, base_url=base_url, concurrency=lc.concurrency,
+                      role_policies=role_policies,
                       on_episode=on_episode, sampling=cfg.sampling, api_key=cfg.server.api_key,
                       game_config=GameConfig(rewards=cfg.rewards, reply=cfg.reply), opponents=list(lc.opponents),
                       opponents_for=opponents_for, policy_seat=lc.policy_seat,
@@ -212,7 +234,8 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
     runlog = None
     try:
         trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed, temperature=cfg.sampling.temperature,
-                              adapter_path=store.adapter_dir(done) if done else None, total_iterations=lc.iterations)
+                              adapter_path=store.adapter_dir(done) if done else None, total_iterations=lc.iterations,
+                              roles=run_roles(cfg))
         adv_state = _restore(store, trainer, done)
         if policies is not None:
             rollout = rollout or default_rollout(cfg, policies.serving.base_url, policies.serving.pool)
@@ -253,11 +276,12 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
 def _policy_server(cfg: RunConfig, store: RunStore, model_path: str, server: Any) -> PolicyServer:
     """The run's servers (the caller's `server`, else those cfg names or one started here) with the way iter-k
     goes onto them (an adapter, or merged weights: LoopConfig.policy_weights)."""
-    lc, on_cpu = cfg.loop, not torch.cuda.is_available()
+    lc, on_cpu, per_role = cfg.loop, not torch.cuda.is_available(), cfg.trainer.adapters == "per_role"
     serving = as_serving(server) if server is not None else open_serving(
         cfg.server, lc.base_url, model_path, lora_rank=cfg.trainer.rank,
-        weight_reload=merged_policy(lc, True, on_cpu), on_cpu=on_cpu)
-    return PolicyServer(serving, store, merged_policy(lc, serving.can_reload, on_cpu))
+        weight_reload=merged_policy(lc, True, on_cpu, per_role=per_role), on_cpu=on_cpu)
+    return PolicyServer(serving, store, merged_policy(lc, serving.can_reload, on_cpu, per_role=per_role),
+                        run_roles(cfg))
 
 
 def _commit(k: int, episodes: list[Episode], trainer: LoRATrainer, adv_state: dict[str, Any],

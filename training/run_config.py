@@ -31,7 +31,7 @@ from stratagem.training.league import LeagueConfig
 from stratagem.training.losses import MAROConfig, PPOConfig
 from stratagem.training.objectives import loss_names
 from stratagem.training.trackers import check_trackers
-from stratagem.training.trainer import TrainerConfig
+from stratagem.training.trainer import TrainerConfig, check_roles
 
 MYSTERY = "mystery"
 # tokens of '</think><answer>', the longest built-in action and '</answer>', as the default model tokenizes them
@@ -278,9 +278,23 @@ class RunConfig:
             raise ConfigError(f"rewards.length_max_tokens: must exceed rewards.length_min_tokens "
                               f"({rw.length_min_tokens}), got {rw.length_max_tokens}")
         try:
-            merged_policy(lc, can_reload=True, on_cpu=True)  # merged with the mystery or adapter opponents: fail early
+            # merged with the mystery, adapter opponents or per-role adapters: fail early
+            merged_policy(lc, can_reload=True, on_cpu=True, per_role=self.trainer.adapters == "per_role")
         except ValueError as e:
             raise ConfigError(f"loop.policy_weights: {e}") from None
+        if self.trainer.adapters == "per_role":
+            if lc.opponents or lc.league.pool:
+                raise ConfigError("trainer.adapters: per_role trains each role's adapter on its own seats in "
+                                  "self-play; loop.opponents and loop.league train one seat against others (use "
+                                  "one shared adapter there)")
+            try:
+                check_roles(run_roles(self))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            untrained = [g for g in lc.eval_games if not set(game_roles(g)) <= set(run_roles(self))]
+            if untrained and (lc.eval_episodes > 0 or lc.eval_exact or lc.eval_exact_every):
+                raise ConfigError(f"loop.eval_games: {', '.join(untrained)} seat roles that no per-role adapter of "
+                                  f"this run trains (its roles: {', '.join(run_roles(self))})")
         _check_model(lc.model)
 
 
@@ -301,10 +315,30 @@ def _check_model(model: str) -> None:
                           "directory nor a hub id (org/name)")
 
 
-def merged_policy(cfg: LoopConfig, can_reload: bool, on_cpu: bool) -> bool:
+def game_roles(game: str) -> tuple[str, ...]:
+    """The adapter roles of a game's seats under per-role adapters (samples.adapter_role): the mystery's factions,
+    else the game's own seat roles."""
+    if game == MYSTERY:
+        from stratagem.games.mystery.game import CIVILIAN, CULPRIT
+
+        return (CULPRIT, CIVILIAN)
+    return make_game(game).info.roles
+
+
+def run_roles(cfg: RunConfig) -> list[str]:
+    """The roles of a run's per-role adapters, over its games in order (games naming a role alike share it); empty
+    with one shared adapter."""
+    if cfg.trainer.adapters != "per_role":
+        return []
+    return list(dict.fromkeys(r for g in cfg.loop.games for r in game_roles(g)))
+
+
+def merged_policy(cfg: LoopConfig, can_reload: bool, on_cpu: bool, *, per_role: bool = False) -> bool:
     """Whether this run samples its policy from merged weights (see LoopConfig.policy_weights). `can_reload`: the
-    server is one this run manages and may replace its weights."""
+    server is one this run manages and may replace its weights; `per_role`: trainer.adapters is per_role (each
+    role's adapter served beside the others)."""
     blockers = ([] if can_reload else ["the server cannot reload its weights (let the run start it)"]) \
+        + (["each role has its own adapter (trainer.adapters per_role)"] if per_role else []) \
         + (["the mystery's judge is the base model"] if MYSTERY in cfg.games else []) \
         + (["an opponent is a served adapter"] if any(o.startswith("llm:") for o in cfg.opponents) else []) \
         + (["league opponents are served adapters"] if cfg.league.pool else [])

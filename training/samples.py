@@ -40,12 +40,14 @@ class Act:
 class Sample:
     """One sequence. `positions[i]` is the index in `input_ids` of the i-th trained (response) token; its
     log-prob comes from the logits at positions[i] - 1. `acts[i]` indexes Batch.acts; `old_logprobs[i]` is the
-    sampling log-prob recorded at rollout (nan when the endpoint gave none)."""
+    sampling log-prob recorded at rollout (nan when the endpoint gave none). `role`: the adapter role of its turns
+    (`adapter_role`), which trains it under trainer.adapters per_role."""
 
     input_ids: list[int]
     positions: list[int] = field(default_factory=list)
     acts: list[int] = field(default_factory=list)
     old_logprobs: list[float] = field(default_factory=list)
+    role: str = ""
 
 
 @dataclass
@@ -61,6 +63,12 @@ class Batch:
     @property
     def n_input_tokens(self) -> int:
         return sum(len(s.input_ids) for s in self.samples)
+
+
+def adapter_role(turn: Turn) -> str:
+    """The role whose adapter a turn trains under per-role adapters: the faction in a team game (the mystery's
+    culprit or civilian, not the character), else the seat's role (X, O, player_0, ...)."""
+    return turn.faction or turn.role
 
 
 def has_tokens(turn: Turn) -> bool:
@@ -121,7 +129,7 @@ def build_batch(episodes: list[Episode], selected: Callable[[int, int], bool], *
 
 def _sample(chain: list[tuple[int, Turn]], acts: list[Act], i: int, ep: Episode) -> Sample:
     last_prompt, last_completion = _ids(chain[-1][1])
-    s = Sample(input_ids=list(last_prompt) + list(last_completion))
+    s = Sample(input_ids=list(last_prompt) + list(last_completion), role=adapter_role(chain[-1][1]))
     for j, t in chain:
         a = len(acts)
         prompt_ids, completion_ids = _ids(t)
@@ -140,8 +148,9 @@ def mismatched_samples(episodes: list[Episode], batch: Batch, pairs: list[tuple[
     out = []
     for i, j in pairs:
         a, b = batch.acts[i], batch.acts[j]
-        prompt = list(_ids(episodes[a.episode].turns[a.turn])[0])
+        asked = episodes[a.episode].turns[a.turn]
+        prompt = list(_ids(asked)[0])
         reply = list(_ids(episodes[b.episode].turns[b.turn])[1])
         out.append(Sample(input_ids=prompt + reply, positions=list(range(len(prompt), len(prompt) + len(reply))),
-                          acts=[i] * len(reply), old_logprobs=[math.nan] * len(reply)))
+                          acts=[i] * len(reply), old_logprobs=[math.nan] * len(reply), role=adapter_role(asked)))
     return out

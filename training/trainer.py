@@ -100,6 +100,14 @@ class TrainerConfig:
                                          "activations in the backward pass instead of keeping them: about 1.3x the "
                                          "compute for a fraction of the activation memory (long sequences on a GPU; "
                                          "benchmarks/gpu.py --grad-ckpt measures it)."})
+    adapters: str = field(default="shared", metadata={"help": "shared: one LoRA adapter trained on every seat's "
+                          "turns. per_role: one adapter per role (tic-tac-toe's X and O, the poker and Hanabi seats "
+                          "player_0 and player_1, the mystery's culprit and civilian), each trained only on its own "
+                          "role's turns with its own AdamW state and gradient clipping, saved as adapters/iter-k/ROLE "
+                          "and served side by side as iter-k-ROLE. Roles are the games' names, so games that name "
+                          "their seats alike (Kuhn and Leduc: player_0, player_1) share a role's adapter. Needs "
+                          "self-play served as adapters (no loop.opponents, no league, no merged weights).",
+                          "choices": ("shared", "per_role")})
     temper_logprobs: bool = field(default=True, metadata={"help": "Score log-probs (ratio, old log-probs, KL) under "
                                   "softmax(logits / T), the distribution sampled at sampling temperature T; off: "
                                   "under the raw logits, as MARSHAL does (megatron_strategy.py op_compute_log_probs) "
@@ -164,13 +172,30 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+SHARED = "default"  # the adapter's name in shared mode (peft's default: saved at the directory's top)
+ROLE = "role_"  # peft's name of a role's adapter: a bare short name ("o") could match peft's own "lora_" keys
+
+
+def check_roles(roles: list[str]) -> list[str]:
+    """Role names that can name a peft adapter (a module-dict key: no '.') and a served model."""
+    for r in roles:
+        if not r or r == SHARED or not all(ch.isalnum() or ch in "_-" for ch in r):
+            raise ValueError(f"trainer.adapters per_role: role {r!r} cannot name an adapter (letters, digits, _ and "
+                             f"- only, not {SHARED!r})")
+    if len(set(roles)) != len(roles):
+        raise ValueError(f"trainer.adapters per_role: roles listed twice in {roles}")
+    return roles
+
+
 class LoRATrainer:
     def __init__(self, model_path: str, config: TrainerConfig | None = None, *, seed: int = 0,
                  adapter_path: str | Path | None = None, device: str | None = None, temperature: float = 1.0,
-                 total_iterations: int | None = None):
+                 total_iterations: int | None = None, roles: list[str] | None = None):
         """`temperature`: the sampling temperature of the policy; log-probs are those of softmax(logits / T), the
         distribution the replies were sampled from (unless `config.temper_logprobs` is off). `total_iterations`:
-        the run's K, the length of a cosine schedule (required by it; see `update`)."""
+        the run's K, the length of a cosine schedule (required by it; see `update`). `roles`: the adapters of
+        `config.adapters: per_role`, one per role name (a Sample trains the adapter of its `role`);
+        `adapter_path` then holds one subdirectory per role."""
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
 
@@ -193,8 +218,16 @@ class LoRATrainer:
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
         # transformers wraps PreTrainedModel.to with functools.wraps, so mypy loses the bound self
         base = base.to(self.device)  # type: ignore[arg-type]  # see above: a false positive of the wrapper's stub
+        if c.adapters == "per_role" and not roles:
+            raise ValueError("trainer.adapters per_role: the trainer needs the run's roles (one adapter each)")
+        self.roles = check_roles(list(roles or [])) if c.adapters == "per_role" else []
+        names = [ROLE + r for r in self.roles] or [SHARED]
         if adapter_path is not None:
-            self.model = PeftModel.from_pretrained(base, str(adapter_path), is_trainable=True)
+            where = {ROLE + r: Path(adapter_path) / r for r in self.roles} or {SHARED: Path(adapter_path)}
+            self.model = PeftModel.from_pretrained(base, str(where[names[0]]), adapter_name=names[0],
+                                                   is_trainable=True)
+            for n in names[1:]:
+                self.model.load_adapter(str(where[n]), adapter_name=n, is_trainable=True)
         else:
             # peft takes the all-linear shorthand only as a string; a list is a set of module names
             targets = "all-linear" if list(c.target_modules) == ["all-linear"] else list(c.target_modules)
@@ -202,18 +235,58 @@ class LoRATrainer:
             lora = LoraConfig(r=c.rank, lora_alpha=c.alpha,  # type: ignore[arg-type]  # peft's narrow annotation
                               target_modules=targets,
                               lora_dropout=c.dropout, bias="none", task_type="CAUSAL_LM")
-            self.model = get_peft_model(base, lora)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.params:
+            self.model = get_peft_model(base, lora, adapter_name=names[0])
+            for n in names[1:]:
+                self.model.add_adapter(n, lora)
+        # by name, not requires_grad: peft marks only the active adapter trainable
+        self.role_params = {n: [p for k, p in self.model.named_parameters() if f".{n}." in k and ".lora_" in k]
+                            for n in names}
+        self.params = [p for ps in self.role_params.values() for p in ps]
+        if not all(self.role_params.values()):
             raise ValueError(f"no LoRA parameters: none of {c.target_modules} matched a module of {model_path}")
+        self._active = names[0]
+        self.model.set_adapter(self._active)
         self.dist.broadcast_params(self.params)
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=(c.betas[0], c.betas[1]), eps=c.adam_eps,
-                                           weight_decay=c.weight_decay)
+        # one AdamW per adapter: a role's moments and step count move only on the steps that train it
+        self.optimizers = {n: torch.optim.AdamW(ps, lr=c.lr, betas=(c.betas[0], c.betas[1]), eps=c.adam_eps,
+                                                weight_decay=c.weight_decay) for n, ps in self.role_params.items()}
         inner = cast("PreTrainedModel", self.model.get_base_model())  # peft types it as any nn.Module
         if c.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad hook
             inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._decoder = inner.get_decoder()
         self._head = inner.get_output_embeddings()
+
+    @property
+    def optimizer(self) -> torch.optim.AdamW:
+        """The one optimizer of a shared adapter (per role: `optimizers[role]`)."""
+        if self.roles:
+            raise AttributeError("trainer.adapters per_role has one optimizer per role: use optimizers[role]")
+        return self.optimizers[SHARED]
+
+    def role_optimizer(self, role: str) -> torch.optim.AdamW:
+        return self.optimizers[ROLE + role]
+
+    def adapter_of(self, samples: list[Sample]) -> str:
+        """The adapter that scores and trains these samples: the shared one, or their role's (one role per call)."""
+        if not self.roles:
+            return SHARED
+        roles = {s.role for s in samples}
+        if len(roles) != 1 or not roles <= set(self.roles):
+            raise ValueError(f"per-role adapters: samples of roles {sorted(roles)} in one pass; the adapters are "
+                             f"{', '.join(self.roles)}")
+        return ROLE + roles.pop()
+
+    def use(self, name: str) -> None:
+        if name != self._active:
+            self.model.set_adapter(name)
+            self._active = name
+
+    def use_role(self, role: str) -> None:
+        """Put role `role`'s adapter in place (scoring outside the update: the exact evaluation of a seat)."""
+        if role not in self.roles:
+            raise ValueError(f"per-role adapters: no adapter for role {role!r}; the adapters are "
+                             f"{', '.join(self.roles) or 'one shared adapter'}")
+        self.use(ROLE + role)
 
     # ---- scoring -------------------------------------------------------------------------------------------
     @property
@@ -234,6 +307,16 @@ class LoRATrainer:
         # indices given = the samples of one optimizer step: this rank's share of them (all of them on one process)
         pool = range(len(samples)) if indices is None else \
             self.dist.shard(indices, [len(s.input_ids) for s in samples])
+        if self.roles:  # one adapter per forward: a micro-batch holds one role's sequences
+            unknown = [samples[i] for i in pool if samples[i].role not in self.roles]
+            if unknown:
+                self.adapter_of(unknown)  # raises, naming the role
+            for role in self.roles:
+                yield from self._grouped(samples, [i for i in pool if samples[i].role == role])
+            return
+        yield from self._grouped(samples, list(pool))
+
+    def _grouped(self, samples: list[Sample], pool: list[int]) -> Iterator[list[int]]:
         share = self.sharing
         # token order puts the sequences with the longest common openings side by side; without sharing, longest
         # first keeps the padding small
@@ -296,6 +379,7 @@ class LoRATrainer:
         ids, mask = ids.to(self.device), mask.to(self.device)
         rows = torch.tensor([b for b, s in enumerate(samples) for _ in s.positions], device=self.device)
         pos = torch.tensor([p for s in samples for p in s.positions], device=self.device)
+        self.use(self.adapter_of(samples))
         ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()
         share = self.share_length(samples)
         with ctx:
@@ -341,15 +425,20 @@ class LoRATrainer:
         k = max(1, min(-(-n_samples // per_step) if per_step else self.config.minibatches, n_samples))
         return [list(range(g, n_samples, k)) for g in range(k)]
 
-    def _optimizer_step(self, lr: float) -> float:
-        self.dist.all_reduce_grads(self.params)  # sum of the ranks' shares = the single-process gradient
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm or float("inf"))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def _optimizer_step(self, lr: float, names: list[str]) -> float:
+        """One step of the adapters `names` (the roles in this step's mini-batch, decided from the whole group, so
+        every rank steps the same ones); each is clipped on its own. Returns the norm over them, before clipping."""
+        norms = []
+        for n in names:
+            params, opt = self.role_params[n], self.optimizers[n]
+            self.dist.all_reduce_grads(params)  # sum of the ranks' shares = the single-process gradient
+            norms.append(float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
-        return float(norm)
+        return math.sqrt(sum(x * x for x in norms))
 
     def update(self, batch: Batch, objective: Objective, targets: Targets, *,
                iteration: int | None = None) -> dict[str, float]:
@@ -397,7 +486,8 @@ class LoRATrainer:
                 else:
                     progress = 0.0
                 lr = scheduled_lr(self.config, self.optimizer_steps, progress)
-                grad_norm = self._optimizer_step(lr)
+                names = [ROLE + r for r in self.roles if any(samples[i].role == r for i in group)] or [SHARED]
+                grad_norm = self._optimizer_step(lr, names)
         end = time.perf_counter()
         elapsed = end - t0
         n = batch.n_trained_tokens
@@ -426,17 +516,28 @@ class LoRATrainer:
 
         with atomic_directory(path) as tmp:
             self.model.save_pretrained(str(tmp))
+            for r in self.roles:  # peft writes a named adapter to tmp/NAME: one standalone adapter per role
+                (tmp / (ROLE + r)).rename(tmp / r)
         return Path(path)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "rng": rng_state(), "optimizer_steps": self.optimizer_steps}
+        opt = {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}} if self.roles else \
+            {"optimizer": self.optimizers[SHARED].state_dict()}
+        return {**opt, "rng": rng_state(), "optimizer_steps": self.optimizer_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state.get("optimizers") or {SHARED: state.get("optimizer")}
+        if set(saved) != set(self.optimizers):
+            raise ValueError(f"trainer state: optimizers of {sorted(saved)}, this trainer's adapters are "
+                             f"{sorted(self.optimizers)} (trainer.adapters changed since it was saved?)")
+        for n, sd in saved.items():
+            self.optimizers[n].load_state_dict(sd)
         set_rng_state(state["rng"])
         # a state saved before the schedule existed: AdamW's own step count is the same number
-        adam = [int(s["step"]) for s in state["optimizer"]["state"].values() if "step" in s]
+        adam = [int(s["step"]) for sd in saved.values() for s in sd["state"].values() if "step" in s]
         self.optimizer_steps = int(state.get("optimizer_steps", max(adam, default=0)))
 
     def lora_parameters(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        """Every trained LoRA matrix by name (all roles' adapters)."""
+        ids = {id(p) for p in self.params}
+        return {n: p for n, p in self.model.named_parameters() if id(p) in ids}

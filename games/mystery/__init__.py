@@ -46,7 +46,7 @@ async def rollout(job: RolloutJob):
     return await collect_mystery_episodes(job.params.get("script", "lighthouse"), job.n, base_url=job.base_url,
                                           player_model=job.policy, judge_model="base", config=cfg,
                                           concurrency=job.concurrency, seed=job.seed, on_episode=job.on_episode,
-                                          api_key=job.api_key)
+                                          api_key=job.api_key, faction_models=job.role_policies or None)
 
 
 def check(workdir: Any = None):

@@ -12,7 +12,7 @@ from stratagem.agents import Agent, close_agents
 from stratagem.agents.llm import LLMAgent, LLMAgentConfig
 from stratagem.games.core import Episode, Turn
 from stratagem.games.graph import play
-from stratagem.games.mystery.game import GAME, MysteryConfig, MysteryGame
+from stratagem.games.mystery.game import CIVILIAN, CULPRIT, GAME, MysteryConfig, MysteryGame
 from stratagem.games.mystery.graph import Players, agent_for
 from stratagem.games.mystery.library import load_script, shipped_scripts
 from stratagem.games.mystery.mystery import Mystery
@@ -120,7 +120,8 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
                                    on_turn: Callable[[Turn], None] | None = None,
                                    on_episode: Callable[[Episode], None] | None = None,
                                    eval_model: str | None = None, eval_base_url: str | None = None,
-                                   eval_api_key: str | None = None, retries: int = 2) -> list[Episode]:
+                                   eval_api_key: str | None = None, retries: int = 2,
+                                   faction_models: Mapping[str, str] | None = None) -> list[Episode]:
     """Play `n` games of `script` (a shipped name or a folder) with every seat played by `player_model` and the
     judge `judge_model`, both served at `base_url`; game i uses seed `seed + i`. At most `concurrency` games run
     at once (the server batches their requests); a game that meets a server error is replayed from its start
@@ -129,31 +130,40 @@ async def collect_mystery_episodes(script: str, n: int, *, base_url: str, player
     Under the mirage protocol, suspicion and trust are judged by the model of the speaker's side (here every seat
     is `player_model`, so it judges itself, as MIRAGE's self-play runs do), ICI and SCI by `eval_model` at
     `eval_base_url` (any OpenAI-compatible endpoint; default `judge_model` at `base_url`), and scripts and history
-    are summarised by `judge_model` (MIRAGE's base model)."""
+    are summarised by `judge_model` (MIRAGE's base model).
+
+    `faction_models` (per-role adapters): the served model of each faction, culprit and civilian, for its
+    characters' turns and, under the mirage protocol, its side's judging; `player_model` is then unused."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     cfg = config or MysteryConfig()
     s = load_script(script)  # fail on a bad script before any request
     summaries = await script_summaries(s, cfg, base_url, judge_model, api_key)
-    players = make_llm_agent(base_url, player_model, cfg.player_max_tokens, api_key, cfg.player_temperature,
-                             structured=cfg.structured_outputs)
+    models = dict(faction_models or {CULPRIT: player_model, CIVILIAN: player_model})
+    if set(models) != {CULPRIT, CIVILIAN}:
+        raise ValueError(f"faction_models: one model for each of {CULPRIT}, {CIVILIAN}; got {sorted(models)}")
+    made = {m: make_llm_agent(base_url, m, cfg.player_max_tokens, api_key, cfg.player_temperature,
+                              structured=cfg.structured_outputs) for m in dict.fromkeys(models.values())}
+    sides = {f: made[m] for f, m in models.items()}
+    seats = [sides[CULPRIT if c in s.culprits else CIVILIAN] for c in s.characters]
     judge = make_llm_agent(base_url, judge_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
                            structured=cfg.structured_outputs)
-    agents = [players, judge]
+    agents = [*made.values(), judge]
     referees: dict[str, Agent] = {"judge": judge}
     if cfg.protocol == "mirage":
-        side = make_llm_agent(base_url, player_model, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
-                              structured=cfg.structured_outputs)
+        judging = {m: make_llm_agent(base_url, m, cfg.judge_max_tokens, api_key, cfg.judge_temperature,
+                                     structured=cfg.structured_outputs) for m in dict.fromkeys(models.values())}
+        judges = {f: judging[m] for f, m in models.items()}
         evaluator = make_llm_agent(eval_base_url or base_url, eval_model or judge_model, cfg.judge_max_tokens,
                                    eval_api_key if eval_base_url else api_key, cfg.judge_temperature,
                                    structured=cfg.structured_outputs)
         # a history summary may take half the history budget: the game goes on from it
         summariser = make_llm_agent(base_url, judge_model, max(64, cfg.history_tokens // 2), api_key,
                                     cfg.judge_temperature, structured=False)
-        agents += [side, evaluator, summariser]
-        referees = {"culprit": side, "civilian": side, "evaluator": evaluator, "summariser": summariser}
+        agents += [*judging.values(), evaluator, summariser]
+        referees = {**judges, "evaluator": evaluator, "summariser": summariser}
     try:
-        return await collect_episodes(GAME, [players] * len(s.characters), n, max(1, concurrency), seed=seed,
+        return await collect_episodes(GAME, seats, n, max(1, concurrency), seed=seed,
                                       config=cfg, on_episode=on_episode, retries=retries,
                                       params={"script": script, "summaries": summaries or {}},
                                       referees=referees, on_turn=on_turn)
