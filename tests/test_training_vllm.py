@@ -216,3 +216,31 @@ def test_league_kuhn_three_iterations_with_exact_tracking_and_ratings(vllm_serve
     assert g["elo"]["cfr"] > 0
     # the table rated as iter-3 is the run's last adapter, scored afresh: the same exploitability as tracked
     assert g["exploitability"]["iter-3"] == pytest.approx(metrics[2]["exact/kuhn_poker/exploitability"], abs=1e-3)
+
+
+def test_per_role_adapters_on_the_real_server(vllm_server, model_path, tmp_path):
+    """trainer.adapters per_role on Kuhn: after iteration 1 each seat is sampled by its own role's adapter, both
+    served side by side and each verified against the trainer; the exact evaluation scores each seat's points
+    with its role's adapter, so the final table differs from the base model's."""
+    import json
+
+    from stratagem.games.registry import role_model
+
+    cfg = _cfg(LENGTH_PENALTY, algo="mars", games=["kuhn_poker"], model=model_path, iterations=2, eval_exact=True,
+               episodes_per_iteration=6)
+    cfg.trainer.adapters = "per_role"
+    cfg.validate()
+    store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
+    eps = [e for e in store.episodes() if e.iteration == 2]
+    for e in eps:
+        for t in e.turns:
+            assert t.adapter == role_model("iter-1", f"player_{t.seat}")
+    assert {t.adapter for e in store.episodes() if e.iteration == 1 for t in e.turns} == {"base"}
+    for m in store.metrics():
+        for r in ("player_0", "player_1"):
+            assert m[f"verify/{r}/mean_abs_diff"] < 1e-3, m  # each adapter is the one served under its name (fp32)
+    for k in (1, 2):
+        assert all((store.adapter_dir(k) / r / "adapter_config.json").is_file() for r in ("player_0", "player_1"))
+    after = json.loads((store.root / "eval" / "exact-after.json").read_text())["per_game"]["kuhn_poker"]
+    before = json.loads((store.root / "eval" / "exact-before.json").read_text())["per_game"]["kuhn_poker"]
+    assert 0 < after["exploitability"] <= 2 and after["exploitability"] != before["exploitability"]

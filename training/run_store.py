@@ -238,7 +238,7 @@ class RunStore:
         appears atomically (written under a .tmp name, then renamed)."""
         final = self.adapter_dir(iteration)
         with atomic_directory(final) as tmp:
-            trainer.model.save_pretrained(str(tmp))
+            trainer.write_adapter(tmp)
             faults.point("adapter.save")
             torch.save({"trainer": trainer.state_dict(), "loop": state}, tmp / "trainer_state.pt")
         return final

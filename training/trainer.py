@@ -515,10 +515,15 @@ class LoRATrainer:
         directory or the complete new one."""
 
         with atomic_directory(path) as tmp:
-            self.model.save_pretrained(str(tmp))
-            for r in self.roles:  # peft writes a named adapter to tmp/NAME: one standalone adapter per role
-                (tmp / (ROLE + r)).rename(tmp / r)
+            self.write_adapter(tmp)
         return Path(path)
+
+    def write_adapter(self, directory: Path) -> None:
+        """The adapter's files into `directory` (peft format); per role, one standalone adapter in directory/ROLE
+        (what a server loads as iter-k-ROLE)."""
+        self.model.save_pretrained(str(directory))
+        for r in self.roles:  # peft writes a named adapter to directory/NAME
+            (directory / (ROLE + r)).rename(directory / r)
 
     def state_dict(self) -> dict:
         opt = {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}} if self.roles else \
