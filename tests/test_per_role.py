@@ -111,3 +111,39 @@ def test_per_role_configs_that_cannot_work_are_refused(tiny):
     cfg = RunConfig.from_dict({"loop": {"games": ["kuhn_poker", "leduc_poker"], "eval_games": ["leduc_poker"]},
                                "trainer": {"adapters": "per_role"}})
     assert run_roles(cfg) == ["player_0", "player_1"]
+
+
+def test_the_mystery_seats_each_faction_with_its_adapter(monkeypatch):
+    """collect_mystery_episodes with faction_models: a culprit character samples the culprit's adapter, a civilian
+    the civilian's, and under the mirage protocol each side's judging is its own adapter's."""
+    import importlib
+
+    mr = importlib.import_module("stratagem.games.mystery.rollout")  # the package's `rollout` is a function
+    from stratagem.games.mystery.game import MysteryConfig
+    from stratagem.games.mystery.library import load_script
+
+    made, seen = [], {}
+
+    def agent(base_url, model, *a, **kw):
+        made.append(model)
+        return type("Agent", (), {"model": model})()
+
+    async def collect(game, seats, n, concurrency, **kw):
+        seen.update(seats=[s.model for s in seats], referees={k: v.model for k, v in kw["referees"].items()})
+        return []
+
+    async def no_summaries(*a, **kw):
+        return None
+
+    monkeypatch.setattr(mr, "make_llm_agent", agent)
+    monkeypatch.setattr(mr, "collect_episodes", collect)
+    monkeypatch.setattr(mr, "script_summaries", no_summaries)
+    script = load_script("lighthouse")
+    models = {"culprit": "iter-2-culprit", "civilian": "iter-2-civilian"}
+    asyncio.run(mr.collect_mystery_episodes("lighthouse", 1, base_url="u", config=MysteryConfig.mirage(),
+                                            faction_models=models))
+    assert seen["seats"] == [models["culprit" if c in script.culprits else "civilian"] for c in script.characters]
+    assert {"iter-2-culprit", "iter-2-civilian"} <= set(seen["seats"])
+    assert seen["referees"]["culprit"] == "iter-2-culprit" and seen["referees"]["civilian"] == "iter-2-civilian"
+    with pytest.raises(ValueError, match="one model for each of culprit, civilian"):
+        asyncio.run(mr.collect_mystery_episodes("lighthouse", 1, base_url="u", faction_models={"culprit": "a"}))
