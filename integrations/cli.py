@@ -486,6 +486,9 @@ def eval_exact(
     source: str = typer.Option("vllm", help="vllm: the served models' prompt log-probs; trainer: the model loaded "
                                "here (exact, faster on a CPU; adapters from --run RUN/adapters/NAME)."),
     model: str = typer.Option("default", help="With --source trainer: the base model."),
+    per_role: bool = typer.Option(False, "--per-role", help="The models are per-role policies (a run trained with "
+                                  "trainer.adapters per_role): each seat scored by MODEL-ROLE (served under that "
+                                  "name; with --source trainer, RUN/adapters/MODEL/ROLE)."),
 ) -> None:
     """The policy itself, not a sample of games: the model's probability of every legal action at every information
     state of Kuhn poker or Leduc hold'em (its log-probs of each action's reply in the training protocol), then
@@ -510,7 +513,8 @@ def eval_exact(
         if source not in ("vllm", "trainer"):
             raise ValueError(f"--source must be vllm or trainer, got {source!r}")
         cfg = ExactEvalConfig(models=names, games=game_list, out=out, concurrency=concurrency, sampling=sampling,
-                              reply=reply, api_key=api_key, source=source, model_path=model, run=run)
+                              reply=reply, api_key=api_key, source=source, model_path=model, run=run,
+                              per_role=per_role)
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1) from None

@@ -85,6 +85,9 @@ class ExactEvalConfig:
                                      "top-p do not enter the table."})
     reply: ReplyFormat = field(default_factory=ReplyFormat, metadata={"help": "The reply protocol (the training "
                                "protocol's by default)."})
+    per_role: bool = field(default=False, metadata={"help": "The models are per-role policies (a run trained with "
+                           "trainer.adapters per_role): model M's seat s is scored by its role's adapter, M-ROLE "
+                           "(served under that name, or run/adapters/M/ROLE); base stays base."})
 
 
 # ---- decision points ------------------------------------------------------------------------------------------
@@ -638,6 +641,9 @@ def adapter_digest(config: ExactEvalConfig, model: str) -> str:
     if config.source != "trainer" or not config.run or model == "base" or model in BOT_POLICIES:
         return ""
     path = run_adapter(config.run, model) / "adapter_model.safetensors"
+    if config.per_role and not path.is_file():  # a per-role policy: every role's weights
+        parts = sorted(path.parent.glob("*/adapter_model.safetensors"))
+        return hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()[:16] if parts else ""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
@@ -674,16 +680,27 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
     result: dict[str, Any] = {"reply": asdict(config.reply), "stop": stop, "source": config.source, "models": {}}
     points_cache: dict[str, dict[str, DecisionPoint]] = {}
 
-    def new_scorer(model: str, game: str) -> Any:
-        if scorer_for is not None:
-            return scorer_for(model, game)
+    def one_scorer(model: str) -> Any:
         if config.source == "trainer":
             return trainer_scorer(config, model)
         return VLLMScorer(config.base_url, model, config.sampling, config.api_key)
 
+    def new_scorer(model: str, game: str) -> Any:
+        if scorer_for is not None:
+            return scorer_for(model, game)
+        if per_game(model):
+            from stratagem.games.registry import make_game, role_model
+
+            return SeatScorer({s: one_scorer(role_model(model, r)) for s, r in enumerate(make_game(game).info.roles)})
+        return one_scorer(model)
+
+    def per_game(model: str) -> bool:  # a scorer of one game only: a seat's adapter is its role's
+        return scorer_for is not None or (config.per_role and model != "base")
+
     for model in config.models:
         scorer: Any = None  # one per model, kept over its games (a loaded model, a client)
-        digest = adapter_digest(config, model)
+        # a per-role policy's table is not its shared namesake's
+        digest = adapter_digest(config, model) + ("+per-role" if config.per_role and model != "base" else "")
         try:
             for game in config.games:
                 t0 = time.perf_counter()
@@ -701,8 +718,8 @@ async def run_exact_eval(config: ExactEvalConfig, progress: Callable[[str, int],
                     if game not in points_cache:
                         points_cache[game] = decision_points(game, config.reply, stop)
                     points = points_cache[game]
-                    if scorer is not None and scorer_for is not None:
-                        await scorer.aclose()  # the caller's scorers are per game (a seat's adapter is its role's)
+                    if scorer is not None and per_game(model):
+                        await scorer.aclose()
                         scorer = None
                     scorer = scorer or new_scorer(model, game)
                     tick = progress(f"{model} {game}", len(points)) if progress else None

@@ -305,3 +305,35 @@ def test_the_default_models_kuhn_table_from_the_real_server(vllm_server, tmp_pat
     assert here["exploitability"] == pytest.approx(m["exploitability"], abs=0.02)
     assert here["illegal_prob_mean"] == pytest.approx(m["illegal_prob_mean"], abs=0.02)
     assert len(list(tmp_path.glob("policy-base-kuhn_poker-*.json"))) == 2  # one table per source
+
+
+def test_a_per_role_policy_scores_each_seat_with_its_roles_adapter(model_path, tmp_path):
+    """`eval exact --per-role --source trainer --run RUN --models iter-1`: seat s's information states are scored by
+    RUN/adapters/iter-1/player_s, so the per-role table is, state by state, the table of that seat's adapter alone
+    (two distinct synthetic adapters, so a mix-up would show)."""
+    from helpers_lora import make_adapter
+    from typer.testing import CliRunner
+
+    from stratagem.cli import app
+
+    for seat in (0, 1):
+        make_adapter(model_path, tmp_path / "run" / "adapters" / "iter-1" / f"player_{seat}", seed=seat,
+                     scale=0.05)
+    out = tmp_path / "exact"
+
+    def table(*args):
+        r = CliRunner().invoke(app, ["eval", "exact", "--games", "kuhn_poker", "--source", "trainer", "--run",
+                                     str(tmp_path / "run"), "--out", str(out), "--json", *args])
+        assert r.exit_code == 0, r.output
+        model = args[args.index("--models") + 1]
+        [path] = out.glob(f"policy-{model}-kuhn_poker-*.json")  # iter-1-player_0's is policy-iter-1-player_0-...
+        return json.loads(path.read_text())["table"]
+
+    mixed = table("--models", "iter-1", "--per-role")
+    alone = {s: table("--models", f"iter-1-player_{s}") for s in (0, 1)}
+    points = decision_points("kuhn_poker", ReplyFormat(), STOP)
+    assert set(mixed) == set(points) and len(mixed) == 12
+    for key, point in points.items():
+        for a, p in mixed[key].items():
+            assert p == pytest.approx(alone[point.seat][key][a], abs=1e-6), (key, point.seat)
+    assert any(abs(alone[0][k][a] - alone[1][k][a]) > 1e-3 for k in mixed for a in mixed[k])  # the premise

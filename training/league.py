@@ -170,19 +170,27 @@ def rate_run(run: str | Path, games: list[str], bots: list[str], *, every: int =
     if bad or not bots:
         raise ValueError(f"rating: games among {', '.join(EXACT_GAMES)} and at least one bot among "
                          f"{', '.join(BOT_POLICIES)} (the anchor); got {', '.join(bad) or 'no bot'}")
+    saved = yaml.safe_load((run / "config.yaml").read_text()) or {} if (run / "config.yaml").is_file() else {}
+    per_role = (saved.get("trainer") or {}).get("adapters") == "per_role"  # a policy is its roles' adapters
+
+    def trained(d: Path) -> bool:
+        return (d / "adapter_config.json").is_file() or (per_role and any(d.glob("*/adapter_config.json")))
     done = sorted(int(d.name.removeprefix("iter-")) for d in (run / "adapters").glob("iter-*")
-                  if d.name.removeprefix("iter-").isdigit() and (d / "adapter_config.json").is_file())
+                  if d.name.removeprefix("iter-").isdigit() and trained(d))
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
+    if not done:
+        raise ValueError(f"{run}: no trained adapter in {run / 'adapters'} to rate")
     chosen = [k for k in done if k % every == 0 or k == done[-1]]
     policies = ["base"] + [f"iter-{k}" for k in chosen]
     sampling, reply = run_protocol(run)
     if model_path is None:
-        model_path = str((yaml.safe_load((run / "config.yaml").read_text()).get("loop") or {}).get("model", "default"))
+        model_path = str((saved.get("loop") or {}).get("model", "default"))
     if reply.think:
         raise ValueError("the run's protocol thinks before it answers (reply.think): no table to rate")
     cfg = ExactEvalConfig(models=list(bots) + policies, games=games, out=str(run / "eval" / "exact"),
-                          sampling=sampling, reply=reply, source="trainer", model_path=model_path, run=str(run))
+                          sampling=sampling, reply=reply, source="trainer", model_path=model_path, run=str(run),
+                          per_role=per_role)
     tables: dict[str, dict[str, PolicyTable]] = {}
     result = asyncio.run(run_exact_eval(cfg, progress, tables=tables))
     out: dict[str, Any] = {"policies": policies, "bots": list(bots), "anchor": bots[0], "games": {}}
