@@ -319,6 +319,12 @@ def test_a_per_role_policy_scores_each_seat_with_its_roles_adapter(model_path, t
     for seat in (0, 1):
         make_adapter(model_path, tmp_path / "run" / "adapters" / "iter-1" / f"player_{seat}", seed=seat,
                      scale=0.05)
+    import yaml
+
+    from stratagem.training.run_config import RunConfig
+
+    run_cfg = RunConfig.from_dict({"loop": {"games": ["kuhn_poker"]}, "trainer": {"adapters": "per_role"}})
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(run_cfg.to_dict()))  # the run's reply protocol
     out = tmp_path / "exact"
 
     def table(*args):
@@ -335,5 +341,6 @@ def test_a_per_role_policy_scores_each_seat_with_its_roles_adapter(model_path, t
     assert set(mixed) == set(points) and len(mixed) == 12
     for key, point in points.items():
         for a, p in mixed[key].items():
-            assert p == pytest.approx(alone[point.seat][key][a], abs=1e-6), (key, point.seat)
+            # 1e-4: the cache continues from other prefixes in the other order (float32 sums, ~2e-6 apart)
+            assert p == pytest.approx(alone[point.seat][key][a], abs=1e-4), (key, point.seat)
     assert any(abs(alone[0][k][a] - alone[1][k][a]) > 1e-3 for k in mixed for a in mixed[k])  # the premise
