@@ -200,10 +200,10 @@ def estimate_tree_points(game: str, paths: int, seed: int = 0) -> dict[str, floa
     import statistics
 
     rng = random.Random(f"tree:{seed}")
+    starts = roots(game)  # built once: every path starts from one of them
     estimates = []
     for i in range(paths):
-        root = roots(game)[i % len(roots(game))]
-        state, weight, total = _play(game, root), float(len(roots(game))), 0.0
+        state, weight, total = _play(game, starts[i % len(starts)]), float(len(starts)), 0.0
         while not state.is_terminal():
             children = [a for a, _ in state.chance_outcomes()] if state.is_chance_node() else state.legal_actions()
             if not state.is_chance_node():
