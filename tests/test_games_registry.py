@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from training_fakes import bots_in_llm_seats
 from typer.testing import CliRunner
 
 from stratagem.agents import make_agent
@@ -246,20 +247,9 @@ def test_a_servers_api_key_reaches_every_llm_seat_of_rollouts_and_evals():
 async def test_alternate_policy_seat_plays_half_the_games_each_way_and_trains_that_seat(monkeypatch):
     """loop.policy_seat alternate (MARSHAL's fixed-opponent runs seat the model first in half the games, second in
     the others): game i has the policy first when i is even, and the learner trains exactly the policy's seat."""
-    import stratagem.games.rollout as rollout_mod
-    from stratagem.agents.bots import RandomAgent
     from stratagem.training.loop import RunConfig, default_rollout, learner_for
 
-    real = rollout_mod.make_agent
-
-    def stand_in(spec, **kw):  # a bot in the policy's seat, named as the policy: no server needed
-        if spec.startswith("llm:"):
-            bot = RandomAgent(seed=kw.get("seed", 0))
-            bot.name = spec
-            return bot
-        return real(spec, seed=kw.get("seed", 0), game=kw.get("game"))
-
-    monkeypatch.setattr(rollout_mod, "make_agent", stand_in)
+    bots_in_llm_seats(monkeypatch)  # a bot in the policy's seat, named as the policy: no server needed
     cfg = RunConfig.from_dict({"loop": {"games": ["tictactoe"], "episodes_per_iteration": 5,
                                         "opponents": ["mcts:2"], "policy_seat": "alternate"}})
     saved = []

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pyspiel
 import pytest
+from training_fakes import bots_in_llm_seats
 
 from stratagem.games.core import Episode, Seat
 from stratagem.integrations.exact_eval import PolicyTable, bot_table
@@ -54,20 +55,9 @@ def test_draws_follow_the_configured_probabilities_and_the_seed():
 
 
 async def test_the_rollout_seats_each_games_drawn_opponents_and_trains_only_the_learner(monkeypatch):
-    import stratagem.games.rollout as rollout_mod
-    from stratagem.agents.bots import RandomAgent
     from stratagem.training.loop import RunConfig, default_rollout, learner_for
 
-    real = rollout_mod.make_agent
-
-    def stand_in(spec, **kw):  # bots in the LLM seats, named as the served policies: no server needed
-        if spec.startswith("llm:"):
-            bot = RandomAgent(seed=kw.get("seed", 0))
-            bot.name = spec
-            return bot
-        return real(spec, seed=kw.get("seed", 0), game=kw.get("game"))
-
-    monkeypatch.setattr(rollout_mod, "make_agent", stand_in)
+    bots_in_llm_seats(monkeypatch)  # bots in the LLM seats, named as the served policies: no server needed
     cfg = RunConfig.from_dict({"loop": {"games": ["kuhn_poker"], "episodes_per_iteration": 24,
                                         "policy_seat": "alternate",
                                         "league": {"pool": 2, "latest": 1, "bots": ["random"]}}})

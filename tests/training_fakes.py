@@ -151,3 +151,21 @@ def two_games(tok=None) -> list[Episode]:
         eps.append(Episode(game="ttt", seed=g, seats=[Seat(0, "x", "m"), Seat(1, "o", "m")], turns=turns,
                            returns=[t.reward for t in turns[:1]] + [turns[2].reward], winners=[w]))
     return eps
+
+
+def bots_in_llm_seats(monkeypatch) -> None:
+    """The rollout's LLM seats played by random bots named as the served policies (`llm:NAME`): the seating and
+    training logic of a rollout without a server."""
+    import stratagem.games.rollout as rollout_mod
+    from stratagem.agents.bots import RandomAgent
+
+    real = rollout_mod.make_agent
+
+    def stand_in(spec, **kw):
+        if spec.startswith("llm:"):
+            bot = RandomAgent(seed=kw.get("seed", 0))
+            bot.name = spec
+            return bot
+        return real(spec, seed=kw.get("seed", 0), game=kw.get("game"))
+
+    monkeypatch.setattr(rollout_mod, "make_agent", stand_in)

@@ -160,27 +160,11 @@ async def judge_game(judge: Agent, script: Script, state: MysteryState, config: 
     suspects = script.suspects  # the characters, or the candidates of a script whose players are detectives
     doubt = M.doubt_scores(suspects, [x for x in triples if x[0] in suspects], state.votes, n_vote)
     rank = M.ranking(suspects, doubt, state.votes)
-    accused = rank[0]
-    m: dict[str, Any] = {
-        "victory": M.victory(rank, script.culprits),
-        "tii": M.tii(names, triples),
-        "cic": M.cic(len(state.revealed), script.total_clues),
-        "ici": M.ici({n: {k: per_char[n][k] for k in M.ICI_KEYS} for n in names}),
-        "sci": M.sci({n: per_char[n]["roleplay"] for n in names}, {n: per_char[n]["rouge_l"] for n in names}),
-    }
-    m["overall"] = M.overall(m)
-    failed = sum(1 for t in state.turns if t["illegal_reason"] is not None)
+    m: dict[str, Any] = M.game_scores(rank, script.culprits, M.tii(names, triples), len(state.revealed),
+                                      script.total_clues, {n: per_char[n] for n in names}, state.turns)
     m.update({
-        "civilians_win": accused in script.culprits,
-        "culprit_rank": rank.index(min(script.culprits, key=rank.index)) + 1,
-        "clues_revealed": len(state.revealed),
-        "acts": len(state.turns),
-        "failed_actions": failed,
-        "failed_action_rate": failed / len(state.turns) if state.turns else 0.0,
         "judge_calls": len(prompts),
         "judge_parse_failures": failures,
-        "accused": accused,
-        "ranking": rank,
         "doubt": doubt,
         "votes": dict(state.votes),
         "vote_weight": n_vote,

@@ -181,6 +181,24 @@ def overall(m: Mapping[str, float]) -> float:
     return mean(m[k] for k in ("victory", "tii", "cic", "ici", "sci"))
 
 
+def game_scores(rank: Sequence[str], culprits: Sequence[str], tii_value: float, revealed: int, total_clues: int,
+                per_char: Mapping[str, Mapping[str, float]], turns: Sequence[Mapping[str, object]]) -> dict[str, object]:
+    """One game's leaderboard scores from its ranking of the suspects, TII, clues and per-character ICI / role-play /
+    ROUGE scores, with its outcome (the accused, the culprit's rank) and its failed acts (turns whose
+    `illegal_reason` is set): what both judges report."""
+    m: dict[str, object] = {
+        "victory": victory(rank, culprits), "tii": tii_value, "cic": cic(revealed, total_clues),
+        "ici": ici({n: {k: c[k] for k in ICI_KEYS} for n, c in per_char.items()}),
+        "sci": sci({n: c["roleplay"] for n, c in per_char.items()}, {n: c["rouge_l"] for n, c in per_char.items()}),
+    }
+    m["overall"] = overall(m)  # type: ignore[arg-type]  # the five scores above are floats
+    failed = sum(1 for t in turns if t["illegal_reason"] is not None)
+    m.update({"civilians_win": rank[0] in culprits, "culprit_rank": rank.index(min(culprits, key=rank.index)) + 1,
+              "clues_revealed": revealed, "acts": len(turns), "failed_actions": failed,
+              "failed_action_rate": failed / len(turns) if turns else 0.0, "accused": rank[0], "ranking": list(rank)})
+    return m
+
+
 def aggregate(per_game: Sequence[Mapping[str, object]]) -> dict[str, float]:
     """Mean over games of every top-level number of the per-game metrics (booleans count as 0/1 rates), plus the
     number of games."""

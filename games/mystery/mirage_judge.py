@@ -183,24 +183,13 @@ async def judge_game_mirage(judges: Mapping[str, Agent] | Agent, evaluator: Agen
     n_vote = config.vote_weight if config.vote_weight is not None else float(len(names))
     doubt = M.doubt_scores(suspects, triples, state.votes, n_vote)
     rank = M.ranking(suspects, doubt, state.votes)
-    m: dict[str, Any] = {
-        "victory": M.victory(rank, script.culprits),
-        "tii": M.tii(suspects, triples),
-        "cic": M.cic(len(state.revealed), script.total_clues),
-        "ici": M.ici({n: {k: per_char[n][k] for k in M.ICI_KEYS} for n in names}),
-        "sci": M.sci({n: per_char[n]["roleplay"] for n in names}, {n: per_char[n]["rouge_l"] for n in names}),
-    }
-    m["overall"] = M.overall(m)
-    failed = sum(1 for t in state.turns if t["illegal_reason"] is not None)
+    m: dict[str, Any] = M.game_scores(rank, script.culprits, M.tii(suspects, triples), len(state.revealed),
+                                      script.total_clues, {n: per_char[n] for n in names}, state.turns)
     m.update({
         "protocol": "mirage", "rules": rules.name,
-        "civilians_win": rank[0] in script.culprits,
-        "culprit_rank": rank.index(min(script.culprits, key=rank.index)) + 1,
-        "clues_revealed": len(state.revealed), "acts": len(state.turns), "failed_actions": failed,
-        "failed_action_rate": failed / len(state.turns) if state.turns else 0.0,
         "judge_calls": len(jobs), "judge_parse_failures": failures,
         "history_summaries": len(state.history_summaries), "summary_failures": state.summary_failures,
-        "accused": rank[0], "ranking": rank, "doubt": doubt, "votes": dict(state.votes), "vote_weight": n_vote,
+        "doubt": doubt, "votes": dict(state.votes), "vote_weight": n_vote,
         "characters": per_char,
     })
     return JudgeVerdict(metrics=m, utterance_scores=[u for u in scored if "turn" in u],
