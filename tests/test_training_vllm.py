@@ -192,6 +192,9 @@ def test_league_kuhn_three_iterations_with_exact_tracking_and_ratings(vllm_serve
     cfg = _cfg(LENGTH_PENALTY, algo="mars", games=["kuhn_poker"], model=model_path, iterations=3,
                episodes_per_iteration=6, policy_seat="alternate", eval_exact_every=1,
                league={"pool": 2, "latest": 1, "bots": ["random"]})
+    # the tracked numbers come from the trainer's weights in its dtype, the rating's from the adapter in fp32: on a
+    # CPU that trains in bf16 (AVX-512 BF16, AMX) they would differ by bf16's rounding, not by a bug
+    cfg.trainer.dtype = "float32"
     store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
     eps = [e for e in store.episodes() if e.iteration == 3]
     drawn = [draw_opponents(cfg.loop.league, 3, e.seed, 1, "iter-2")[0] for e in eps]
@@ -229,6 +232,7 @@ def test_per_role_adapters_on_the_real_server(vllm_server, model_path, tmp_path)
     cfg = _cfg(LENGTH_PENALTY, algo="mars", games=["kuhn_poker"], model=model_path, iterations=2, eval_exact=True,
                episodes_per_iteration=6)
     cfg.trainer.adapters = "per_role"
+    cfg.trainer.dtype = "float32"  # the exact tables are compared with the rating's fp32 ones (see the league test)
     cfg.validate()
     store = run_training(cfg, tmp_path / "run", server=vllm_server, progress=False)
     eps = [e for e in store.episodes() if e.iteration == 2]
