@@ -1,5 +1,6 @@
-"""Shared prefixes in the update: the tokens every sequence of a micro-batch opens with run once, and the log-probs
-and LoRA gradients equal the per-sequence computation (on the real default model, with game-shaped prompts)."""
+"""Shared prefixes in the update: the tokens several sequences of a micro-batch open with run once (as a token tree,
+or the common opening through the key / value cache), and the log-probs and LoRA gradients equal the per-sequence
+computation (on the real default model, with game-shaped prompts)."""
 
 import math
 
@@ -8,7 +9,7 @@ import torch
 
 from stratagem.training.losses import PPOConfig
 from stratagem.training.samples import Act, Batch, Sample
-from stratagem.training.trainer import LoRATrainer, TrainerConfig, shareable
+from stratagem.training.trainer import LoRATrainer, TrainerConfig, shareable, token_tree
 
 RULES = {
     "tictactoe": "You are playing tic-tac-toe on a 3x3 board. Players alternate placing their mark in an empty "
@@ -81,8 +82,8 @@ def _mixed_batch(tok) -> Batch:
     return Batch(acts=acts, samples=samples)
 
 
-def _trainer(model_path, shared: bool, dtype: str = "float32") -> LoRATrainer:
-    tr = LoRATrainer(model_path, TrainerConfig(dtype=dtype, shared_prefix=shared, rank=4), seed=0)
+def _trainer(model_path, shared: bool, dtype: str = "float32", tree: bool = True) -> LoRATrainer:
+    tr = LoRATrainer(model_path, TrainerConfig(dtype=dtype, shared_prefix=shared, prefix_tree=tree, rank=4), seed=0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a LoRA that is not zero, so that the adapter's part of the forward is compared too
         for n, p in tr.model.named_parameters():
@@ -105,17 +106,30 @@ def _run(tr: LoRATrainer, batch: Batch):
     return torch.cat(lps), torch.cat(ref), grads, groups
 
 
-def test_shared_prefix_equals_the_per_sequence_computation_fp32(model_path, tokenizer):
+def test_token_tree_by_hand():
+    tokens, parents, paths = token_tree([[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3, 6], [7]])
+    assert tokens == [1, 2, 3, 4, 5, 6, 7]
+    assert parents == [-1, 0, 1, 1, 0, 2, -1]
+    assert paths == [[0, 1, 2], [0, 1, 3], [0, 4], [0, 1, 2, 5], [6]]
+
+
+@pytest.mark.parametrize("tree", [True, False], ids=["tree", "opening"])
+def test_shared_prefix_equals_the_per_sequence_computation_fp32(model_path, tokenizer, tree):
     batch = _mixed_batch(tokenizer)
-    shared, flat = _trainer(model_path, True), _trainer(model_path, False)
+    shared, flat = _trainer(model_path, True, tree=tree), _trainer(model_path, False)
     groups = list(shared.micro_batches(batch.samples))
-    # micro-batches of one game each (their openings part after the common system line); the packed tic-tac-toe
-    # sequence, much longer, costs less on its own than padding the other three to its length
-    games = sorted([batch.acts[batch.samples[i].acts[0]].game for i in g] for g in groups)
-    assert games == [["kuhn_poker"] * 3, ["mini_hanabi"] * 2, ["tictactoe"], ["tictactoe"] * 3]
-    for g in groups[1:] if len(groups[0]) == 1 else groups:
-        if len(g) > 1:
-            assert min(shareable(batch.samples[g[0]], batch.samples[i]) for i in g[1:]) > 40  # system + rules
+    if tree:  # the whole batch is one tree within the budget: the system line once, each game's rules once
+        assert len(groups) == 1 and sorted(groups[0]) == list(range(len(batch.samples)))
+        tokens, _, _ = token_tree([s.input_ids for s in batch.samples])
+        assert len(tokens) < batch.n_input_tokens // 2
+    else:
+        # micro-batches of one game each (their openings part after the common system line); the packed
+        # tic-tac-toe sequence, much longer, costs less on its own than padding the other three to its length
+        games = sorted([batch.acts[batch.samples[i].acts[0]].game for i in g] for g in groups)
+        assert games == [["kuhn_poker"] * 3, ["mini_hanabi"] * 2, ["tictactoe"], ["tictactoe"] * 3]
+        for g in groups[1:] if len(groups[0]) == 1 else groups:
+            if len(g) > 1:
+                assert min(shareable(batch.samples[g[0]], batch.samples[i]) for i in g[1:]) > 40  # system + rules
     lp_s, ref_s, grad_s, _ = _run(shared, batch)
     # the per-sequence computation, in the same micro-batches (flat's own grouping is by length only)
     flat.micro_batches = lambda samples, indices=None: iter(groups)
@@ -135,11 +149,12 @@ def test_shared_prefix_equals_the_per_sequence_computation_fp32(model_path, toke
     assert all(float(grad_f[n].norm()) > 0 for n in grad_f)
 
 
-def test_shared_prefix_in_bf16_is_within_the_layout_noise_of_the_flat_path(model_path, tokenizer):
+@pytest.mark.parametrize("tree", [True, False], ids=["tree", "opening"])
+def test_shared_prefix_in_bf16_is_within_the_layout_noise_of_the_flat_path(model_path, tokenizer, tree):
     """bf16 rounds each differently shaped matmul differently: today's flat path already differs between a batch and
     one sequence at a time; the shared path stays within a small multiple of that difference."""
     batch = _mixed_batch(tokenizer)
-    tr = _trainer(model_path, True, dtype="bfloat16")
+    tr = _trainer(model_path, True, dtype="bfloat16", tree=tree)
     groups = list(tr.micro_batches(batch.samples))
     with torch.no_grad():
         shared = [tr.token_logprobs([batch.samples[i] for i in g]) for g in groups]
@@ -160,11 +175,23 @@ def test_the_budget_counts_the_shared_part_once(model_path, tokenizer):
     share = min(shareable(batch.samples[ttt[0]], batch.samples[i]) for i in ttt)
     budget = share + len(ttt) * (longest - share)  # all three fit when the opening counts once ...
     assert budget < len(ttt) * longest  # ... though padded x count would not
-    tr = _trainer(model_path, True)
+    tr = _trainer(model_path, True, tree=False)
     tr.config.micro_batch_tokens = budget
     assert any(sorted(g) == sorted(ttt) for g in tr.micro_batches(batch.samples, ttt))
     tr.config.shared_prefix = False
     assert all(len(g) < len(ttt) for g in tr.micro_batches(batch.samples, ttt))
+
+
+def test_the_tree_budget_counts_each_tree_token_once(model_path, tokenizer):
+    batch = _mixed_batch(tokenizer)
+    size = len(token_tree([s.input_ids for s in batch.samples])[0])
+    tr = _trainer(model_path, True)
+    tr.config.micro_batch_tokens = size
+    assert [sorted(g) for g in tr.micro_batches(batch.samples)] == [list(range(len(batch.samples)))]
+    tr.config.micro_batch_tokens = size - 1  # one token short: the batch splits, each part within the budget
+    groups = list(tr.micro_batches(batch.samples))
+    assert len(groups) == 2
+    assert all(len(token_tree([batch.samples[i].input_ids for i in g])[0]) <= size - 1 for g in groups)
 
 
 def test_the_first_step_takes_its_old_logprobs_from_its_own_forward(model_path, tokenizer):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from stratagem import faults
 from stratagem.files import atomic_directory
@@ -84,14 +85,22 @@ class TrainerConfig:
     logits_at_loss_only: bool = field(default=True, metadata={"help": "Run the LM head only on trained positions "
                                       "(off: full logits, for benchmarking)."})
     pack: bool = field(default=True, metadata={"help": "Pack a seat's prefix-consistent turns into one sequence."})
-    shared_prefix: bool = field(default=True, metadata={"help": "Run the tokens that all sequences of a micro-batch "
-                                "start with (a game's system line, rules and instructions) once and reuse their "
-                                "keys / values for every sequence, in all three passes (gradients flow through the "
-                                "shared part once); micro-batches are then grouped by their opening tokens and the "
-                                "shared part counts once against micro_batch_tokens. Off: every sequence computed "
-                                "from its first token. Off under gradient checkpointing (no cache there)."})
+    shared_prefix: bool = field(default=True, metadata={"help": "Run the tokens that several sequences of a "
+                                "micro-batch start with (a game's system line, rules and instructions, and deeper: "
+                                "see prefix_tree) once and reuse them for every sequence, in all three passes "
+                                "(gradients flow through the shared part once); micro-batches are then grouped by "
+                                "their opening tokens and the shared part counts once against micro_batch_tokens. "
+                                "Off: every sequence computed from its first token, padded to the longest."})
     min_shared_prefix: int = field(default=16, metadata={"help": "Share a prefix only when it is at least this many "
-                                   "tokens (a shorter one saves less than the extra forward call costs).", "min": 1})
+                                   "tokens (a shorter one saves less than the extra forward call costs; the opening "
+                                   "layout only).", "min": 1})
+    prefix_tree: bool = field(default=True, metadata={"help": "With shared_prefix: lay a micro-batch out as one tree "
+                              "of tokens, every common prefix computed once at any depth (two games' first prompts, "
+                              "the same reply to the same board, ...), as one row with tree attention (each token "
+                              "attends to its ancestors; positions are depths) and no padding; micro_batch_tokens "
+                              "then counts the tree's tokens. Off: only the micro-batch's common opening is shared, "
+                              "through the key / value cache, and the rest is padded. Works under gradient "
+                              "checkpointing too."})
     max_seq_len: int = field(default=4096, metadata={"help": "Longest trained sequence; longer turns are dropped.",
                                                   "min": 1})
     track_kl: bool = field(default=True, metadata={"help": "Compute the KL to the reference (one extra no-grad "
@@ -131,14 +140,41 @@ def scheduled_lr(c: TrainerConfig, step: int, progress: float) -> float:
     return lr
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def token_tree(sequences: list[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:
+    """The sequences as a prefix tree of tokens: each node's token and parent (-1 at a root), nodes numbered in
+    creation order (a parent before its children), and each sequence's path (its node at every position)."""
+    children: dict[tuple[int, int], int] = {}
+    tokens: list[int] = []
+    parents: list[int] = []
+    paths: list[list[int]] = []
+    for seq in sequences:
+        node, path = -1, []
+        for t in seq:
+            child = children.get((node, t))
+            if child is None:
+                child = children[(node, t)] = len(tokens)
+                tokens.append(t)
+                parents.append(node)
+            path.append(child)
+            node = child
+        paths.append(path)
+    return tokens, parents, paths
+
+
 def shareable(a: Sample, b: Sample) -> int:
     """How many opening tokens two sequences can share: their common prefix, stopped one token before the first
     trained position of either (the logits predicting a trained token come from the unshared part)."""
-    n = min(len(a.input_ids), len(b.input_ids), min(a.positions, default=1) - 1, min(b.positions, default=1) - 1)
-    k = 0
-    while k < n and a.input_ids[k] == b.input_ids[k]:
-        k += 1
-    return k
+    return max(0, min(common_prefix(a.input_ids, b.input_ids), min(a.positions, default=1) - 1,
+                      min(b.positions, default=1) - 1))
 
 
 def cpu_has_native_bf16() -> bool:
@@ -290,12 +326,21 @@ class LoRATrainer:
 
     # ---- scoring -------------------------------------------------------------------------------------------
     @property
-    def sharing(self) -> bool:
+    def tree(self) -> bool:
+        """Whether micro-batches are computed as token trees (every common prefix once; see TrainerConfig)."""
         c = self.config
-        return c.shared_prefix and c.logits_at_loss_only and not c.gradient_checkpointing
+        return c.shared_prefix and c.prefix_tree and c.logits_at_loss_only
+
+    @property
+    def sharing(self) -> bool:
+        """Whether the micro-batch's common opening is shared through the key / value cache (no cache under
+        gradient checkpointing)."""
+        c = self.config
+        return c.shared_prefix and not self.tree and c.logits_at_loss_only and not c.gradient_checkpointing
 
     def share_length(self, samples: list[Sample]) -> int:
-        """How many opening tokens a micro-batch computes once (0: every sequence from its first token)."""
+        """How many opening tokens a micro-batch computes once in the opening layout (0: every sequence from its
+        first token, or the tree layout, which shares at every depth)."""
         if not self.sharing or len(samples) < 2:
             return 0
         share = min(shareable(samples[0], s) for s in samples[1:])
@@ -317,6 +362,9 @@ class LoRATrainer:
         yield from self._grouped(samples, list(pool))
 
     def _grouped(self, samples: list[Sample], pool: list[int]) -> Iterator[list[int]]:
+        if self.tree:
+            yield from self._grouped_tree(samples, pool)
+            return
         share = self.sharing
         # token order puts the sequences with the longest common openings side by side; without sharing, longest
         # first keeps the padding small
@@ -341,6 +389,50 @@ class LoRATrainer:
             group, cost, shared, longest = [i], n, n, n
         if group:
             yield group
+
+    def _grouped_tree(self, samples: list[Sample], pool: list[int]) -> Iterator[list[int]]:
+        """Micro-batches of at most micro_batch_tokens tree tokens. In token order a sequence's longest common
+        prefix with the sequences before it is its common prefix with the one just before it, so each sequence adds
+        its length minus that to the tree."""
+        budget = self.config.micro_batch_tokens
+        group: list[int] = []
+        cost = 0
+        prev: list[int] = []
+        for i in sorted(pool, key=lambda i: samples[i].input_ids):
+            ids = samples[i].input_ids
+            new = len(ids) - common_prefix(prev, ids)
+            if group and cost + new > budget:
+                yield group
+                group, cost = [], 0
+                new = len(ids)
+            group.append(i)
+            cost += new
+            prev = ids
+        if group:
+            yield group
+
+    def _tree_hidden(self, samples: list[Sample]) -> tuple[torch.Tensor, list[list[int]]]:
+        """The decoder's last hidden states of the micro-batch's token tree (one row, nodes in creation order) and
+        each sample's path through it. A node attends to itself and its ancestors and sits at its depth, so its
+        hidden state is the one it has in every sequence through it; the backward sums those sequences' gradients
+        into the one computation."""
+        tokens, parents, paths = token_tree([s.input_ids for s in samples])
+        n = len(tokens)
+        allowed = np.zeros((n, n), dtype=bool)
+        depth = np.zeros(n, dtype=np.int64)
+        for i, p in enumerate(parents):  # parents precede their children
+            if p >= 0:
+                allowed[i] = allowed[p]
+                depth[i] = depth[p] + 1
+            allowed[i, i] = True
+        dtype = next(self._decoder.parameters()).dtype
+        # an additive mask in the compute dtype: read as-is by every attention implementation (sdpa and eager)
+        mask = torch.zeros((1, 1, n, n), dtype=dtype)
+        mask.masked_fill_(torch.from_numpy(~allowed)[None, None], torch.finfo(dtype).min)
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        hidden = self._decoder(input_ids=ids, position_ids=torch.from_numpy(depth)[None].to(self.device),
+                               attention_mask=mask.to(self.device)).last_hidden_state
+        return hidden[0], paths
 
     def _hidden(self, ids: torch.Tensor, mask: torch.Tensor, share: int) -> torch.Tensor:
         """The decoder's last hidden states of positions share.. (all positions when share is 0). The first `share`
@@ -369,6 +461,8 @@ class LoRATrainer:
         same positions (same logits, so the same temperature) is appended to it, one tensor per sample."""
         if not samples:
             return []
+        if self.tree and len(samples) > 1:
+            return self._tree_logprobs(samples, reference=reference, entropy=entropy)
         pad = 0
         length = max(len(s.input_ids) for s in samples)
         ids = torch.full((len(samples), length), pad, dtype=torch.long)
@@ -388,9 +482,27 @@ class LoRATrainer:
                 logits = self._head(hidden[rows, pos - 1 - share]).float()
             else:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, pos - 1].float()
+        return self._logprobs(logits, ids[rows, pos], samples, entropy)
+
+    def _tree_logprobs(self, samples: list[Sample], *, reference: bool,
+                       entropy: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        self.use(self.adapter_of(samples))
+        ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()
+        with ctx:
+            hidden, paths = self._tree_hidden(samples)
+            # the logit of trained token p comes from the node of token p - 1 on the sample's path
+            nodes = torch.tensor([path[p - 1] for s, path in zip(samples, paths) for p in s.positions],
+                                 device=self.device)
+            logits = self._head(hidden[nodes]).float()
+        targets = torch.tensor([s.input_ids[p] for s in samples for p in s.positions], device=self.device)
+        return self._logprobs(logits, targets, samples, entropy)
+
+    def _logprobs(self, logits: torch.Tensor, targets: torch.Tensor, samples: list[Sample],
+                  entropy: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """Per-sample log-probs of `targets` (the trained tokens in sample order) under the tempered `logits`."""
         if self.config.temper_logprobs and self.temperature != 1.0:
             logits = logits / self.temperature
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, pos][:, None])[:, 0]
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
         sizes = [len(s.positions) for s in samples]
         if entropy is not None:
             entropy.extend(torch.split(token_entropy(logits), sizes))
@@ -546,3 +658,45 @@ class LoRATrainer:
         """Every trained LoRA matrix by name (all roles' adapters)."""
         ids = {id(p) for p in self.params}
         return {n: p for n, p in self.model.named_parameters() if id(p) in ids}
+
+    # ---- the weights of older policies (loop.async_rollout) ------------------------------------------------
+    def lora_snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of every LoRA matrix, by `lora_parameters` name: the policy as it is now, for `lora_weights` to put
+        back while scoring what that policy sampled once the weights have moved on."""
+        return {n: p.detach().clone() for n, p in self.lora_parameters().items()}
+
+    def read_lora_weights(self, path: str | Path) -> dict[str, torch.Tensor]:
+        """The LoRA matrices of the adapter saved in `path` (`write_adapter`'s layout: per role, one adapter in
+        path/ROLE) by `lora_parameters` name, as `lora_snapshot` gives them."""
+        out: dict[str, torch.Tensor] = {}
+        params = self.lora_parameters()
+        for name in self.role_params:
+            where = Path(path) / name.removeprefix(ROLE) if self.roles else Path(path)
+            saved = load_file(str(where / "adapter_model.safetensors"))
+            for n in (n for n in params if f".{name}." in n):
+                key = n.replace(f".{name}.", ".")  # peft saves a matrix without its adapter's name
+                if key not in saved:
+                    raise ValueError(f"{where}: no LoRA matrix {key} (an adapter of another model or config?)")
+                out[n] = saved[key]
+        return out
+
+    @contextlib.contextmanager
+    def lora_weights(self, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Score under other LoRA weights (an older policy's: `lora_snapshot`, `read_lora_weights`): they are copied
+        into the LoRA parameters for the block, and the current values are put back after it, bit for bit (no grad;
+        the optimizer state is keyed by the parameters, so it is untouched)."""
+        params = self.lora_parameters()
+        if set(weights) != set(params):
+            odd = sorted(set(weights) ^ set(params))
+            raise ValueError(f"lora_weights: the weights do not match this trainer's LoRA matrices ({len(odd)} names "
+                             f"differ, e.g. {odd[0]})")
+        with torch.no_grad():
+            current = {n: p.detach().clone() for n, p in params.items()}
+            for n, p in params.items():
+                p.copy_(weights[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(current[n])
