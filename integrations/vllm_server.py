@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +97,10 @@ class ServerConfig:
                                      "to: with weight_reload, an adapter merged into them (load_policy_weights) is "
                                      "then asked for under its own name."})
     seed: int = field(default=0, metadata={"help": "Engine seed."})
+    cpus: str = field(default="", metadata={"help": "Pin the server (every process of it) to these CPUs: a taskset "
+                      "CPU list such as '0' or '0-3,8', also given to the CPU engine's OpenMP threads "
+                      "(VLLM_CPU_OMP_THREADS_BIND). For measurements that give the server and the trainer cores of "
+                      "their own (benchmarks/update.py --async-only). Empty: not pinned."})
     log_path: str | None = field(default=None, metadata={"help": "Server log file; default under the cache dir."})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "More vLLM command-line arguments."})
     adapter_sync: str | None = field(default=None, metadata={"help": "With endpoints on other hosts that do not share "
@@ -305,19 +310,22 @@ class VLLMServer:
         elif port_in_use(c.host, self.port):
             raise ServerError(f"port {self.port} on {c.host} is already in use; pick another with --port")
         cmd = self.command()
+        pin = self._pin()
         # a server started by rank 0 of a torchrun / accelerate launch job is not part of the trainers' process group
         env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")}
         env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib))
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if pin:  # the engine's own binding would otherwise pick its cores by NUMA node and keep some in reserve
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", c.cpus)
         if c.weight_reload or self.sleep_enabled:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /collective_rpc, /sleep, /wake_up
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(("\n$ " + " ".join(cmd) + "\n").encode())
         self._log_file.flush()
-        self.proc = subprocess.Popen([sys.executable, "-m", "stratagem.integrations.process_guard", *cmd],
+        self.proc = subprocess.Popen([*pin, sys.executable, "-m", "stratagem.integrations.process_guard", *cmd],
                                      stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
                                      preexec_fn=_new_group, stdin=subprocess.DEVNULL)
         atexit.register(self.stop)
@@ -325,6 +333,18 @@ class VLLMServer:
         self.policy_version = None  # a fresh engine serves the base weights
         self._wait_healthy(c.startup_timeout)
         return self
+
+    def _pin(self) -> list[str]:
+        """The taskset prefix of the server's command for ServerConfig.cpus ([] when it is empty)."""
+        cpus = self.config.cpus
+        if not cpus:
+            return []
+        if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", cpus):
+            raise ServerError(f"cpus: a CPU list such as '0' or '0-3,8', got {cpus!r}")
+        taskset = shutil.which("taskset")
+        if taskset is None:
+            raise ServerError("cpus: pinning the server needs taskset (util-linux), which is not on PATH")
+        return [taskset, "-c", cpus]
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -203,8 +203,8 @@ def test_resume_takes_only_iterations_and_base_url(tmp_path):
     RunStore(tmp_path / "run").create(RunConfig.from_dict({"loop": {"seed": 9}}).to_dict())
     cfg, _, resume, _ = train_config(["--out", str(tmp_path / "run"), "--resume", "--iterations", "4"])
     assert resume and (cfg.loop.seed, cfg.loop.iterations) == (9, 4)
-    with pytest.raises(ConfigError, match=r"only loop.iterations, loop.base_url may be given with it \(got "
-                                          r"loop.seed, trainer.lr\)"):
+    with pytest.raises(ConfigError, match=r"only loop.iterations, loop.base_url, loop.async_rollout, "
+                                          r"loop.max_staleness may be given with it \(got loop.seed, trainer.lr\)"):
         train_config(["--out", str(tmp_path / "run"), "--resume", "--seed", "1", "--lr", "0.1"])
 
 

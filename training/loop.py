@@ -8,7 +8,9 @@
         log metrics, commit the iteration
 
 A run directory (run_store.py) makes it resumable after a kill at any moment; a vLLM crash during a rollout is
-detected, the server restarted (when this loop owns it) and the iteration retried.
+detected, the server restarted (when this loop owns it) and the iteration retried. With loop.async_rollout the
+rollout of iteration k+1 overlaps the update of iteration k (`Rollouts`), one policy version stale, and the old
+log-probs of its episodes are those of the adapter that sampled them (`BehaviourWeights`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 
 from stratagem import faults
+from stratagem.config import ConfigError
 from stratagem.endpoints import EndpointPool, PoolStats
 from stratagem.games.base import GameConfig
 from stratagem.games.core import Episode
@@ -60,6 +64,11 @@ log = logging.getLogger(__name__)
 def adapter_name(iteration: int) -> str:
     """Served name of the policy after iteration k (`base` before the first update)."""
     return "base" if iteration == 0 else f"iter-{iteration}"
+
+
+def policy_version(name: str) -> int:
+    """k of the policy named `name` (adapter_name's inverse: base is 0)."""
+    return 0 if name == "base" else int(name.removeprefix("iter-"))
 
 
 class PolicyServer:
@@ -139,7 +148,7 @@ def rollout_job(cfg: RunConfig, game: str, policy: str, n: int, seed: int, base_
     spec, lc = get_game_spec(game), cfg.loop
     opponents_for = None
     if lc.league.pool:  # the learner is adapter iter-(k-1) (league play serves LoRA adapters: never merged)
-        k = 1 + (0 if policy == "base" else int(policy.removeprefix("iter-")))
+        k = 1 + policy_version(policy)
         seats = make_game(game).info.num_players - 1
 
         def opponents_for(s: int) -> list[str]:
@@ -168,6 +177,132 @@ def learner_for(cfg: LoopConfig) -> Callable[[Episode, int], bool]:
     return lambda ep, seat: ep.game == MYSTERY or seat == policy_seat_of(ep)
 
 
+# ---- where each iteration's episodes come from: alternating, or overlapping the update ---------------------------
+
+class Prefetch:
+    """One rollout in a background thread (loop.async_rollout): `play(buffer, stop)` runs there while the trainer
+    updates, its episodes kept in `buffer` as they finish instead of written to the store. `join` waits for it,
+    re-raises its error and says how long it made the loop wait; `stop` (set when the run ends) keeps it from
+    restarting the servers."""
+
+    def __init__(self, play: Callable[[list[Episode], threading.Event], Any], k: int):
+        self.k, self.stop = k, threading.Event()
+        self.buffer: list[Episode] = []
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.started = self.finished = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, args=(play,), name=f"rollout-{k}", daemon=True)
+        self.thread.start()
+
+    def _run(self, play: Callable[[list[Episode], threading.Event], Any]) -> None:
+        try:
+            self.result = play(self.buffer, self.stop)
+        except BaseException as e:  # noqa: BLE001  handed to the loop's thread by join
+            self.error = e
+        finally:
+            self.finished = time.perf_counter()
+
+    def join(self) -> dict[str, float]:
+        """Wait for the rollout. rollout_wait_s: how long the loop waited for it after the update; overlap_s: how
+        much of it ran beside the update (its rollout time hidden)."""
+        t0 = time.perf_counter()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return {"rollout_wait_s": time.perf_counter() - t0, "overlap_s": min(t0, self.finished) - self.started}
+
+
+class Rollouts:
+    """Where each iteration's episodes come from (rank 0). Strictly alternating, the default: iteration k's games
+    are played when its turn comes, with policy iter-(k-1), each episode written to the store as it finishes. With
+    loop.async_rollout, iteration k+1's games are played in the background (a `Prefetch`) while iteration k updates,
+    with the policy on the servers then, iter-(k-1), one version stale; iter-k is installed only once they are done
+    (a policy merged into the served weights would change under running games), and their episodes stay in memory
+    until iteration k has committed (its commit records the episode log's length), then are written. A kill loses
+    them: the resume plays that iteration again, synchronously, with the then-current policy."""
+
+    def __init__(self, rollout: Rollout, lc: LoopConfig, store: RunStore, policies: PolicyServer, progress: bool):
+        self.rollout, self.lc, self.store, self.policies, self.progress = rollout, lc, store, policies, progress
+        self.ahead: Prefetch | None = None  # the rollout overlapping the update, until iteration k+1 takes it
+        self.rollout_s = 0.0  # the rollout of the episodes taken last: its wall time
+        self.pool_stats: PoolStats | None = None  # and its games per endpoint
+
+    def take(self, k: int) -> list[Episode]:
+        """Iteration k's episodes: those played during the last update (written to the store now: iteration k-1
+        has committed), or else played now with policy iter-(k-1)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead.k == k:
+            for ep in ahead.buffer:
+                self.store.append_episode(ep)
+            (episodes, self.pool_stats), self.rollout_s = ahead.result, ahead.finished - ahead.started
+            return episodes
+        t0 = time.perf_counter()
+        episodes, self.pool_stats = self._play(k, k - 1, self.store.append_episode, self.store.rollback, None)
+        self.rollout_s = time.perf_counter() - t0
+        return episodes
+
+    def overlap(self, k: int) -> None:
+        """Iteration k's update begins. With async_rollout, before the last iteration: iteration k+1's games start
+        in the background with the policy on the servers, iter-(k-1); else the engine sleeps through the update
+        (when it shares the GPU)."""
+        if self.lc.async_rollout and k < self.lc.iterations:
+            self.ahead = Prefetch(lambda buffer, stop: self._play(k + 1, k - 1, buffer.append, buffer.clear, stop),
+                                  k + 1)
+        else:
+            self.policies.serving.sleep()
+
+    def ready(self) -> dict[str, float]:
+        """The servers free for iter-k: the rollout that overlapped the update finished (its timings), or the
+        engine awake again."""
+        if self.ahead is not None:
+            return self.ahead.join()
+        self.policies.serving.wake()
+        return {"rollout_wait_s": 0.0, "overlap_s": 0.0} if self.lc.async_rollout else {}
+
+    def close(self) -> None:
+        """The run ends (or fails): a rollout still in flight may no longer restart the servers; its episodes,
+        never written, are dropped."""
+        if self.ahead is not None:
+            self.ahead.stop.set()
+
+    def _play(self, k: int, j: int, write: Callable[[Episode], None], drop: Callable[[], Any],
+              stop: threading.Event | None) -> tuple[list[Episode], PoolStats | None]:
+        episodes = _rollout_with_retries(self.rollout, self.lc, self.policies, k, j, write, drop, self.progress, stop)
+        pool = self.policies.serving.pool
+        return episodes, pool.stats if pool is not None else None
+
+
+class BehaviourWeights:
+    """The LoRA weights of the recent policies, so that a stale episode's old log-probs (the importance ratio's
+    denominator) are those of the adapter that sampled it (loop.async_rollout: iteration k's games are played by
+    iter-(k-2) while iter-(k-1) trains). Kept in memory: the trainer's after each update, the newest
+    max_staleness + 1; one not kept (iter-j, a resumed run's) is read from its adapter in the store."""
+
+    def __init__(self, trainer: LoRATrainer, store: RunStore, done: int, keep: int):
+        self.trainer, self.store, self.keep = trainer, store, keep
+        self.saved: dict[int, dict[str, torch.Tensor]] = {}
+        self.record(done)  # the trainer's weights now: iter-done's (at 0 the starting ones, LoRA's B zero: base)
+
+    def record(self, k: int) -> None:
+        """The trainer's weights are policy iter-k's (after iteration k's update)."""
+        self.saved[k] = self.trainer.lora_snapshot()
+        for j in [j for j in self.saved if j < k - self.keep]:
+            del self.saved[j]
+
+    def of(self, episodes: list[Episode]) -> dict[str, dict[str, torch.Tensor]]:
+        """The weights of each older policy that sampled some of `episodes` (behaviour_policy of those with a
+        staleness above 0), by its name, which build_batch puts in Sample.behaviour."""
+        stale = {ep.metrics["behaviour_policy"] for ep in episodes if ep.metrics.get("staleness", 0) > 0}
+        return {name: self.weights(name) for name in sorted(stale)}
+
+    def weights(self, name: str) -> dict[str, torch.Tensor]:
+        j = policy_version(name)
+        if j not in self.saved:
+            self.saved[j] = self.trainer.read_lora_weights(self.store.adapter_dir(j)) if j else \
+                {n: torch.zeros_like(p) for n, p in self.trainer.lora_snapshot().items()}  # base: no LoRA delta
+        return self.saved[j]
+
+
 # ---- metrics ------------------------------------------------------------------------------------------------
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -180,10 +315,13 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 # ---- one update -------------------------------------------------------------------------------------------------
 
 def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iteration: int,
-           adv_state: dict[str, Any]) -> dict[str, float]:
+           adv_state: dict[str, Any], behaviour: BehaviourWeights | None = None) -> dict[str, float]:
     """Advantages (estimator `algo`, loss `loss`) or per-act labels (a loss without advantages, such as maro) for
-    the batch, then one trainer update through the loss's objective. Returns its metrics."""
+    the batch, then one trainer update through the loss's objective. Returns its metrics. `behaviour`
+    (loop.async_rollout): the weights of the older policies that sampled stale episodes, for the objective's old
+    log-probs (Targets.behaviour); the trainer's weights after the update are recorded in it as iter-k."""
     lc, tc = cfg.loop, cfg.trainer
+    stale = behaviour.of(episodes) if behaviour is not None else None
     learner = learner_for(lc)
     loss_name = lc.loss if lc.algo in advantage_names() else lc.algo
     objective_cls = get_loss(loss_name)
@@ -194,13 +332,15 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
         labels = get_labels(objective.labels)(episodes, learner, objective.config, rng)
         batch = build_batch(episodes, lambda i, j: (i, j) in labels, pack=tc.pack, max_seq_len=tc.max_seq_len)
         # mismatched pairs are drawn per mini-batch, from these episodes with this rng
-        targets = Targets(labels=[labels[(a.episode, a.turn)] for a in batch.acts], episodes=episodes, rng=rng)
+        targets = Targets(labels=[labels[(a.episode, a.turn)] for a in batch.acts], episodes=episodes, rng=rng,
+                          behaviour=stale)
     else:
         adv = get_advantage(lc.algo)(episodes, learner, cfg.advantage, adv_state)
         batch = build_batch(episodes, lambda i, j: adv[i][j] is not None, pack=tc.pack, max_seq_len=tc.max_seq_len)
         values = [float(adv[a.episode][a.turn] or 0.0) for a in batch.acts]  # build_batch kept only the non-None
-        targets = Targets(advantages=values)
+        targets = Targets(advantages=values, behaviour=stale)
         stats["adv_mean"], stats["adv_std"] = _mean_std(values)
+    stats["stale_samples"] = float(sum(s.behaviour in (stale or {}) for s in batch.samples))
     if batch.dropped:  # counted in the metrics too: never a silent loss of training data
         log.warning("iteration %d: %d turn(s) longer than trainer.max_seq_len=%d tokens left out of the update; "
                     "raise trainer.max_seq_len (MARSHAL: 32768) to train them", iteration, batch.dropped,
@@ -214,6 +354,8 @@ def update(trainer: LoRATrainer, cfg: RunConfig, episodes: list[Episode], iterat
         log.warning("iteration %d: MARO update skipped: %s", iteration, e)
         stats.update({"trained_tokens": 0.0, "trained_acts": 0.0, "skipped_update": 1.0})
     stats["dropped_acts"] = float(batch.dropped)
+    if behaviour is not None:
+        behaviour.record(iteration)
     return stats
 
 
@@ -226,46 +368,50 @@ def run_training(cfg: RunConfig, out: str | Path, *, resume: bool = False, resum
     VLLMServer, restarted after a crash only when `owned`); by default those of cfg.loop.base_url, or one started
     from cfg.server. `rollout` replaces the default rollout (tests). Under `torchrun` / `accelerate launch`
     (training/distributed.py) rank 0 does everything; the other ranks receive each iteration's episodes and join
-    the update (gradients summed); only rank 0 writes to the run directory (on a filesystem every node reads)."""
+    the update (gradients summed); only rank 0 writes to the run directory (on a filesystem every node reads).
+    With loop.async_rollout each update overlaps the next iteration's rollout (`Rollouts`)."""
     dist = init_distributed(cfg.distributed)  # a single process without a launcher
     cfg, store, done = _open_run(cfg, out, resume, resume_from, dist)
     lc, model_path = cfg.loop, resolve(cfg.loop.model)
     policies = _policy_server(cfg, store, model_path, server) if dist.is_main else None
-    runlog = None
+    runlog = rollouts = None
     try:
         trainer = LoRATrainer(model_path, cfg.trainer, seed=lc.seed, temperature=cfg.sampling.temperature,
                               adapter_path=store.adapter_dir(done) if done else None, total_iterations=lc.iterations,
                               roles=run_roles(cfg))
         adv_state = _restore(store, trainer, done)
+        behaviour = BehaviourWeights(trainer, store, done, lc.max_staleness) if lc.async_rollout else None
         if policies is not None:
-            rollout = rollout or default_rollout(cfg, policies.serving.base_url, policies.serving.pool)
+            rollouts = Rollouts(rollout or default_rollout(cfg, policies.serving.base_url, policies.serving.pool),
+                                lc, store, policies, progress)
             runlog = RunLog(store, cfg, done, progress)
             if done:
                 policies.install(done)
             evaluate(cfg, store, trainer, policies, done, "before")
         for k in range(done + 1, lc.iterations + 1):
-            # 1. rollout with the current policy (retried after a server crash); rank 0 plays, the others receive
-            t0 = time.perf_counter()
-            played = _rollout_with_retries(rollout, lc, store, policies, k, progress) if policies and rollout else []
-            episodes = dist.broadcast_object(played)
-            rollout_s = time.perf_counter() - t0
+            # 1. iteration k's episodes: played now with the current policy (retried after a server crash), or
+            #    (loop.async_rollout) those played during the last update; rank 0 plays, the others receive
+            episodes = dist.broadcast_object(rollouts.take(k) if rollouts is not None else [])
 
-            # 2-3. advantages / labels and the update (the engine sleeps meanwhile when it shares the GPU)
-            if policies is not None:
-                policies.serving.sleep()
+            # 2-3. advantages / labels and the update; meanwhile the next iteration's games are played (async), or
+            #      else the engine sleeps when it shares the GPU
+            if rollouts is not None:
+                rollouts.overlap(k)
             t1 = time.perf_counter()
-            stats = update(trainer, cfg, episodes, k, adv_state)  # metrics already summed over the ranks
-            stats.update(rollout_s=rollout_s, update_s=time.perf_counter() - t1)
+            stats = update(trainer, cfg, episodes, k, adv_state, behaviour)  # metrics already summed over the ranks
+            stats["update_s"] = time.perf_counter() - t1
             if dist.is_main and lc.eval_exact_every and k % lc.eval_exact_every == 0:
                 stats.update(track_exact(cfg, store, trainer, k))
 
-            # 4-5. save iter-k, put it on the server and verify it there, log and commit
-            if policies is not None and runlog is not None:
-                _commit(k, episodes, trainer, adv_state, stats, store, policies, runlog)
+            # 4-5. save iter-k, put it on the server (once no game runs there) and verify it there, log and commit
+            if rollouts is not None and runlog is not None:
+                _commit(k, episodes, trainer, adv_state, stats, rollouts, runlog)
             dist.barrier()
         if policies is not None:
             evaluate(cfg, store, trainer, policies, store.completed_iterations(), "after")
     finally:
+        if rollouts is not None:
+            rollouts.close()  # first: a rollout still in flight must not restart the servers stopped below
         if runlog is not None:
             runlog.close()
         if policies is not None:
@@ -285,15 +431,17 @@ def _policy_server(cfg: RunConfig, store: RunStore, model_path: str, server: Any
 
 
 def _commit(k: int, episodes: list[Episode], trainer: LoRATrainer, adv_state: dict[str, Any],
-            stats: dict[str, float], store: RunStore, policies: PolicyServer, runlog: RunLog) -> None:
-    """Iteration k's end: adapter iter-k with the optimizer and RNG state saved, installed on the servers and
-    verified there, the metrics committed and logged."""
+            stats: dict[str, float], rollouts: Rollouts, runlog: RunLog) -> None:
+    """Iteration k's end: adapter iter-k with the optimizer and RNG state saved; the servers free (the rollout that
+    overlapped the update finished, or the engine awake); iter-k installed on them and verified there, the metrics
+    committed and logged."""
+    store, policies = rollouts.store, rollouts.policies
     store.save_iteration(k, trainer, {"advantage_state": adv_state})
-    policies.serving.wake()
+    stats.update(rollouts.ready(), rollout_s=rollouts.rollout_s)
     t0 = time.perf_counter()
     check = policies.install(k)
     stats["install_s"] = time.perf_counter() - t0
-    metrics = iteration_metrics(k, episodes, trainer, stats, check, policies.serving.pool)
+    metrics = iteration_metrics(k, episodes, trainer, stats, check, rollouts.pool_stats)
     store.commit(k, len(episodes), metrics)
     runlog.log(metrics, k)
 
@@ -306,9 +454,15 @@ def _open_run(cfg: RunConfig, out: str | Path, resume: bool, resume_from: int | 
     store = RunStore(out)
     if resume:
         cfg = resumed(RunConfig.from_dict(store.read_config()), cfg)
-        done = int(dist.broadcast_object(store.resume(resume_from)["iteration"] if dist.is_main else 0))
     else:
         cfg.validate()
+    if cfg.loop.async_rollout and dist.enabled:  # the one check that needs the launch, not just the config
+        raise ConfigError(f"loop.async_rollout: not supported with several trainer processes yet ({dist.world_size} "
+                          "here: rank 0 would play the next games beside the update's collectives, a schedule no "
+                          "test covers); run one process, or turn async_rollout off")
+    if resume:
+        done = int(dist.broadcast_object(store.resume(resume_from)["iteration"] if dist.is_main else 0))
+    else:
         if dist.is_main:
             store.create(cfg.to_dict(), trainer_dtype=str(resolve_dtype(cfg.trainer.dtype)).removeprefix("torch."))
         done = 0
@@ -356,16 +510,19 @@ def track_exact(cfg: RunConfig, store: RunStore, trainer: LoRATrainer, k: int) -
 
 
 def iteration_metrics(k: int, episodes: list[Episode], trainer: LoRATrainer, stats: dict[str, float],
-                      check: dict[str, Any] | None, pool: EndpointPool | None) -> dict[str, Any]:
-    """What iteration k commits: its episodes' metrics, the update's, the timings, the verification's gaps and,
-    over several endpoints, the games each played."""
+                      check: dict[str, Any] | None, pool_stats: PoolStats | None) -> dict[str, Any]:
+    """What iteration k commits: its episodes' metrics and how stale their policy was (staleness_mean: versions
+    behind iter-(k-1), loop.async_rollout), the update's, the timings, the verification's gaps and, over several
+    endpoints, the games each played in the rollout of these episodes (`pool_stats`)."""
+    staleness = [float(ep.metrics.get("staleness", 0)) for ep in episodes]
     metrics: dict[str, Any] = {"iteration": k, "policy": adapter_name(k - 1), "episodes": len(episodes),
                                "trainer_dtype": str(trainer.dtype).removeprefix("torch."),
+                               "staleness_mean": _mean_std(staleness)[0],
                                **episode_metrics(episodes), **league_metrics(episodes), **stats}
     metrics.update({f"verify/{a}": float(b) for a, b in (check or {}).items() if isinstance(b, (int, float))})
-    if pool is not None:
-        metrics.update({f"endpoint_games/{u}": float(c) for u, c in pool.stats.per_endpoint.items()})
-        metrics["games_moved"] = float(pool.stats.moved)
+    if pool_stats is not None:
+        metrics.update({f"endpoint_games/{u}": float(c) for u, c in pool_stats.per_endpoint.items()})
+        metrics["games_moved"] = float(pool_stats.moved)
     return metrics
 
 
@@ -395,45 +552,49 @@ class RunLog:
             self.trackers.close()
 
 
-def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, store: RunStore, policies: PolicyServer, k: int,
-                          progress: bool) -> list[Episode]:
-    """All games of iteration k. Episodes are appended to the store as they finish (uncommitted until the
-    iteration commits). If the server died, the partial rollout is dropped, the server restarted (when the run
-    may) with the current adapter, and the rollout tried again, at most lc.rollout_retries times."""
+def _rollout_with_retries(rollout: Rollout, lc: LoopConfig, policies: PolicyServer, k: int, j: int,
+                          write: Callable[[Episode], None], drop: Callable[[], Any], progress: bool,
+                          stop: threading.Event | None = None) -> list[Episode]:
+    """All games of iteration k, played with policy iter-j (k - 1; k - 2 for a rollout that overlaps the update,
+    loop.async_rollout). Each episode goes to `write` as it finishes: the store (uncommitted until the iteration
+    commits), or a prefetch's buffer. If the server died, what was written is dropped (`drop`), the server restarted
+    (when the run may) with policy iter-j, and the rollout tried again, at most lc.rollout_retries times; never once
+    `stop` is set (the run is ending and stops its servers)."""
     serving = policies.serving
     if serving.pool is not None:
-        serving.pool.stats = PoolStats()  # games per endpoint, this iteration
+        serving.pool.stats = PoolStats()  # games per endpoint, this rollout
     for attempt in range(lc.rollout_retries + 1):
         try:
             policies.ensure(policies_in_play(lc.league, k))
-            return asyncio.run(_rollout_all(rollout, lc, store, policies.served(k - 1), adapter_name(k - 1), k,
-                                            progress))
+            return asyncio.run(_rollout_all(rollout, lc, write, policies.served(j), j, k, progress))
         except Exception as e:  # noqa: BLE001  only a dead server is retried; anything else is re-raised below
-            if serving.alive() or attempt == lc.rollout_retries:
+            if serving.alive() or attempt == lc.rollout_retries or (stop is not None and stop.is_set()):
                 raise
             if not serving.can_restart:
                 raise RuntimeError(f"the vLLM server at {serving.base_url} went down during iteration {k} and this "
                                    "run did not start it; restart it and pass --resume") from e
             log.warning("vLLM server died during iteration %d (%r); restarting and retrying the iteration", k, e)
-            store.rollback()
+            drop()
             policies.restart()
-            if k > 1:
-                policies.install(k - 1)
+            if j:
+                policies.install(j)
     raise AssertionError("unreachable")
 
 
-async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, served: str, policy: str, k: int,
-                       progress: bool) -> list[Episode]:
-    """`served` is the model name that samples `policy` (`base` when the policy is merged into the weights); turns
-    it sampled are recorded as sampled by `policy`."""
+async def _rollout_all(rollout: Rollout, lc: LoopConfig, write: Callable[[Episode], None], served: str, j: int,
+                       k: int, progress: bool) -> list[Episode]:
+    """Iteration k's games with policy iter-j. `served` is the model name that samples it (`base` when the policy is
+    merged into the weights); turns it sampled are recorded as sampled by iter-j, and each episode records it as its
+    behaviour_policy with its staleness (versions behind iter-(k-1), the policy iteration k trains)."""
     from rich.progress import Progress
 
-    per_game = episodes_per_game(lc)
+    policy, per_game = adapter_name(j), episodes_per_game(lc)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"iteration {k}: rollout with {policy}", total=sum(per_game.values()))
 
         def on_episode(ep: Episode) -> None:
             ep.iteration = k
+            ep.metrics.update(behaviour_policy=policy, staleness=k - 1 - j)
             for t in ep.turns:
                 if t.adapter == served:
                     t.adapter = policy
@@ -441,7 +602,7 @@ async def _rollout_all(rollout: Rollout, lc: LoopConfig, store: RunStore, served
                 if seat.agent == f"llm:{served}":
                     seat.agent = f"llm:{policy}"
             faults.point("rollout.episode")
-            store.append_episode(ep)
+            write(ep)
             bar.advance(task)
 
         episodes: list[Episode] = []

@@ -32,6 +32,18 @@ class PPOConfig:
                               "uses the log-probs the server reported when sampling (vLLM reports the untempered "
                               "distribution, so it needs sampling.temperature 1).",
                               "choices": ("trainer", "endpoint")})
+    reference: str = field(default="trainer", metadata={"help": "Where the KL's reference log-probs come from: "
+                           "'trainer' (a no-grad pass of the base model, the adapter disabled) or 'endpoint' (vLLM's "
+                           "prompt log-probs from a server that serves the unmodified base model as "
+                           "ppo.reference_model at ppo.reference_url, e.g. an idle inference server on other cores "
+                           "or GPUs: one pass fewer in the update). vLLM reports untempered log-probs, so 'endpoint' "
+                           "needs trainer.temper_logprobs off or sampling.temperature 1.",
+                           "choices": ("trainer", "endpoint")})
+    reference_url: str = field(default="", metadata={"help": "With reference 'endpoint': the server's base URL "
+                               "(http://HOST:PORT/v1). Not the run's own server when the policy is merged into its "
+                               "weights (its base is then the policy)."})
+    reference_model: str = field(default="base", metadata={"help": "With reference 'endpoint': the served name "
+                                 "of the unmodified base model."})
     entropy_coef: float = field(default=0.0, metadata={"help": "Weight of an entropy bonus: the loss gets "
                                 "-entropy_coef x the policy's entropy at each trained token, aggregated as the token "
                                 "losses are (MARSHAL's entropy_loss_coef: 0 in self-play, 0.01 against the fixed "

@@ -15,6 +15,7 @@ estimator (`loop.loss`); `labels = "NAME"` trains on the per-act labels of the l
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from stratagem.training.losses import (
     mismatched_pairs,
     ppo_token_loss,
 )
+from stratagem.training.reference import endpoint_logprobs
 from stratagem.training.samples import Batch, Sample, mismatched_samples
 
 
@@ -43,13 +45,17 @@ from stratagem.training.samples import Batch, Sample, mismatched_samples
 class Targets:
     """What an update trains toward, per act of the batch (`batch.acts` order): `advantages` (an estimator's), or
     `labels` (desirable or not) with the `episodes` and `rng` a loss needs to draw pairs from, or fixed `mismatched`
-    samples (tests, benchmarks)."""
+    samples (tests, benchmarks). `behaviour`: the LoRA weights (LoRATrainer.lora_snapshot) of the older policies
+    that sampled some of the batch (loop.async_rollout), by policy name: a sample whose `behaviour` names one of them
+    is stale, and its old log-probs are that policy's; every other sample was sampled by the trainer's current
+    weights."""
 
     advantages: list[float] | None = None
     labels: list[bool] | None = None
     episodes: list[Episode] | None = None
     rng: random.Random | None = None
     mismatched: list[Sample] | None = None
+    behaviour: dict[str, dict[str, torch.Tensor]] | None = None
 
 
 # label producers by name: (episodes, learner, the loss's config section, rng) -> {(episode, turn): desirable}
@@ -144,16 +150,15 @@ class ClippedPolicyLoss(Objective):
         if targets.advantages is None:
             raise ValueError("the ppo loss trains on per-act advantages: Targets.advantages is None")
         state: dict[str, Any] = {"adv": list(targets.advantages), "w": aggregation_weights(cfg.aggregation, batch.acts),
-                                 "ref": trainer.score(samples, reference=True, groups=groups) if want_ref else None}
+                                 "ref": reference_logprobs(trainer, samples, groups, cfg) if want_ref else None}
         t1 = time.perf_counter()
         state["endpoint"] = [torch.tensor(s.old_logprobs, dtype=torch.float32) for s in samples]
+        behaviour = targets.behaviour or {}
+        state["stale"] = {i for i, s in enumerate(samples) if s.behaviour in behaviour}
         if cfg.old_logprobs == "trainer":
-            # the first step's old log-probs are its own policy's (the weights have not moved yet): they are taken
-            # from that step's forward (loss, first_step) instead of a pass of their own
-            scored = trainer.score(samples, groups=groups[1:])
-            state["old"] = [lp.float().cpu() if lp is not None else None for lp in scored]
+            state["old"] = behaviour_logprobs(trainer, samples, groups, behaviour)
         else:
-            state["old"] = state["endpoint"]
+            state["old"] = state["endpoint"]  # the server's sampling log-probs: the behaviour policy's already
         state["pass_s"] = {"ref_s": t1 - t0, "old_s": time.perf_counter() - t1}
         state["temperature"] = trainer.temperature
         return state
@@ -180,10 +185,12 @@ class ClippedPolicyLoss(Objective):
                 "ratio_sum": float(st["ratio"].sum())}
         if ent is not None:
             sums["entropy_sum"] = float(ent.detach().sum())
-        if first_step:
-            sums["first_step_tokens"] = float(len(logp))
-            sums["first_step_outside"] = float(st["clipped"].sum())
-            sums["first_step_abs_log_ratio"] = float((logp.detach().float() - old.float()).abs().sum())
+        if first_step:  # over the current policy's samples (a stale one's ratio starts away from 1)
+            cur = torch.tensor([i not in state.get("stale", ()) for i in mb for _ in samples[i].positions], device=dev,
+                               dtype=torch.bool)
+            sums["first_step_tokens"] = float(cur.sum())
+            sums["first_step_outside"] = float(st["clipped"][cur].sum())
+            sums["first_step_abs_log_ratio"] = float((logp.detach().float() - old.float())[cur].abs().sum())
         if "kl" in st:
             sums["kl_sum"] = float(st["kl"].sum())
         return loss, sums
@@ -209,6 +216,36 @@ class ClippedPolicyLoss(Objective):
                 out["endpoint_clip_frac"] = float(outside.float().mean())
         out.update(state.get("pass_s", {}))
         return out
+
+
+def reference_logprobs(trainer: Any, samples: list[Sample], groups: list[list[int]],
+                       cfg: PPOConfig) -> list[torch.Tensor]:
+    """The reference policy's log-probs at the trained tokens: the trainer's base model in the update's mini-batches,
+    or (ppo.reference endpoint) vLLM's prompt log-probs from a server of the base model."""
+    if cfg.reference == "endpoint":
+        return endpoint_logprobs(samples, cfg.reference_url, cfg.reference_model)
+    return trainer.score(samples, reference=True, groups=groups)
+
+
+def behaviour_logprobs(trainer: Any, samples: list[Sample], groups: list[list[int]],
+                       behaviour: dict[str, dict[str, torch.Tensor]]) -> list[torch.Tensor | None]:
+    """Old log-probs scored by the trainer in the update's mini-batches `groups`: each sample's under the policy that
+    sampled it. A stale sample (its `behaviour` a key of `behaviour`: loop.async_rollout) is scored under that
+    policy's LoRA weights, in every mini-batch; one of the current policy in the mini-batches after the first only:
+    the first step's old log-probs are its own policy's (the weights have not moved yet), taken from that step's
+    forward (loss, first_step) instead of a pass of their own, so they are None here."""
+    old: list[torch.Tensor | None] = [None] * len(samples)
+    passes: list[tuple[dict[str, torch.Tensor] | None, list[list[int]]]] = \
+        [(None, [[i for i in g if samples[i].behaviour not in behaviour] for g in groups[1:]])]
+    for name in sorted({s.behaviour for s in samples if s.behaviour in behaviour}):
+        passes.append((behaviour[name], [[i for i in g if samples[i].behaviour == name] for g in groups]))
+    for weights, parts in passes:
+        with trainer.lora_weights(weights) if weights is not None else contextlib.nullcontext():
+            scored = trainer.score(samples, groups=[g for g in parts if g])
+        for i, lp in enumerate(scored):
+            if lp is not None:
+                old[i] = lp.float().cpu()
+    return old
 
 
 @register_loss("maro")

@@ -37,15 +37,19 @@ MYSTERY = "mystery"
 # tokens of '</think><answer>', the longest built-in action and '</answer>', as the default model tokenizes them
 THINK_ANSWER_TAGS = 32
 log = logging.getLogger(__name__)
-# what a resume may change: the run may be extended, or continue on another server; every other field is the run's
-RESUMABLE = ("loop.iterations", "loop.base_url")
+# what a resume may change: the run may be extended, continue on another server, or overlap its rollouts with its
+# updates or stop doing so (the episodes record the policy that sampled them); every other field is the run's
+RESUMABLE = ("loop.iterations", "loop.base_url", "loop.async_rollout", "loop.max_staleness")
 
 
 def resumed(saved: RunConfig, given: RunConfig) -> RunConfig:
-    """The config a resume continues with: `saved` (the run's own), with `given`'s values of the RESUMABLE fields."""
+    """The config a resume continues with: `saved` (the run's own), with `given`'s values of the RESUMABLE fields,
+    checked again as a whole (a combination the run's own config did not have, such as async_rollout with
+    per-role adapters, is refused)."""
     for path in RESUMABLE:
         section, name = path.split(".")
         setattr(getattr(saved, section), name, getattr(getattr(given, section), name))
+    saved.validate()
     return saved
 
 
@@ -119,6 +123,22 @@ class LoopConfig:
                                 "adapter opponents and no mystery, whose judge is the base model); 'auto': merged "
                                 "where allowed and serving runs on the CPU, else lora (a GPU serves LoRA fast). "
                                 "Either way the server's copy is verified.", "choices": ("auto", "lora", "merged")})
+    async_rollout: bool = field(default=False, metadata={"help": "Overlap each update with the next rollout: while "
+                                "the trainer updates iteration k, the servers already play iteration k+1's games "
+                                "with the newest policy installed (iter-(k-1)), at most max_staleness versions "
+                                "behind the policy trained on them (episode metrics behaviour_policy and staleness). "
+                                "The importance ratio's denominator stays the sampling policy's log-prob: "
+                                "ppo.old_logprobs trainer scores a stale episode's turns under the LoRA weights of "
+                                "the adapter that sampled them. The servers do not sleep during the update; iter-k "
+                                "is installed once those games are done, and their episodes are written after "
+                                "iteration k commits, so a kill loses them: the resume plays that iteration again, "
+                                "synchronously, with the then-current policy. Off: rollout and update alternate. "
+                                "Not with several trainer processes, trainer.adapters per_role, league play or "
+                                "server.sleep_mode on."})
+    max_staleness: int = field(default=1, metadata={"help": "With async_rollout: how many policy versions the "
+                               "sampling policy may lag the one being trained. 1 (the only depth built so far): one "
+                               "background rollout in flight, iteration k+1's games sampled by iter-(k-1).",
+                               "min": 1, "max": 1})
 
 
 @dataclass
@@ -185,6 +205,14 @@ class RunConfig:
             raise ConfigError("ppo.old_logprobs: 'endpoint' needs sampling.temperature 1 (the server reports "
                               f"log-probs of the untempered distribution), got {self.sampling.temperature}; use "
                               "'trainer'")
+        if self.ppo.reference == "endpoint":
+            if not self.ppo.reference_url:
+                raise ConfigError("ppo.reference_url: 'endpoint' reference log-probs need the URL of a server of the "
+                                  "unmodified base model (http://HOST:PORT/v1)")
+            if self.trainer.temper_logprobs and self.sampling.temperature != 1.0:
+                raise ConfigError("ppo.reference: 'endpoint' gives untempered log-probs (vLLM's prompt log-probs), "
+                                  f"but the trainer scores at sampling.temperature {self.sampling.temperature}; set "
+                                  "trainer.temper_logprobs false (as MARSHAL does) or use 'trainer'")
 
         names = tuple(dict.fromkeys(game_names() + (MYSTERY,)))
         for i, g in enumerate(lc.games):
@@ -282,6 +310,19 @@ class RunConfig:
             merged_policy(lc, can_reload=True, on_cpu=True, per_role=self.trainer.adapters == "per_role")
         except ValueError as e:
             raise ConfigError(f"loop.policy_weights: {e}") from None
+        if lc.async_rollout:
+            if self.trainer.adapters == "per_role":
+                raise ConfigError("loop.async_rollout: not with trainer.adapters per_role (each role's adapter "
+                                  "would need its own stale weights and served names); use one shared adapter or "
+                                  "turn async_rollout off")
+            if lc.league.pool:
+                raise ConfigError("loop.async_rollout: not with league play (loop.league.pool): its opponents are "
+                                  "drawn for the iteration the learner's policy belongs to, which a stale policy "
+                                  "would shift by one; turn one of them off")
+            if self.server.sleep_mode == "on":
+                raise ConfigError("loop.async_rollout: the servers play the next games during the update, so "
+                                  "server.sleep_mode on (the engine asleep during the update) cannot hold; use "
+                                  "sleep_mode auto or off")
         if self.trainer.adapters == "per_role":
             if lc.opponents or lc.league.pool:
                 raise ConfigError("trainer.adapters: per_role trains each role's adapter on its own seats in "

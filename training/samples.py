@@ -41,13 +41,16 @@ class Sample:
     """One sequence. `positions[i]` is the index in `input_ids` of the i-th trained (response) token; its
     log-prob comes from the logits at positions[i] - 1. `acts[i]` indexes Batch.acts; `old_logprobs[i]` is the
     sampling log-prob recorded at rollout (nan when the endpoint gave none). `role`: the adapter role of its turns
-    (`adapter_role`), which trains it under trainer.adapters per_role."""
+    (`adapter_role`), which trains it under trainer.adapters per_role. `behaviour`: the policy that sampled its turns
+    (their `Turn.adapter`: base, iter-k; one seat of one episode, so one policy), whose log-probs are the importance
+    ratio's denominator (older than the trained one under loop.async_rollout)."""
 
     input_ids: list[int]
     positions: list[int] = field(default_factory=list)
     acts: list[int] = field(default_factory=list)
     old_logprobs: list[float] = field(default_factory=list)
     role: str = ""
+    behaviour: str = ""
 
 
 @dataclass
@@ -102,8 +105,9 @@ def build_batch(episodes: list[Episode], selected: Callable[[int, int], bool], *
                 max_seq_len: int | None = None) -> Batch:
     """Collect the turns `selected(episode_index, turn_index)` that carry token ids into sequences.
 
-    With `pack`, consecutive trained turns of one seat share a sequence while each extends the previous one
-    (and the sequence stays within max_seq_len); a single turn longer than max_seq_len is dropped and counted."""
+    With `pack`, consecutive trained turns of one seat share a sequence while each extends the previous one and was
+    sampled by the same policy (a sequence has one `behaviour`), and the sequence stays within max_seq_len; a single
+    turn longer than max_seq_len is dropped and counted."""
     acts: list[Act] = []
     samples: list[Sample] = []
     dropped = 0
@@ -118,7 +122,7 @@ def build_batch(episodes: list[Episode], selected: Callable[[int, int], bool], *
                 if max_seq_len is not None and length > max_seq_len:
                     dropped += 1
                     continue
-                if chain and not (pack and _extends(chain[-1][1], t)):
+                if chain and not (pack and _extends(chain[-1][1], t) and t.adapter == chain[-1][1].adapter):
                     samples.append(_sample(chain, acts, i, ep))
                     chain = []
                 chain.append((j, t))
@@ -129,7 +133,8 @@ def build_batch(episodes: list[Episode], selected: Callable[[int, int], bool], *
 
 def _sample(chain: list[tuple[int, Turn]], acts: list[Act], i: int, ep: Episode) -> Sample:
     last_prompt, last_completion = _ids(chain[-1][1])
-    s = Sample(input_ids=list(last_prompt) + list(last_completion), role=adapter_role(chain[-1][1]))
+    s = Sample(input_ids=list(last_prompt) + list(last_completion), role=adapter_role(chain[-1][1]),
+               behaviour=chain[-1][1].adapter or "")
     for j, t in chain:
         a = len(acts)
         prompt_ids, completion_ids = _ids(t)
