@@ -3,8 +3,8 @@
 the whole tree's cost extrapolated from it (`FULL_TREE_POINTS`: 294,778 decision points, one per move sequence,
 each prompt extending its parent's). Prints one JSON object.
 
-The trainer scorer (the model loaded here) walks the points in token order, each continuing from the cached start
-it shares with the one before: that is the prefix reuse the tree allows. `--vllm-points N` also scores the first N
+The trainer scorer (the model loaded here) scores all the points as token trees (`TrainerScorer.score_all`: each
+start that prompts share computed once, a few large forwards): that is the prefix reuse the tree allows. `--vllm-points N` also scores the first N
 tic-tac-toe points (and Kuhn) through a vLLM server started here, one request per legal action as
 `eval exact --source vllm` sends them.
 

@@ -46,7 +46,7 @@ def token_counts(tr, samples: list) -> dict:
     """`computed_tokens`: what one pass's forwards run, padding included (the tree layout: each micro-batch's tree
     of tokens; the opening layout: each micro-batch's shared opening once, then every row padded to the longest);
     `trie_tokens`: the floor, the whole batch's sequences as one tree of tokens (every common prefix once)."""
-    from stratagem.training.trainer import token_tree
+    from stratagem.token_tree import token_tree
 
     computed = 0
     for group in tr.mini_batches(len(samples)):

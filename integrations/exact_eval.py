@@ -72,7 +72,8 @@ class ExactEvalConfig:
     source: str = field(default="vllm", metadata={"help": "Where the log-probs come from: 'vllm' (the served "
                         "models; a reply's last factor over the top 20 candidates) or 'trainer' (the model loaded "
                         "here with transformers, adapters from run/adapters/NAME; exact over the whole vocabulary, "
-                        "and faster on a CPU through its cache).", "choices": ("vllm", "trainer")})
+                        "and faster on a CPU: every common start of the prompts computed once).",
+                        "choices": ("vllm", "trainer")})
     model_path: str = field(default="default", metadata={"help": "With source 'trainer': the base model (a "
                             "registered name, a directory or a hub id)."})
     run: str | None = field(default=None, metadata={"help": "With source 'trainer': the run whose adapters "
@@ -310,15 +311,18 @@ class TrainerScorer:
     """Log-probs from the model in this process (a `LoRATrainer`'s, or a base model and adapter loaded from disk),
     exact where vLLM's are truncated: the chat rendered by the tokenizer's own template (the one vLLM applies, or
     the protocol's `chat_template`), then the continuation's tokens, and the last factor summed over the whole
-    vocabulary (every token that starts with the last token's text). Prompts are scored in token order (`prepare`),
-    each continuing from the keys and values of the start it shares with the one before (the system line and the
-    rules; a seat's earlier prompt, which its later one extends), each action from the prompt's."""
+    vocabulary (every token that starts with the last token's text). A whole table is scored by `score_all`: every
+    (prompt + action reply) sequence of every point laid out as token trees (stratagem.token_tree: each common start,
+    the rules, a seat's earlier prompt, the prompt before its actions, computed once) of at most `budget` tokens, one
+    forward each, the output layer run only where a reply token is predicted. `logprobs` scores one point: prompts in
+    token order (`prepare`), each continuing from the keys and values of the start it shares with the one before,
+    each action from the prompt's (thousands of small forwards: overhead-bound on a CPU)."""
 
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig,
-                 activate: Callable[[], Any] | None = None):
+                 activate: Callable[[], Any] | None = None, budget: int = 2048):
         """`activate`: called before each scoring, to put the adapter this scorer stands for in place (one of a
-        trainer's per-role adapters)."""
-        self.model, self.tok, self.activate = model, tokenizer, activate
+        trainer's per-role adapters). `budget`: tree tokens per forward of `score_all`."""
+        self.model, self.tok, self.activate, self.budget = model, tokenizer, activate, budget
         self.stop = [x for x in sampling.stop if x]
         self.chat_template = None
         if sampling.chat_template != "model" and "<|im_start|>" in str(getattr(tokenizer, "chat_template", "")):
@@ -379,6 +383,64 @@ class TrainerScorer:
                 self._vocab = [self.tok.decode([i]) for i in range(len(self.tok))]
             self._starts[text] = [i for i, t in enumerate(self._vocab) if t.startswith(text)]
         return self._starts[text]
+
+    async def score_all(self, items: list[tuple[DecisionPoint, dict[str, str]]],
+                        on_point: Callable[[], Any] | None = None) -> list[dict[str, float]]:
+        """What `logprobs` gives for each (point, completions) of `items`, in a few large forwards: every prompt +
+        completion sequence in token trees of at most `budget` tokens (`tree_groups`, `tree_hidden`: a node's hidden
+        state is the one it has in each sequence through it), the output layer only on the nodes that predict a
+        completion token. `on_point` is called as each point's last sequence is scored. Leaves the per-point cache
+        of `logprobs` alone."""
+        import torch
+
+        from stratagem.token_tree import tree_groups, tree_hidden
+
+        if self.activate is not None:
+            self.activate()  # the adapter this scorer stands for: peft injects it into the decoder's modules
+        self.model.eval()  # a trainer's model may be in training mode (dropout)
+        # a peft model's base model holds the injected adapter layers; its decoder skips the output layer
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+        seqs: list[list[int]] = []
+        # per sequence: its item, label, prompt length, completion tokens, whether the completion ends at a stop
+        meta: list[tuple[int, str, int, list[int], bool]] = []
+        for i, (point, completions) in enumerate(items):
+            prompt = self.render(point)
+            for label, text in completions.items():
+                tail = self.tok(text, add_special_tokens=False)["input_ids"]
+                seqs.append(prompt + tail)
+                meta.append((i, label, len(prompt), tail, any(text.endswith(x) for x in self.stop)))
+        out: list[dict[str, float]] = [{} for _ in items]
+        left = [len(c) for _, c in items]
+        for n in left:
+            if n == 0 and on_point:  # nothing to score
+                on_point()
+        with torch.no_grad():
+            for group in tree_groups(seqs, self.budget):
+                hidden, paths = tree_hidden(decoder, [seqs[j] for j in group], self.model.device)
+                self.requests += 1
+                # completion token k of a sequence is predicted by the node of the position before it
+                rows: dict[int, int] = {}
+                for j, path in zip(group, paths):
+                    _, _, n_prompt, tail, _ = meta[j]
+                    for pos in range(n_prompt - 1, n_prompt + len(tail) - 1):
+                        rows.setdefault(path[pos], len(rows))
+                lps = torch.log_softmax(head(hidden[torch.tensor(list(rows), device=hidden.device)]).float(), -1)
+                for j, path in zip(group, paths):
+                    i, label, n_prompt, tail, ends_at_stop = meta[j]
+                    at = [rows[path[pos]] for pos in range(n_prompt - 1, n_prompt + len(tail) - 1)]
+                    total = sum(float(lps[r, t]) for r, t in zip(at[:-1], tail[:-1]))
+                    if ends_at_stop:
+                        ids = self._starting_with(self.tok.decode([tail[-1]]))
+                        total += float(torch.logsumexp(lps[at[-1]][ids], dim=0))
+                    else:
+                        total += float(lps[at[-1], tail[-1]])
+                    out[i][label] = total
+                    left[i] -= 1
+                    if left[i] == 0 and on_point:
+                        on_point()
+        # each point's labels in its completions' order, as logprobs gives them
+        return [{label: got[label] for label in completions} for got, (_, completions) in zip(out, items)]
 
     async def logprobs(self, point: DecisionPoint, completions: dict[str, str]) -> dict[str, float]:
         import torch
@@ -447,6 +509,29 @@ class SeatScorer:
     async def logprobs(self, point: DecisionPoint, completions: dict[str, str]) -> dict[str, float]:
         return await self.scorers[point.seat].logprobs(point, completions)
 
+    async def score_all(self, items: list[tuple[DecisionPoint, dict[str, str]]],
+                        on_point: Callable[[], Any] | None = None) -> list[dict[str, float]]:
+        """Each seat's items scored by its scorer, one seat after the other: in one `score_all` where it has one,
+        else point by point (in its `prepare` order where it has one)."""
+        missing = sorted({p.seat for p, _ in items} - set(self.scorers))
+        if missing:
+            raise ValueError(f"SeatScorer: points of seats {missing} have no scorer")
+        out: list[dict[str, float]] = [{} for _ in items]
+        for seat, sc in sorted(self.scorers.items()):
+            mine = [i for i, (p, _) in enumerate(items) if p.seat == seat]
+            if hasattr(sc, "score_all"):
+                for i, lps in zip(mine, await sc.score_all([items[i] for i in mine], on_point)):
+                    out[i] = lps
+                continue
+            where = {id(items[i][0]): i for i in mine}
+            order = [items[i][0] for i in mine]
+            for point in sc.prepare(order) if hasattr(sc, "prepare") else order:
+                i = where[id(point)]
+                out[i] = await sc.logprobs(point, items[i][1])
+                if on_point:
+                    on_point()
+        return out
+
     async def aclose(self) -> None:
         for sc in {id(s): s for s in self.scorers.values()}.values():
             if hasattr(sc, "aclose"):
@@ -455,24 +540,43 @@ class SeatScorer:
 
 async def policy_table(game: str, points: dict[str, DecisionPoint], scorer: Scorer, fmt: ReplyFormat,
                        stop: list[str], concurrency: int = 8,
-                       on_point: Callable[[], Any] | None = None) -> PolicyTable:
-    """Score every decision point (at most `concurrency` at once) into a PolicyTable."""
+                       on_point: Callable[[], Any] | None = None, batched: bool = True) -> PolicyTable:
+    """Score every decision point into a PolicyTable: all at once through the scorer's `score_all` where it has one
+    (and `batched`), else point by point (at most `concurrency` at once)."""
     import math
 
     from stratagem.concurrency import map_concurrent
 
-    async def one(point: DecisionPoint) -> tuple[str, dict[int, float], float]:
+    def completions(point: DecisionPoint) -> dict[str, str]:
         labels = list(point.legal)
-        comps = {lab: canonical_reply(fmt, stop, labels, lab) for lab in labels}
-        if len(labels) == 1:
-            # the forced prefix already holds the one legal reply: the model has nothing left to choose
-            return point.key, {point.legal[labels[0]]: 1.0}, 1.0
-        lps = await scorer.logprobs(point, comps)
+        return {lab: canonical_reply(fmt, stop, labels, lab) for lab in labels}
+
+    def row(point: DecisionPoint, lps: dict[str, float]) -> tuple[str, dict[int, float], float]:
         probs = {point.legal[lab]: math.exp(lp) for lab, lp in lps.items()}
         mass = sum(probs.values())
         if not mass > 0:
             raise ValueError(f"{game}: the model gives every legal action probability 0 at {point.key!r}")
         return point.key, {a: p / mass for a, p in probs.items()}, mass
+
+    def forced(point: DecisionPoint) -> tuple[str, dict[int, float], float]:
+        # the forced prefix already holds the one legal reply: the model has nothing left to choose
+        return point.key, {next(iter(point.legal.values())): 1.0}, 1.0
+
+    async def one(point: DecisionPoint) -> tuple[str, dict[int, float], float]:
+        comps = completions(point)  # checks the protocol at a forced point too
+        if len(comps) == 1:
+            return forced(point)
+        return row(point, await scorer.logprobs(point, comps))
+
+    if batched and hasattr(scorer, "score_all"):
+        items = [(p, completions(p)) for p in points.values()]
+        todo = [(p, c) for p, c in items if len(c) > 1]
+        scored = iter(await scorer.score_all(todo, on_point))
+        rows = [row(p, next(scored)) if len(c) > 1 else forced(p) for p, c in items]
+        if on_point:
+            for _ in range(len(items) - len(todo)):
+                on_point()
+        return PolicyTable(game, {k: t for k, t, _ in rows}, {k: m for k, _, m in rows})
 
     order = list(points.values())
     if hasattr(scorer, "prepare"):

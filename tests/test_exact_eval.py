@@ -117,7 +117,7 @@ async def test_the_trainer_scorer_with_its_cache_equals_a_full_forward_of_each_r
     scorer = TrainerScorer.from_pretrained(model_path, None, SamplingConfig())
     fmt = ReplyFormat()
     points = decision_points("kuhn_poker", fmt, STOP)
-    table = await policy_table("kuhn_poker", points, scorer, fmt, STOP)
+    table = await policy_table("kuhn_poker", points, scorer, fmt, STOP, batched=False)  # point by point
     tok, model = scorer.tok, scorer.model
     vocab = [tok.decode([i]) for i in range(len(tok))]
     for key in ("0", "2", "1pb", "2b"):
@@ -138,6 +138,90 @@ async def test_the_trainer_scorer_with_its_cache_equals_a_full_forward_of_each_r
             assert table.table[key][a] == pytest.approx(p / mass, abs=1e-5)
     # one forward per prompt (from the start it shares with the one before) and one per action for its later tokens
     assert scorer.requests == len(points) + sum(len(p.legal) for p in points.values())
+
+
+def _assert_same_table(got: PolicyTable, want: PolicyTable, tol: float = 1e-5) -> None:
+    assert set(got.table) == set(want.table)
+    for key, row in want.table.items():
+        assert set(got.table[key]) == set(row), key
+        for a, p in row.items():
+            assert got.table[key][a] == pytest.approx(p, abs=tol), (key, a)
+        assert got.legal_mass[key] == pytest.approx(want.legal_mass[key], abs=tol), key
+
+
+def _largest_gap(a: PolicyTable, b: PolicyTable, keys=None) -> float:
+    return max(abs(a.table[k][x] - b.table[k][x]) for k in (keys or a.table) for x in a.table[k])
+
+
+@pytest.mark.parametrize("stop", [STOP, []], ids=["stop", "no-stop"])
+async def test_score_all_gives_the_table_of_the_per_point_path(model_path, monkeypatch, stop):
+    """Kuhn on the default model (float32), in the training protocol (each reply ends at the stop string '>': its
+    last factor is the mass of every vocabulary token that starts with the last token's text) and without stop
+    strings (the reply ends with '</answer>': its last token's own log-prob): the table `score_all` gives from a few
+    token-tree forwards equals the point-by-point table, probability by probability."""
+    from stratagem.integrations.exact_eval import TrainerScorer
+
+    sampling, fmt = SamplingConfig(stop=list(stop)), ReplyFormat()
+    base = TrainerScorer.from_pretrained(model_path, None, sampling)
+    points = decision_points("kuhn_poker", fmt, stop)
+    want = await policy_table("kuhn_poker", points, base, fmt, stop, batched=False)
+    # a budget of one prompt and a little more: the sequences fall into several trees
+    scorer = TrainerScorer(base.model, base.tok, sampling, budget=max(len(base.render(p)) for p in points.values()) + 8)
+    summed: list[str] = []
+    starting_with = scorer._starting_with
+    monkeypatch.setattr(scorer, "_starting_with", lambda text: summed.append(text) or starting_with(text))
+    ticks: list[int] = []
+    got = await policy_table("kuhn_poker", points, scorer, fmt, stop, on_point=lambda: ticks.append(1))
+    _assert_same_table(got, want)
+    replies = sum(len(p.legal) for p in points.values())
+    assert len(ticks) == len(points) and 1 < scorer.requests < replies
+    if stop:  # the vocabulary sum was taken, once per reply
+        assert len(summed) == replies and set(summed) == {">"}
+    else:
+        assert summed == [] and canonical_reply(fmt, stop, ["<PASS>", "<BET>"], "<BET>") == "BET></answer>"
+
+
+async def test_score_all_scores_through_each_seats_lora_adapter(model_path):
+    """A PeftModel with two adapters of random, non-zero weights, one per seat (a SeatScorer whose scorers each put
+    their adapter in place, as a trainer's per-role adapters are scored): the table from `score_all` equals the
+    point-by-point table; it is not the base model's (adapters disabled), and at the second seat's points not the
+    first adapter's, so each seat's adapter is in the tree forward."""
+    from functools import partial
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stratagem.integrations.exact_eval import SeatScorer, TrainerScorer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    peft_model = get_peft_model(model, lora, adapter_name="seat0")
+    peft_model.add_adapter("seat1", lora)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero (the identity)
+            torch.nn.init.normal_(p, std=0.05)
+    peft_model.eval()
+    sampling, fmt = SamplingConfig(), ReplyFormat()
+    points = decision_points("kuhn_poker", fmt, STOP)
+
+    def scorer(seat: int) -> TrainerScorer:
+        return TrainerScorer(peft_model, tok, sampling, activate=partial(peft_model.set_adapter, f"seat{seat}"))
+
+    def per_role() -> SeatScorer:
+        return SeatScorer({s: scorer(s) for s in (0, 1)})
+
+    want = await policy_table("kuhn_poker", points, per_role(), fmt, STOP, batched=False)
+    got = await policy_table("kuhn_poker", points, per_role(), fmt, STOP)
+    _assert_same_table(got, want)
+    first = await policy_table("kuhn_poker", points, scorer(0), fmt, STOP)  # the first seat's adapter everywhere
+    with peft_model.disable_adapter():
+        bare = await policy_table("kuhn_poker", points, TrainerScorer(peft_model, tok, sampling), fmt, STOP)
+    seat = {s: [k for k, p in points.items() if p.seat == s] for s in (0, 1)}
+    assert _largest_gap(got, bare) > 1e-3
+    assert _largest_gap(got, first, seat[0]) < 1e-5 and _largest_gap(got, first, seat[1]) > 1e-3
 
 
 def test_cli_eval_exact_on_bots_needs_no_server():

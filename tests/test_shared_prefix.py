@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from stratagem.token_tree import token_tree
 from stratagem.training.losses import PPOConfig
 from stratagem.training.samples import Act, Batch, Sample
-from stratagem.training.trainer import LoRATrainer, TrainerConfig, shareable, token_tree
+from stratagem.training.trainer import LoRATrainer, TrainerConfig, shareable
 
 RULES = {
     "tictactoe": "You are playing tic-tac-toe on a 3x3 board. Players alternate placing their mark in an empty "

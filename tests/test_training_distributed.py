@@ -53,19 +53,24 @@ def _run(cmd: list[str], cwd: Path) -> None:
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
 
 
-@pytest.mark.slow
-def test_two_processes_take_the_single_process_step(tmp_path):
-    from training_fakes import tiny_model
-
-    model = tiny_model(tmp_path / "model")
+def _one_and_two_processes(mode: str, model: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """distributed_worker.py MODE run once as one process and once under torchrun with two; their output folders."""
     single, multi = tmp_path / "single", tmp_path / "multi"
     single.mkdir()
     multi.mkdir()
     worker = str(HERE / "distributed_worker.py")
-    _run([sys.executable, worker, "step", str(model), str(single)], tmp_path)
+    _run([sys.executable, worker, mode, str(model), str(single)], tmp_path)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     # --standalone: a local rendezvous on a free port (parallel test runs do not collide)
-    _run([torchrun, "--standalone", "--nproc_per_node", "2", worker, "step", str(model), str(multi)], tmp_path)
+    _run([torchrun, "--standalone", "--nproc_per_node", "2", worker, mode, str(model), str(multi)], tmp_path)
+    return single, multi
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_single_process_step(tmp_path):
+    from training_fakes import tiny_model
+
+    single, multi = _one_and_two_processes("step", tiny_model(tmp_path / "model"), tmp_path)
 
     one = torch.load(single / "rank0.pt")
     r0, r1 = torch.load(multi / "rank0.pt"), torch.load(multi / "rank1.pt")
@@ -100,14 +105,7 @@ def test_two_process_training_run_matches_one_process(tmp_path):
 
     from stratagem.training.run_store import RunStore
 
-    model = tiny_model(tmp_path / "model")
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    single.mkdir()
-    multi.mkdir()
-    worker = str(HERE / "distributed_worker.py")
-    _run([sys.executable, worker, "run", str(model), str(single)], tmp_path)
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    _run([torchrun, "--standalone", "--nproc_per_node", "2", worker, "run", str(model), str(multi)], tmp_path)
+    single, multi = _one_and_two_processes("run", tiny_model(tmp_path / "model"), tmp_path)
 
     one, two = RunStore(single / "run"), RunStore(multi / "run")
     assert one.completed_iterations() == two.completed_iterations() == 2

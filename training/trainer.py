@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from stratagem import faults
 from stratagem.files import atomic_directory
+from stratagem.token_tree import common_prefix, token_tree, tree_groups, tree_hidden  # noqa: F401  TEMP
 from stratagem.training.distributed import current
 from stratagem.training.losses import MAROConfig, PPOConfig, token_entropy
 from stratagem.training.objectives import Objective, Targets, get_loss
@@ -138,36 +139,6 @@ def scheduled_lr(c: TrainerConfig, step: int, progress: float) -> float:
     if step < c.warmup_steps:
         lr *= step / c.warmup_steps
     return lr
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    k = 0
-    while k < n and a[k] == b[k]:
-        k += 1
-    return k
-
-
-def token_tree(sequences: list[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:
-    """The sequences as a prefix tree of tokens: each node's token and parent (-1 at a root), nodes numbered in
-    creation order (a parent before its children), and each sequence's path (its node at every position)."""
-    children: dict[tuple[int, int], int] = {}
-    tokens: list[int] = []
-    parents: list[int] = []
-    paths: list[list[int]] = []
-    for seq in sequences:
-        node, path = -1, []
-        for t in seq:
-            child = children.get((node, t))
-            if child is None:
-                child = children[(node, t)] = len(tokens)
-                tokens.append(t)
-                parents.append(node)
-            path.append(child)
-            node = child
-        paths.append(path)
-    return tokens, parents, paths
 
 
 def shareable(a: Sample, b: Sample) -> int:
@@ -391,48 +362,9 @@ class LoRATrainer:
             yield group
 
     def _grouped_tree(self, samples: list[Sample], pool: list[int]) -> Iterator[list[int]]:
-        """Micro-batches of at most micro_batch_tokens tree tokens. In token order a sequence's longest common
-        prefix with the sequences before it is its common prefix with the one just before it, so each sequence adds
-        its length minus that to the tree."""
-        budget = self.config.micro_batch_tokens
-        group: list[int] = []
-        cost = 0
-        prev: list[int] = []
-        for i in sorted(pool, key=lambda i: samples[i].input_ids):
-            ids = samples[i].input_ids
-            new = len(ids) - common_prefix(prev, ids)
-            if group and cost + new > budget:
-                yield group
-                group, cost = [], 0
-                new = len(ids)
-            group.append(i)
-            cost += new
-            prev = ids
-        if group:
-            yield group
-
-    def _tree_hidden(self, samples: list[Sample]) -> tuple[torch.Tensor, list[list[int]]]:
-        """The decoder's last hidden states of the micro-batch's token tree (one row, nodes in creation order) and
-        each sample's path through it. A node attends to itself and its ancestors and sits at its depth, so its
-        hidden state is the one it has in every sequence through it; the backward sums those sequences' gradients
-        into the one computation."""
-        tokens, parents, paths = token_tree([s.input_ids for s in samples])
-        n = len(tokens)
-        allowed = np.zeros((n, n), dtype=bool)
-        depth = np.zeros(n, dtype=np.int64)
-        for i, p in enumerate(parents):  # parents precede their children
-            if p >= 0:
-                allowed[i] = allowed[p]
-                depth[i] = depth[p] + 1
-            allowed[i, i] = True
-        dtype = next(self._decoder.parameters()).dtype
-        # an additive mask in the compute dtype: read as-is by every attention implementation (sdpa and eager)
-        mask = torch.zeros((1, 1, n, n), dtype=dtype)
-        mask.masked_fill_(torch.from_numpy(~allowed)[None, None], torch.finfo(dtype).min)
-        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        hidden = self._decoder(input_ids=ids, position_ids=torch.from_numpy(depth)[None].to(self.device),
-                               attention_mask=mask.to(self.device)).last_hidden_state
-        return hidden[0], paths
+        """Micro-batches of at most micro_batch_tokens tree tokens (`tree_groups`)."""
+        for g in tree_groups([samples[i].input_ids for i in pool], self.config.micro_batch_tokens):
+            yield [pool[j] for j in g]
 
     def _hidden(self, ids: torch.Tensor, mask: torch.Tensor, share: int) -> torch.Tensor:
         """The decoder's last hidden states of positions share.. (all positions when share is 0). The first `share`
@@ -489,7 +421,7 @@ class LoRATrainer:
         self.use(self.adapter_of(samples))
         ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()
         with ctx:
-            hidden, paths = self._tree_hidden(samples)
+            hidden, paths = tree_hidden(self._decoder, [s.input_ids for s in samples], self.device)
             # the logit of trained token p comes from the node of token p - 1 on the sample's path
             nodes = torch.tensor([path[p - 1] for s, path in zip(samples, paths) for p in s.positions],
                                  device=self.device)
