@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from stratagem import faults
 from stratagem.files import atomic_directory
-from stratagem.token_tree import common_prefix, token_tree, tree_groups, tree_hidden  # noqa: F401  TEMP
+from stratagem.token_tree import common_prefix, tree_groups, tree_hidden
 from stratagem.training.distributed import current
 from stratagem.training.losses import MAROConfig, PPOConfig, token_entropy
 from stratagem.training.objectives import Objective, Targets, get_loss
