@@ -170,6 +170,9 @@ def main() -> None:
     ap.add_argument("--seeds", default=None, help="Comma-separated training seeds with --exact (default 0,1,2).")
     ap.add_argument("--out", default=None, help="Where the runs go (default: a folder in the user cache).")
     ap.add_argument("--table-stderr", action="store_true", help="Print the markdown table to stderr.")
+    ap.add_argument("--resume", default=None, help="With --exact: a partial result (OUT/ablation.partial.json of a "
+                    "run that was cut) whose policies are kept, not trained and scored again; its settings must be "
+                    "this run's.")
     a = ap.parse_args()
     names = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -195,13 +198,25 @@ def main() -> None:
         seeds = [int(x) for x in (a.seeds or "0,1,2").split(",")]
         result.update({"exact_games": EXACT_GAMES, "seeds": seeds})
         result.pop("eval_games"), result.pop("eval_episodes_per_seat_order"), result.pop("seed")
+        if a.resume:
+            done = json.loads(Path(a.resume).read_text())
+            differ = [k for k in ("model", "iterations", "episodes_per_iteration", "exact_games", "fixed_opponent")
+                      if done.get(k) != result.get(k)]
+            if differ:
+                ap.error(f"--resume {a.resume}: its {', '.join(differ)} differ from this run's")
+            result["models"] = done["models"]
+            result["resumed_from"] = a.resume
         with VLLMServer(model=model_path, weight_reload=True, max_lora_rank=16) as server:
             base_cfg = configs[names[0]]
-            result["models"]["base"] = {"exact": evaluate_exact(model_path, None, "base", base_cfg,
-                                                                       out / "exact-base")}
+            if "base" not in result["models"]:
+                result["models"]["base"] = {"exact": evaluate_exact(model_path, None, "base", base_cfg,
+                                                                           out / "exact-base")}
+                atomic_write(out / "ablation.partial.json", json.dumps(result, indent=1))
             for name in names:
-                result["models"][name] = {"seeds": {}}
+                result["models"].setdefault(name, {"seeds": {}})
                 for seed in seeds:
+                    if str(seed) in result["models"][name]["seeds"] or seed in result["models"][name]["seeds"]:
+                        continue  # kept from --resume
                     a.seed = seed
                     cfg = run_config(name, a, a.fixed_opponent)
                     t0 = time.perf_counter()
