@@ -622,8 +622,8 @@ class LoRATrainer:
             odd = sorted(set(weights) ^ set(params))
             raise ValueError(f"lora_weights: the weights do not match this trainer's LoRA matrices ({len(odd)} names "
                              f"differ, e.g. {odd[0]})")
+        current = self.lora_snapshot()
         with torch.no_grad():
-            current = {n: p.detach().clone() for n, p in params.items()}
             for n, p in params.items():
                 p.copy_(weights[n])
         try:
