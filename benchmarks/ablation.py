@@ -221,11 +221,14 @@ def main() -> None:
                     cfg = run_config(name, a, a.fixed_opponent)
                     t0 = time.perf_counter()
                     server.load_base_weights()
-                    store = run_training(cfg, out / f"{name}-seed{seed}", server=server, progress=False)
+                    run_dir = out / f"{name}-seed{seed}"
+                    # a run the cut left behind continues from its last commit (its train_s then counts the rest)
+                    cut = (run_dir / "config.yaml").exists()
+                    store = run_training(cfg, run_dir, resume=cut, server=server, progress=False)
                     train_s = time.perf_counter() - t0
                     k = store.completed_iterations()
                     result["models"][name]["seeds"][seed] = {
-                        "train_s": round(train_s, 1),
+                        "train_s": round(train_s, 1), **({"continued_cut_run": True} if cut else {}),
                         "exact": evaluate_exact(model_path, store.root, f"iter-{k}", cfg, store.root / "exact")}
                     print(f"[ablation] {name} seed {seed}: trained in {train_s:.0f}s", file=sys.stderr)
                     atomic_write(out / "ablation.partial.json", json.dumps(result, indent=1))
