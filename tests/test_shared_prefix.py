@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stratagem.token_tree import token_tree
+from stratagem.token_tree import TREE_ATTENTION, TreeLayout, token_tree, tree_hidden
 from stratagem.training.losses import PPOConfig
 from stratagem.training.samples import Act, Batch, Sample
 from stratagem.training.trainer import LoRATrainer, TrainerConfig, shareable
@@ -112,6 +112,40 @@ def test_token_tree_by_hand():
     assert tokens == [1, 2, 3, 4, 5, 6, 7]
     assert parents == [-1, 0, 1, 1, 0, 2, -1]
     assert paths == [[0, 1, 2], [0, 1, 3], [0, 4], [0, 1, 2, 5], [6]]
+
+
+def test_tree_layout_by_hand():
+    # the tree of test_token_tree_by_hand: node 3 hangs off 1, node 4 off 0, node 5 off 2, node 6 is a second root
+    layout = TreeLayout([-1, 0, 1, 1, 0, 2, -1], "cpu")
+    assert layout.segments == [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
+    keys = [None if k is None else k.tolist() for k in layout.keys]
+    assert keys == [None, [0, 1, 3], [0, 4], [0, 1, 2, 5], None]
+    assert layout.masks[0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert layout.masks[3].tolist() == [[True, True, True, True]]
+
+
+def test_tree_attention_equals_the_square_mask_values_and_gradients(tiny_model_path):
+    """The segment attention (SDPA models) against the same tree as a square additive mask (eager), on a tiny
+    model: hidden states and the gradients of a loss over every node."""
+    from transformers import AutoModelForCausalLM
+
+    seqs = [[1, 2, 3, 4, 5], [1, 2, 3, 9, 9, 9], [1, 2, 7], [1, 2, 3, 4, 5, 6, 8], [11, 12], [1, 2, 7, 10]]
+    out = {}
+    for impl in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32, attn_implementation=impl)
+        decoder = model.get_decoder()
+        hidden, paths = tree_hidden(decoder, seqs, "cpu")
+        assert decoder.config._attn_implementation == (TREE_ATTENTION if impl == "sdpa" else "eager")
+        (hidden * torch.linspace(-1, 1, hidden.shape[-1])).sum().backward()
+        out[impl] = hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        for s, path in zip(seqs, paths):  # every node as in its own sequence
+            alone = decoder(input_ids=torch.tensor([s])).last_hidden_state[0]
+            assert torch.allclose(hidden[path], alone, atol=1e-5)
+    assert torch.allclose(out["sdpa"][0], out["eager"][0], atol=1e-5)
+    assert out["sdpa"][1].keys() == out["eager"][1].keys() and out["sdpa"][1]
+    for n, g in out["sdpa"][1].items():
+        assert torch.allclose(g, out["eager"][1][n], rtol=1e-4, atol=1e-6), n
 
 
 @pytest.mark.parametrize("tree", [True, False], ids=["tree", "opening"])
