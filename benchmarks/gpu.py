@@ -1,7 +1,11 @@
 """One LoRA training step and generation throughput of a Qwen3-4B-shaped model with random weights.
 
-Training: bf16 weights, LoRA on every linear layer of the decoder, AdamW on the LoRA weights, packed sequences of
---seq-len tokens (several documents back to back in one row, loss on every token), --batch rows per step. Reported:
+Training: bf16 weights, LoRA on every linear layer of the decoder, AdamW on the LoRA weights, rows of --seq-len
+tokens (with --docs N, N documents back to back, each attending only to itself through the tree attention of
+stratagem/token_tree.py, positions restarting: packing without padding), loss on every next token within a
+document, --batch rows per step. The loss runs the output layer --ce-chunk rows at a time and recomputes each chunk's
+logits in the backward (stratagem/logits.py, the trainer's path), so the full logits never exist; `--loss hf` takes
+the model's own loss over full logits instead. Reported:
 tokens/s and MFU, the model FLOPs a step must do over the GPU's dense bf16 peak. The FLOPs of one token, with N the
 matmul weights of the model (decoder linears and the output layer), r the LoRA weights, L layers, T the packed
 length, d the attention width (heads x head dim):
@@ -9,7 +13,7 @@ length, d the attention width (heads x head dim):
     4 N            forward (2N) + the backward pass to the activations (2N); frozen weights get no weight gradient
   + 6 r            LoRA weights: forward, activation and weight gradients
   + 3 * 2 L T d    attention scores and mixing over T/2 causal positions on average (2 matmuls x 2 FLOPs x T/2 x d
-                   per layer), forward plus a backward of twice that
+                   per layer), forward plus a backward of twice that; T is a document's length
 
 (the usual 6N of full fine-tuning would credit work a LoRA step does not do). With `--passes 3` each micro-batch
 also runs the two no-grad forwards of a PPO update (old log-probs, then the reference with the adapter disabled),
@@ -21,8 +25,8 @@ gradient checkpointing, the sequences of one optimizer step (trainer.sequences_p
 --micro-batch rows: MARSHAL's 2 per device), the three passes, and rows of --turns x sampling.max_tokens tokens
 (default 2 turns: a two-move trajectory at MARSHAL's 4096-token turn budget; a whole trajectory may reach 32768).
 
-Needs only torch and transformers (peft for the training step, vLLM optionally); what is missing is skipped and
-named in the output. `--tiny` runs a tiny shape on the CPU (what the test suite runs). Prints one JSON object.
+Needs only torch and transformers (peft for the training step, vLLM optionally) and this repository's stratagem/
+folder beside it (no install); what is missing is skipped and named in the output. `--tiny` runs a tiny shape on the CPU (what the test suite runs). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -33,10 +37,14 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's stratagem/: logits, token trees
+from stratagem.logits import head_logprobs  # noqa: E402  # needs only torch
 
 # dense bf16 tensor-core peaks (no sparsity), TFLOP/s, matched against torch.cuda.get_device_name in this order
 PEAK_BF16_TFLOPS = (
@@ -144,6 +152,31 @@ def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dty
     ids = torch.randint(0, shape["vocab_size"], (args.batch, args.seq_len), generator=g).to(device)
 
     micro = args.micro_batch or args.batch
+    inner = model.get_base_model()
+    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+    run_decoder = torch.compile(decoder) if args.compile else decoder
+    doc = args.seq_len // args.docs
+    kw: dict[str, Any] = {}
+    if args.docs > 1:  # documents back to back, each attending only to itself: the tree attention's roots
+        from stratagem.token_tree import TreeLayout, use_tree_attention
+
+        if not use_tree_attention(inner):
+            raise SystemExit("--docs needs the model on SDPA attention")
+        parents = [-1 if i % doc == 0 else i - 1 for i in range(args.seq_len)]
+        kw = {"position_ids": (torch.arange(args.seq_len) % doc)[None].to(device),
+              "attention_mask": torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device),
+              "tree_layout": TreeLayout(parents, device)}
+    # the next-token targets, without those that cross from one document into the next
+    keep = torch.tensor([(i + 1) % doc != 0 for i in range(args.seq_len - 1)], device=device)
+
+    def loss_of(rows: Any) -> Any:
+        if args.loss == "hf" and args.docs == 1:
+            return step_fn(input_ids=rows, labels=rows).loss
+        hidden = run_decoder(input_ids=rows, **kw).last_hidden_state[:, :-1][:, keep]
+        targets = rows[:, 1:][:, keep]
+        lp, _ = head_logprobs(head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
+                              chunk=args.ce_chunk if args.loss == "chunked" else 0)
+        return -lp.mean()
 
     def step() -> float:
         total = 0.0
@@ -152,11 +185,11 @@ def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dty
             if args.passes == 3:  # the update's old and reference log-probs: no-grad forwards of the same rows
                 with torch.no_grad():
                     model.eval()
-                    step_fn(input_ids=rows)
+                    run_decoder(input_ids=rows, **kw)
                     with model.disable_adapter():
-                        step_fn(input_ids=rows)
+                        run_decoder(input_ids=rows, **kw)
                     model.train()
-            loss = step_fn(input_ids=rows, labels=rows).loss * (len(rows) / args.batch)
+            loss = loss_of(rows) * (len(rows) / args.batch)
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -179,9 +212,10 @@ def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dty
     dt = (time.perf_counter() - t0) / args.steps
     tokens = args.batch * args.seq_len
     attn_width = shape["num_attention_heads"] * shape["head_dim"]
-    fpt = flops_per_token(n_matmul, n_lora, shape["num_hidden_layers"], args.seq_len, attn_width)
+    # a token attends within its document: the attention term counts the document's length
+    fpt = flops_per_token(n_matmul, n_lora, shape["num_hidden_layers"], doc, attn_width)
     if args.passes == 3:
-        fpt += 2 * forward_flops_per_token(n_matmul, n_lora, shape["num_hidden_layers"], args.seq_len, attn_width)
+        fpt += 2 * forward_flops_per_token(n_matmul, n_lora, shape["num_hidden_layers"], doc, attn_width)
     achieved = fpt * tokens / dt / 1e12
     peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
     out = {"dtype": str(dtype).replace("torch.", ""), "batch": args.batch, "seq_len": args.seq_len,
@@ -190,6 +224,7 @@ def train_step(shape: dict[str, Any], args: argparse.Namespace, device: Any, dty
            "achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
            "gradient_checkpointing": bool(args.grad_ckpt), "compiled": bool(args.compile),
            "micro_batch": micro, "passes": args.passes, "lora_alpha": args.alpha or 2 * args.rank,
+           "loss_path": args.loss, "ce_chunk": args.ce_chunk if args.loss == "chunked" else None, "docs": args.docs,
            "loss": losses[-1]}
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -264,6 +299,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=None, help="Untimed steps first (default 2; tiny: 1).")
     ap.add_argument("--grad-ckpt", action="store_true", help="Gradient checkpointing (less memory, ~1.3x compute).")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model.")
+    ap.add_argument("--loss", choices=("chunked", "hf"), default="chunked", help="chunked: the decoder's hidden "
+                    "states through the output layer --ce-chunk rows at a time, each chunk's logits recomputed in "
+                    "the backward (stratagem/logits.py: full logits never exist); hf: full logits at once (the "
+                    "model's own loss with --docs 1, the earlier measurement).")
+    ap.add_argument("--ce-chunk", type=int, default=None, help="Rows per output-layer chunk (default 2048; tiny: "
+                    "64).")
+    ap.add_argument("--docs", type=int, default=1, help="Documents packed back to back in each row, each "
+                    "attending only to itself (tree attention, positions restarting): packing without padding.")
     ap.add_argument("--peak-tflops", type=float, default=None, help="Peak of the device (default: the table).")
     ap.add_argument("--gen-batch", type=int, default=None, help="Prompts decoded at once (default 64; tiny: 4).")
     ap.add_argument("--prompt-len", type=int, default=None, help="Prompt tokens (default 512; tiny: 16).")
@@ -271,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--engine", choices=("auto", "vllm", "transformers", "none"), default="auto",
                     help="Generation engine (auto: vLLM if importable, else transformers).")
     args = ap.parse_args(argv)
+    if args.docs < 1:
+        ap.error("--docs must be at least 1")
     preset = None
     if args.preset:
         preset = load_preset(args.preset)
@@ -282,13 +327,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.grad_ckpt = args.grad_ckpt or preset["grad_ckpt"]
     args.rank = args.rank or 16
     args.passes = args.passes or 1
-    tiny = {"seq_len": 128, "batch": 2, "steps": 2, "warmup": 1, "gen_batch": 4, "prompt_len": 16, "new_tokens": 8}
+    tiny = {"seq_len": 128, "batch": 2, "steps": 2, "warmup": 1, "gen_batch": 4, "prompt_len": 16, "new_tokens": 8,
+            "ce_chunk": 64}
     full = {"seq_len": 4096, "batch": 2, "steps": 5, "warmup": 2, "gen_batch": 64, "prompt_len": 512,
-            "new_tokens": 256}
+            "new_tokens": 256, "ce_chunk": 2048}
     for k, v in (tiny if args.tiny else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
 
+    if args.seq_len % args.docs:
+        ap.error(f"--docs {args.docs} must divide the row length {args.seq_len}")
     result: dict[str, Any] = {"benchmark": "gpu", "shape": "tiny" if args.tiny else "qwen3-4b", "skipped": {},
                               "preset": args.preset}
     try:

@@ -103,6 +103,16 @@ def _register() -> None:
     AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)
 
 
+def use_tree_attention(module: torch.nn.Module) -> bool:
+    """Switch a model (or its decoder: they share the config) on SDPA to `tree_attention`, which is SDPA itself
+    whenever a forward gets no tree, so nothing else changes. True when the model now reads trees by segments."""
+    config = getattr(module, "config", None)
+    if getattr(config, "_attn_implementation", None) == "sdpa":
+        _register()
+        config._attn_implementation = TREE_ATTENTION  # type: ignore[union-attr]
+    return getattr(config, "_attn_implementation", None) == TREE_ATTENTION
+
+
 def tree_hidden(decoder: torch.nn.Module, sequences: list[list[int]],
                 device: torch.device | str) -> tuple[torch.Tensor, list[list[int]]]:
     """A decoder's last hidden states over the sequences laid out as one token tree (`token_tree`: one row, nodes in
@@ -120,11 +130,7 @@ def tree_hidden(decoder: torch.nn.Module, sequences: list[list[int]],
             depth[i] = depth[p] + 1
     ids = torch.tensor([tokens], dtype=torch.long, device=device)
     positions = torch.from_numpy(depth)[None].to(device)
-    config = getattr(decoder, "config", None)
-    if getattr(config, "_attn_implementation", None) == "sdpa":
-        _register()
-        config._attn_implementation = TREE_ATTENTION  # type: ignore[union-attr]
-    if getattr(config, "_attn_implementation", None) == TREE_ATTENTION:
+    if use_tree_attention(decoder):
         # a 4D mask passes the model's mask building untouched; tree_attention reads the layout instead
         stub = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
         hidden = decoder(input_ids=ids, position_ids=positions, attention_mask=stub,
@@ -165,4 +171,4 @@ def tree_groups(sequences: list[list[int]], budget: int) -> list[list[int]]:
 
 
 __all__ = ["TREE_ATTENTION", "TreeLayout", "common_prefix", "token_tree", "tree_attention", "tree_groups",
-           "tree_hidden"]
+           "tree_hidden", "use_tree_attention"]

@@ -79,3 +79,25 @@ def test_preset_marshal_takes_the_trainers_shape_and_counts_three_passes():
     bad = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--preset", "nope"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "shipped: laptop, marshal" in bad.stderr
+
+
+@pytest.mark.slow
+def test_chunked_output_layer_and_packed_documents_on_the_tiny_shape():
+    """`--loss chunked` (the default: the output layer a chunk of rows at a time, recomputed in the backward) gives
+    the model's own loss over full logits on the same step; `--docs 4` packs four documents per row, each attending
+    to itself only (tree attention), which counts a quarter of the row in the attention FLOPs: per token
+    4 x 90112 + 6 x 32768 + 6 x 2 x 32 x 64 = 581632 on the tiny shape."""
+    def run(*extra: str) -> dict:
+        r = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--engine", "none", "--peak-tflops", "1", *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])["train"]
+
+    chunked, full, packed = run(), run("--loss", "hf"), run("--docs", "4")
+    assert (chunked["loss_path"], chunked["ce_chunk"], full["loss_path"]) == ("chunked", 64, "hf")
+    assert chunked["loss"] == pytest.approx(full["loss"], abs=1e-5)
+    assert packed["docs"] == 4 and packed["flops_per_token"] == 581632
+    assert math.isfinite(packed["loss"]) and packed["loss"] != pytest.approx(chunked["loss"], abs=1e-6)
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--docs", "3"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "must divide the row length 128" in bad.stderr

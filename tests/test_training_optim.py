@@ -193,7 +193,7 @@ def test_all_linear_puts_lora_on_every_linear_layer_and_trains_it(tiny, episodes
 
 def test_token_entropy_hand_check():
     """logits (0, ln 3): p = (1/4, 3/4), H = ln 4 - (3/4) ln 3 = 0.5623351; uniform over 8: ln 8."""
-    from stratagem.training.losses import token_entropy
+    from stratagem.logits import token_entropy
 
     h = token_entropy(torch.tensor([[0.0, math.log(3.0)], [1.0] * 2]))
     assert h.tolist() == pytest.approx([0.5623351, math.log(2)], abs=1e-6)
@@ -205,7 +205,7 @@ def test_entropy_bonus_subtracts_coef_times_the_aggregated_entropy(tiny, episode
     coef x agg_loss(entropy) with the pg loss's aggregation). One optimizer step (minibatches 1) from the same
     weights: the loss with the bonus is the loss without it minus coef x the token-mean entropy, which equals the
     entropy of the model's softmax at the trained positions computed directly; and the step moves elsewhere."""
-    from stratagem.training.losses import token_entropy
+    from stratagem.logits import token_entropy
 
     batch, adv = _batch(episodes[:2])
     plain = LoRATrainer(tiny, _cfg(minibatches=1), seed=0)
@@ -222,3 +222,22 @@ def test_entropy_bonus_subtracts_coef_times_the_aggregated_entropy(tiny, episode
     assert s1["loss"] == pytest.approx(s0["loss"] - 0.5 * want, abs=1e-5)
     a, b = _snapshot(plain), _snapshot(bonus)
     assert any(not torch.allclose(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("tree", [True, False], ids=["tree", "padded"])
+def test_the_output_layer_in_chunks_trains_like_all_at_once(tiny, episodes, tree):
+    """trainer.logit_chunk_rows 2 (every micro-batch has more trained positions: each chunk's logits recomputed in
+    the backward) against 0 (all at once): the same log-probs, entropies and, after one step, the same weights."""
+    batch, adv = _batch(episodes)
+    trainers = {c: LoRATrainer(tiny, _cfg(minibatches=1, logit_chunk_rows=c, prefix_tree=tree), seed=0) for c in (0, 2)}
+    with torch.no_grad():
+        ents: dict[int, list] = {0: [], 2: []}
+        lps = {c: tr.token_logprobs(batch.samples, entropy=ents[c]) for c, tr in trainers.items()}
+    assert sum(len(s.positions) for s in batch.samples) > 2
+    for a, b in zip(lps[0] + ents[0], lps[2] + ents[2]):
+        assert torch.allclose(a, b, atol=1e-6)
+    for tr in trainers.values():
+        tr.ppo_step(batch, adv, PPOConfig(aggregation="token", entropy_coef=0.1))
+    a, b = _snapshot(trainers[0]), _snapshot(trainers[2])
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+    assert any(not torch.allclose(a[n], p) for n, p in _snapshot(LoRATrainer(tiny, _cfg(), seed=0)).items())

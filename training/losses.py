@@ -149,12 +149,6 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor
     return loss, stats
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each row's softmax, in nats: logsumexp(z) - sum softmax(z) z. Hand check: logits (0, ln 3) give
-    p = (1/4, 3/4) and H = ln 4 - (3/4) ln 3 = 0.5623351."""
-    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-
-
 # ---- MARO ------------------------------------------------------------------------------------------------------
 
 def maro_labels(episodes: list[Episode], learner: Callable[[Episode, int], bool], cfg: MAROConfig,

@@ -12,7 +12,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -23,9 +23,10 @@ from safetensors.torch import load_file
 
 from stratagem import faults
 from stratagem.files import atomic_directory
+from stratagem.logits import head_logprobs
 from stratagem.token_tree import common_prefix, tree_groups, tree_hidden
 from stratagem.training.distributed import current
-from stratagem.training.losses import MAROConfig, PPOConfig, token_entropy
+from stratagem.training.losses import MAROConfig, PPOConfig
 from stratagem.training.objectives import Objective, Targets, get_loss
 from stratagem.training.samples import Batch, Sample
 
@@ -102,6 +103,11 @@ class TrainerConfig:
                               "then counts the tree's tokens. Off: only the micro-batch's common opening is shared, "
                               "through the key / value cache, and the rest is padded. Works under gradient "
                               "checkpointing too."})
+    logit_chunk_rows: int = field(default=2048, metadata={"help": "Trained positions sent through the output layer "
+                                  "at once: with more in a micro-batch, the log-probs are computed in chunks of this "
+                                  "many and each chunk's logits are recomputed in the backward instead of kept "
+                                  "(stratagem/logits.py; vocabulary-wide fp32 logits are the largest tensor of a "
+                                  "step on a large-vocabulary model). 0 = all at once.", "min": 0})
     max_seq_len: int = field(default=4096, metadata={"help": "Longest trained sequence; longer turns are dropped.",
                                                   "min": 1})
     track_kl: bool = field(default=True, metadata={"help": "Compute the KL to the reference (one extra no-grad "
@@ -411,10 +417,9 @@ class LoRATrainer:
         with ctx:
             if self.config.logits_at_loss_only:
                 hidden = self._hidden(ids, mask, share)
-                logits = self._head(hidden[rows, pos - 1 - share]).float()
-            else:
-                logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, pos - 1].float()
-        return self._logprobs(logits, ids[rows, pos], samples, entropy)
+                return self._logprobs(self._head, hidden[rows, pos - 1 - share], ids[rows, pos], samples, entropy)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, pos - 1]
+            return self._logprobs(torch.nn.Identity(), logits, ids[rows, pos], samples, entropy)
 
     def _tree_logprobs(self, samples: list[Sample], *, reference: bool,
                        entropy: list[torch.Tensor] | None) -> list[torch.Tensor]:
@@ -425,19 +430,19 @@ class LoRATrainer:
             # the logit of trained token p comes from the node of token p - 1 on the sample's path
             nodes = torch.tensor([path[p - 1] for s, path in zip(samples, paths) for p in s.positions],
                                  device=self.device)
-            logits = self._head(hidden[nodes]).float()
-        targets = torch.tensor([s.input_ids[p] for s in samples for p in s.positions], device=self.device)
-        return self._logprobs(logits, targets, samples, entropy)
+            targets = torch.tensor([s.input_ids[p] for s in samples for p in s.positions], device=self.device)
+            return self._logprobs(self._head, hidden[nodes], targets, samples, entropy)
 
-    def _logprobs(self, logits: torch.Tensor, targets: torch.Tensor, samples: list[Sample],
-                  entropy: list[torch.Tensor] | None) -> list[torch.Tensor]:
-        """Per-sample log-probs of `targets` (the trained tokens in sample order) under the tempered `logits`."""
-        if self.config.temper_logprobs and self.temperature != 1.0:
-            logits = logits / self.temperature
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+    def _logprobs(self, head: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, targets: torch.Tensor,
+                  samples: list[Sample], entropy: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """Per-sample log-probs of `targets` (the trained tokens in sample order) under the tempered logits of
+        `head(rows)`, `trainer.logit_chunk_rows` rows at a time (stratagem/logits.py)."""
+        temperature = self.temperature if self.config.temper_logprobs else 1.0
+        lp, ent = head_logprobs(head, rows, targets, temperature=temperature, chunk=self.config.logit_chunk_rows,
+                                entropy=entropy is not None)
         sizes = [len(s.positions) for s in samples]
-        if entropy is not None:
-            entropy.extend(torch.split(token_entropy(logits), sizes))
+        if entropy is not None and ent is not None:
+            entropy.extend(torch.split(ent, sizes))
         return list(torch.split(lp, sizes))
 
     @torch.no_grad()
