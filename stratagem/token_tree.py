@@ -58,7 +58,7 @@ class TreeLayout:
         path_of: list[np.ndarray] = []  # per segment: the nodes before it on its path (its ancestors)
         self.segments: list[tuple[int, int]] = []
         self.keys: list[torch.Tensor | None] = []  # per segment: the nodes its queries read (None: only its own)
-        self.masks: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor | None] = []  # per segment: which keys each query reads (None: causal)
         for s, (a, b) in enumerate(zip(starts, ends)):
             owner[a:b] = s
             p = parents[a]
@@ -70,7 +70,11 @@ class TreeLayout:
             path_of.append(anc)
             n = b - a
             self.segments.append((a, b))
-            self.keys.append(torch.from_numpy(np.concatenate([anc, np.arange(a, b)])).to(device) if len(anc) else None)
+            if not len(anc):  # a root segment is a plain causal sequence: SDPA's causal kernels (flash on a GPU)
+                self.keys.append(None)
+                self.masks.append(None)
+                continue
+            self.keys.append(torch.from_numpy(np.concatenate([anc, np.arange(a, b)])).to(device))
             causal = torch.ones((n, n), dtype=torch.bool).tril_()
             self.masks.append(torch.cat([torch.ones((n, len(anc)), dtype=torch.bool), causal], 1).to(device))
 
@@ -91,7 +95,8 @@ def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
         k = key[:, :, a:b] if idx is None else key.index_select(2, idx)
         v = value[:, :, a:b] if idx is None else value.index_select(2, idx)
         outs.append(torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, a:b], k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa))
+            query[:, :, a:b], k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling,
+            enable_gqa=gqa))
     return torch.cat(outs, 2).transpose(1, 2).contiguous(), None
 
 

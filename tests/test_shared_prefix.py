@@ -120,8 +120,13 @@ def test_tree_layout_by_hand():
     assert layout.segments == [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
     keys = [None if k is None else k.tolist() for k in layout.keys]
     assert keys == [None, [0, 1, 3], [0, 4], [0, 1, 2, 5], None]
-    assert layout.masks[0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert layout.masks[0] is None and layout.masks[4] is None  # roots: plain causal attention
+    assert layout.masks[1].tolist() == [[True, True, True]]
     assert layout.masks[3].tolist() == [[True, True, True, True]]
+    # a two-node branch off the root: reads the root, then itself causally
+    branch = TreeLayout([-1, 0, 1, 0, 3], "cpu")
+    assert branch.segments == [(0, 3), (3, 5)] and branch.keys[1].tolist() == [0, 3, 4]
+    assert branch.masks[1].tolist() == [[True, True, False], [True, True, True]]
 
 
 def test_tree_attention_equals_the_square_mask_values_and_gradients(tiny_model_path):
